@@ -1,0 +1,1 @@
+"""FrameWire's fused pre/post-processing kernels (Triton), each with a torch reference."""
