@@ -1,0 +1,386 @@
+"""The torch-free contract between the gateway and the engine.
+
+An *app* is a model endpoint with an id ``owner/alias``. It subclasses :class:`App`,
+declares one or more endpoints with :func:`endpoint` / :func:`realtime`, and is
+reached by every surface (realtime WebSocket, sync run, queue, SSE stream).
+
+A handler takes a **list** of validated inputs and returns a list of outputs of the
+same length: a batch mixes frames from different sessions, and each output goes back
+to the session its input came from. A handler may instead take one input and return
+one output; it then runs with a batch size of 1.
+
+An element of the returned list may be an :class:`AppError` instance: that input
+failed (for example an undecodable image) and only its caller is told.
+
+Nothing here imports torch: the gateway imports this module to validate inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+#: The realtime ``max_buffering`` range clients may ask for (fal clients validate the same).
+MAX_BUFFERING_RANGE = (1, 60)
+#: Pending frames kept per session when neither the client nor the app says otherwise.
+DEFAULT_BUFFERING = 2
+
+
+class AppError(Exception):
+    """An error for one input, reported to its caller with a code and a readable reason.
+
+    ``code`` is an upper-case identifier (``INVALID_IMAGE``); ``field`` names the input
+    field at fault when there is one. The message never carries a traceback.
+    """
+
+    code: str = "APP_ERROR"
+    status: int = 400
+
+    def __init__(self, reason: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+        self.field = field
+
+
+class InputError(AppError):
+    """The input was well formed but cannot be used (undecodable image, bad URL, ...)."""
+
+    code = "INVALID_INPUT"
+    status = 422
+
+
+class EngineError(AppError):
+    """The engine failed on this input for a reason that is not the caller's."""
+
+    code = "INTERNAL_ERROR"
+    status = 500
+
+
+class EngineUnavailable(EngineError):
+    """The engine is not running (starting, restarting or draining)."""
+
+    code = "ENGINE_UNAVAILABLE"
+    status = 503
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What an endpoint decorator declared; bound to an app instance by :class:`Endpoint`."""
+
+    path: str
+    max_batch_size: int = 1
+    max_queue_delay_ms: float = 0.0
+    buffering: int | None = None
+    session_timeout_s: float | None = None
+    realtime: bool = False
+
+
+def _normalise_path(path: str) -> str:
+    return "/".join(part for part in path.split("/") if part)
+
+
+def _decorator(spec: EndpointSpec) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    if spec.max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {spec.max_batch_size}")
+    if spec.max_queue_delay_ms < 0:
+        raise ValueError(f"max_queue_delay_ms must be >= 0, got {spec.max_queue_delay_ms}")
+    low, high = MAX_BUFFERING_RANGE
+    if spec.buffering is not None and not low <= spec.buffering <= high:
+        raise ValueError(f"buffering must be in {low}..{high}, got {spec.buffering}")
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn._framewire_endpoint = spec  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def endpoint(
+    path: str = "/",
+    *,
+    max_batch_size: int = 1,
+    max_queue_delay_ms: float = 0.0,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an endpoint at ``path`` (relative to the app id) on every surface."""
+    return _decorator(
+        EndpointSpec(_normalise_path(path), max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    )
+
+
+def realtime(
+    path: str = "/realtime",
+    *,
+    buffering: int | None = None,
+    session_timeout: float | None = None,
+    max_batch_size: int = 1,
+    max_queue_delay_ms: float = 0.0,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a realtime endpoint, the counterpart of ``@fal.realtime``.
+
+    ``buffering`` is the pending-frame capacity per session when the client does not send
+    ``max_buffering``; ``session_timeout`` (seconds) closes a session that sends nothing.
+    """
+    return _decorator(
+        EndpointSpec(
+            _normalise_path(path),
+            max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
+            buffering=buffering,
+            session_timeout_s=session_timeout,
+            realtime=True,
+        )
+    )
+
+
+def _models_of(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel], bool]:
+    """Read (input model, output model, batched) from a handler's type hints."""
+    hints = typing.get_type_hints(fn)
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    if len(params) != 1:
+        raise TypeError(f"handler {fn.__qualname__} must take exactly one argument besides self")
+    arg, ret = hints.get(params[0]), hints.get("return")
+    if arg is None or ret is None:
+        raise TypeError(f"handler {fn.__qualname__} needs type hints on its argument and return")
+    batched = typing.get_origin(arg) in (list, Sequence)
+    if batched:
+        (arg,) = typing.get_args(arg)
+        (ret,) = typing.get_args(ret)
+    for what, model in (("input", arg), ("output", ret)):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"handler {fn.__qualname__}: {what} type {model!r} is not a pydantic model")
+    return arg, ret, batched
+
+
+class App:
+    """Base class of FrameWire apps; the self-hosted counterpart of ``fal.App``.
+
+    Subclasses set ``app_id`` (``owner/alias``), optional ``aliases`` (other ids that
+    map onto this app, e.g. fal's), and decorate handlers with :func:`endpoint` or
+    :func:`realtime`. :meth:`setup` runs once on the engine's thread before the server
+    reports ready; handlers never run on the event loop.
+    """
+
+    app_id: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    tags: ClassVar[tuple[str, ...]] = ()
+
+    def setup(self) -> None:
+        """Load weights, allocate buffers, warm up. Runs once on the engine thread."""
+
+    def teardown(self) -> None:
+        """Release what :meth:`setup` took. Runs once when the engine stops."""
+
+    def batch_key(self, path: str, inp: BaseModel) -> Hashable:
+        """Inputs with different keys never share a batch (e.g. a different image size).
+
+        Must be cheap and torch-free: the gateway computes it per frame.
+        """
+        return None
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        """This instance's endpoints by normalised path (``""`` is the root)."""
+        found: dict[str, Endpoint] = {}
+        for klass in reversed(type(self).__mro__):
+            for name, attr in vars(klass).items():
+                spec = getattr(attr, "_framewire_endpoint", None)
+                if isinstance(spec, EndpointSpec):
+                    found[spec.path] = Endpoint(self, spec, getattr(self, name))
+        return found
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One endpoint of one app instance: models, batching settings and the handler."""
+
+    app: App
+    spec: EndpointSpec
+    handler: Callable[..., Any]
+    input_model: type[BaseModel] = field(init=False)
+    output_model: type[BaseModel] = field(init=False)
+    batched: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_model, self.output_model, self.batched = _models_of(self.handler)
+        if not self.batched and self.spec.max_batch_size != 1:
+            raise TypeError(
+                f"{self.key}: max_batch_size={self.spec.max_batch_size} needs a handler taking "
+                f"list[{self.input_model.__name__}]"
+            )
+
+    @property
+    def key(self) -> str:
+        return f"{self.app.app_id}/{self.spec.path}" if self.spec.path else self.app.app_id
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.spec.max_batch_size
+
+    def call(self, inputs: list[BaseModel]) -> list[BaseModel | AppError]:
+        """Run the handler on one batch; the result has one element per input."""
+        if self.batched:
+            outputs = list(self.handler(inputs))
+        else:
+            outputs = []
+            for inp in inputs:
+                try:
+                    outputs.append(self.handler(inp))
+                except AppError as exc:
+                    outputs.append(exc)
+        if len(outputs) != len(inputs):
+            raise EngineError(f"{self.key} returned {len(outputs)} outputs for {len(inputs)} inputs")
+        return outputs
+
+
+def split_app_id(app_id: str) -> tuple[str, str, str]:
+    """Split an endpoint id into (``[namespace/]owner/alias``, alias, sub-path).
+
+    Follows the fal clients: a leading ``workflows/`` or ``comfy/`` namespace is kept
+    with the app; the legacy form ``123-alias`` means ``123/alias``. Raises
+    ``ValueError`` for an id without owner and alias.
+    """
+    parts = [p for p in app_id.split("/") if p]
+    namespace = ""
+    if parts and parts[0] in ("workflows", "comfy"):
+        namespace, parts = parts[0] + "/", parts[1:]
+    if len(parts) == 1 and "-" in parts[0] and parts[0].split("-", 1)[0].isdigit():
+        parts = parts[0].split("-", 1)
+    if len(parts) < 2:
+        raise ValueError(f"app id {app_id!r} must have the form owner/alias[/path]")
+    owner, alias, rest = parts[0], parts[1], parts[2:]
+    return f"{namespace}{owner}/{alias}", alias, "/".join(rest)
+
+
+class AppRegistry:
+    """Apps by id and alias; resolves request paths to endpoints."""
+
+    def __init__(self, apps: Sequence[App] = ()) -> None:
+        self._apps: dict[str, App] = {}
+        self._names: dict[str, App] = {}
+        self._endpoints: dict[int, dict[str, Endpoint]] = {}
+        for app in apps:
+            self.add(app)
+
+    def add(self, app: App) -> None:
+        if not app.app_id:
+            raise ValueError(f"{type(app).__name__} has no app_id")
+        endpoints = app.endpoints()
+        if not endpoints:
+            raise ValueError(f"{app.app_id} declares no endpoint")
+        for name in (app.app_id, *app.aliases):
+            base, _, sub = split_app_id(name)
+            if sub:
+                raise ValueError(f"app id or alias {name!r} must be owner/alias without a path")
+            if base in self._names:
+                raise ValueError(f"app id {name!r} is already taken by {self._names[base].app_id}")
+            self._names[base] = app
+        self._apps[app.app_id] = app
+        self._endpoints[id(app)] = endpoints
+
+    def __iter__(self) -> typing.Iterator[App]:
+        return iter(self._apps.values())
+
+    def __len__(self) -> int:
+        return len(self._apps)
+
+    def get(self, name: str) -> App | None:
+        """The app called ``name`` (its id or an alias), or None."""
+        return self._names.get(name)
+
+    def names_of(self, app: App) -> list[str]:
+        return [name for name, other in self._names.items() if other is app]
+
+    def endpoints_of(self, app: App) -> dict[str, Endpoint]:
+        return self._endpoints[id(app)]
+
+    def resolve(self, path: str, *, realtime: bool = False) -> Endpoint:
+        """The endpoint for a request path such as ``fal-ai/fast-lcm-diffusion/image-to-image``.
+
+        With ``realtime`` the path is the WebSocket URL's path without its ``/realtime``
+        suffix: an endpoint declared at ``<sub>/realtime`` wins, else the one at ``<sub>``.
+        Raises ``LookupError`` with a readable message when nothing matches.
+        """
+        base, _, sub = split_app_id(path)
+        app = self._names.get(base)
+        if app is None:
+            raise LookupError(f"no app named {base!r}")
+        endpoints = self._endpoints[id(app)]
+        candidates = ["/".join(p for p in (sub, "realtime") if p), sub] if realtime else [sub]
+        for candidate in candidates:
+            if candidate in endpoints:
+                return endpoints[candidate]
+        raise LookupError(f"app {app.app_id!r} has no endpoint at path {'/' + sub!r}")
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the engine hands back for one input: an output model or an error."""
+
+    output: BaseModel | None
+    error: AppError | None
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+    tag: Any = None
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {
+            "queue_ms": round(self.queue_ms, 3),
+            "inference_ms": round(self.inference_ms, 3),
+            "batch_size": self.batch_size,
+        }
+
+
+ResultCallback = Callable[[FrameResult], None]
+
+
+class Stream(Protocol):
+    """The engine side of one realtime session: a bounded buffer of pending frames."""
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+
+class EngineClient(Protocol):
+    """What the gateway needs from an engine. In-process and remote engines implement it.
+
+    Result callbacks always run on the event loop that called :meth:`start`.
+    """
+
+    registry: AppRegistry
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Set up every app (weights, warm-up) and start the workers."""
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish in-flight batches (bounded by ``timeout_s``) and stop the workers."""
+
+    def open_stream(self, endpoint: Endpoint, capacity: int, on_result: ResultCallback) -> Stream:
+        """Open a session's frame buffer holding at most ``capacity`` pending frames."""
+
+    def submit(self, stream: Stream, inp: BaseModel, tag: Any) -> Any:
+        """Queue one frame; ``tag`` (not None) comes back in its :class:`FrameResult`.
+
+        Returns the tag of an older pending frame dropped to make room, else None.
+        """
+
+    def close_stream(self, stream: Stream) -> int:
+        """Close a session's buffer; returns how many pending frames were discarded."""
+
+    async def call(self, endpoint: Endpoint, inp: BaseModel, *, priority: int = 0) -> FrameResult:
+        """Run one request (sync run, queue job) through the same batcher as frames."""

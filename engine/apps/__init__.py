@@ -1,0 +1,1 @@
+"""Built-in apps. Each module's app class is importable without torch."""

@@ -1,0 +1,143 @@
+"""Shared fixtures: apps for tests, an in-process server over a real socket."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import uvicorn
+from pydantic import BaseModel
+
+from engine.api import App, AppRegistry, realtime
+from engine.apps.echo import EchoApp
+from engine.host import LocalEngine
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+class SlowIn(BaseModel):
+    n: int = 0
+    delay_ms: float = 0.0
+    fail: bool = False
+
+
+class SlowOut(BaseModel):
+    n: int
+    batch: list[int]
+    timings: dict[str, float] = {}
+
+
+class BatchingApp(App):
+    """Records every batch it runs; each batch sleeps for the largest delay in it."""
+
+    app_id = "test/batching"
+    aliases = ("fal-ai/batching-alias",)
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    @realtime("/realtime", buffering=4, session_timeout=0.5, max_batch_size=8)
+    def run(self, inputs: list[SlowIn]) -> list[SlowOut]:
+        ns = [i.n for i in inputs]
+        self.batches.append(ns)
+        delay = max(i.delay_ms for i in inputs)
+        if delay:
+            time.sleep(delay / 1000)
+        if any(i.n < 0 for i in inputs):
+            raise RuntimeError("negative n")
+        return [SlowOut(n=i.n, batch=ns) for i in inputs]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
+    """Run the real app on uvicorn in a thread; yields ``host:port``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    app = create_app(settings, LocalEngine(AppRegistry(apps)))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        ws_per_message_deflate=False,
+        ws_max_size=4 * settings.max_frame_bytes,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def echo_app() -> EchoApp:
+    return EchoApp()
+
+
+@pytest.fixture
+def batching_app() -> BatchingApp:
+    return BatchingApp()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen[str] | None = None, timeout_s: float = 30.0) -> None:
+    """Poll ``/ready`` until it answers 200; fail with the server's output if it dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as res:
+                if res.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{output}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not become ready")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    """``framewire serve`` as a child process on a free port; yields the port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        try:
+            wait_ready(port, proc)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

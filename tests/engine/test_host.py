@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.api import AppRegistry, EngineUnavailable, FrameResult
+from engine.apps.echo import EchoApp, EchoInput
+from engine.host import BatchRecord, LocalEngine
+from tests.conftest import BatchingApp, SlowIn
+
+
+async def test_frames_from_many_streams_share_batches_and_keep_order(batching_app: BatchingApp) -> None:
+    engine = LocalEngine(AppRegistry([batching_app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/batching", realtime=True)
+    results: dict[int, list[FrameResult]] = {i: [] for i in range(8)}
+    streams = [engine.open_stream(ep, 4, results[i].append) for i in range(8)]
+    # A slow first batch lets the others pile up, as frames do behind a busy GPU.
+    engine.submit(streams[0], SlowIn(n=0, delay_ms=150), tag=("s0", 0))
+    await asyncio.sleep(0.05)
+    for i, stream in enumerate(streams):
+        for k in (1, 2):
+            engine.submit(stream, SlowIn(n=100 * i + k), tag=(i, k))
+    deadline = time.monotonic() + 5
+    while sum(len(r) for r in results.values()) < 17 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await engine.stop()
+    assert sum(len(r) for r in results.values()) == 17
+    assert max(len(b) for b in batching_app.batches) > 1
+    assert all(len(b) <= 8 for b in batching_app.batches)
+    for i in range(1, 8):
+        assert [r.output.n for r in results[i]] == [100 * i + 1, 100 * i + 2]  # type: ignore[union-attr]
+        assert [r.tag for r in results[i]] == [(i, 1), (i, 2)]
+
+
+async def test_a_full_stream_drops_its_oldest_pending_frame(batching_app: BatchingApp) -> None:
+    engine = LocalEngine(AppRegistry([batching_app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/batching", realtime=True)
+    got: list[FrameResult] = []
+    stream = engine.open_stream(ep, 1, got.append)
+    engine.submit(stream, SlowIn(n=0, delay_ms=150), tag=0)
+    await asyncio.sleep(0.05)  # frame 0 is running; 1, 2, 3 compete for one slot
+    dropped = [engine.submit(stream, SlowIn(n=n), tag=n) for n in (1, 2, 3)]
+    assert dropped == [None, 1, 2]
+    while len(got) < 2:
+        await asyncio.sleep(0.01)
+    await engine.stop()
+    assert [r.tag for r in got] == [0, 3]
+    assert stream.dropped == 2
+
+
+async def test_a_failing_batch_reports_errors_and_the_worker_goes_on(batching_app: BatchingApp) -> None:
+    engine = LocalEngine(AppRegistry([batching_app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/batching", realtime=True)
+    bad = await engine.call(ep, SlowIn(n=-1))
+    good = await engine.call(ep, SlowIn(n=5))
+    await engine.stop()
+    assert bad.error is not None and bad.error.code == "INTERNAL_ERROR"
+    assert "RuntimeError" in bad.error.reason and "negative" not in bad.error.reason
+    assert good.output is not None and good.output.n == 5  # type: ignore[attr-defined]
+
+
+async def test_per_input_errors_reach_only_their_caller() -> None:
+    engine = LocalEngine(AppRegistry([EchoApp()]))
+    await engine.start()
+    ep = engine.registry.resolve("framewire/echo")
+    bad, good = await asyncio.gather(
+        engine.call(ep, EchoInput(image_url="data:image/jpeg;base64,@@@")),
+        engine.call(ep, EchoInput(image_url=b"abc")),
+    )
+    await engine.stop()
+    assert bad.error is not None and bad.error.code == "INVALID_INPUT" and "base64" in bad.error.reason
+    assert good.output is not None and good.output.image == b"abc"  # type: ignore[attr-defined]
+
+
+async def test_stop_fails_pending_frames_as_unavailable(batching_app: BatchingApp) -> None:
+    engine = LocalEngine(AppRegistry([batching_app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/batching", realtime=True)
+    got: list[FrameResult] = []
+    stream = engine.open_stream(ep, 4, got.append)
+    engine.submit(stream, SlowIn(n=0, delay_ms=200), tag=0)
+    await asyncio.sleep(0.05)
+    engine.submit(stream, SlowIn(n=1), tag=1)
+    await engine.stop()
+    await asyncio.sleep(0.05)  # results are delivered through the loop
+    by_tag = {r.tag: r for r in got}
+    assert by_tag[0].output is not None  # the running batch finished
+    assert isinstance(by_tag[1].error, EngineUnavailable)
+    with pytest.raises(EngineUnavailable):
+        engine.submit(stream, SlowIn(n=2), tag=2)
+
+
+async def test_setup_failure_is_reported_by_start() -> None:
+    class Broken(EchoApp):
+        app_id = "test/broken"
+
+        def setup(self) -> None:
+            raise OSError("weights not found at /nowhere")
+
+    engine = LocalEngine(AppRegistry([Broken()]))
+    with pytest.raises(RuntimeError, match="setup of app 'test/broken' failed: weights not found"):
+        await engine.start()
+
+
+async def test_batch_observer_sees_every_batch(batching_app: BatchingApp) -> None:
+    records: list[BatchRecord] = []
+    engine = LocalEngine(AppRegistry([batching_app]), on_batch=records.append)
+    await engine.start()
+    ep = engine.registry.resolve("test/batching", realtime=True)
+    await engine.call(ep, SlowIn(n=1))
+    await engine.stop()
+    assert [(r.endpoint_key, r.size, r.failed) for r in records] == [("test/batching/realtime", 1, False)]
