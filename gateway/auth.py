@@ -1,0 +1,188 @@
+"""Who is calling: API keys, short-lived realtime tokens, WebSocket origins.
+
+Keys arrive as ``Authorization: Key <id>:<secret>``. Browsers cannot set headers on a
+WebSocket, so they first trade a key for a short-lived token at ``POST /tokens/`` and
+pass it as ``fal_jwt_token``. Tokens are JWTs (HS256) scoped to apps and never wider
+than the key that asked for them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import jwt
+
+TOKEN_ISSUER = "framewire"
+TOKEN_AUDIENCE = "framewire:realtime"
+
+
+class AuthError(Exception):
+    """Refused: ``status`` is 401 (who are you?) or 403 (not for you)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+    @property
+    def code(self) -> str:
+        return "UNAUTHORIZED" if self.status == 401 else "FORBIDDEN"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. ``apps`` None means every app."""
+
+    key_id: str
+    apps: frozenset[str] | None = None
+    admin: bool = False
+
+    def may_use(self, names: Iterable[str]) -> bool:
+        return self.apps is None or scope_matches(self.apps, names)
+
+
+ANONYMOUS = Principal("anonymous")
+
+
+def scope_matches(scope: Iterable[str], names: Iterable[str]) -> bool:
+    """True when a scope entry names the app: its id, an alias id, or a bare alias.
+
+    fal clients put only the alias in ``allowed_apps`` (``fast-lcm-diffusion`` for
+    ``fal-ai/fast-lcm-diffusion``), so a bare alias matches any owner.
+    """
+    wanted = set(scope)
+    return any(name in wanted or name.rsplit("/", 1)[-1] in wanted for name in names)
+
+
+class KeyVerifier(Protocol):
+    def verify(self, key: str) -> Principal | None:
+        """The principal for a full ``id:secret`` key, or None if it is not valid."""
+
+
+class StaticKeys:
+    """Keys given on the command line or in the environment (full access each)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._secrets = {}
+        for key in keys:
+            key_id, _, secret = key.partition(":")
+            self._secrets[key_id] = secret.encode()
+
+    def verify(self, key: str) -> Principal | None:
+        key_id, _, secret = key.partition(":")
+        expected = self._secrets.get(key_id)
+        if expected is None or not hmac.compare_digest(expected, secret.encode()):
+            return None
+        return Principal(key_id, admin=True)
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subject: str
+    apps: frozenset[str]
+    expires_at: int
+
+
+class TokenIssuer:
+    """Signs and checks realtime tokens."""
+
+    def __init__(self, secret: str | None, max_expiration_s: int = 3600) -> None:
+        self._secret = secret or secrets.token_urlsafe(32)
+        self.max_expiration_s = max_expiration_s
+
+    def issue(self, principal: Principal, apps: Sequence[str], expiration_s: int) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": TOKEN_ISSUER,
+            "aud": TOKEN_AUDIENCE,
+            "sub": principal.key_id,
+            "apps": list(apps),
+            "iat": now,
+            "exp": now + expiration_s,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> TokenClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=TOKEN_AUDIENCE,
+                issuer=TOKEN_ISSUER,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError(401, "token expired; fetch a new one from /tokens/") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(401, f"invalid token ({exc})") from None
+        apps = claims.get("apps")
+        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+            raise AuthError(401, "invalid token (no app scope)")
+        return TokenClaims(claims["sub"], frozenset(apps), int(claims["exp"]))
+
+
+class Authenticator:
+    """Turns request credentials into a :class:`Principal`, or refuses."""
+
+    def __init__(self, enabled: bool, keys: KeyVerifier, tokens: TokenIssuer) -> None:
+        self.enabled = enabled
+        self.keys = keys
+        self.tokens = tokens
+
+    def from_header(self, authorization: str | None) -> Principal | None:
+        """The principal of an ``Authorization`` header (``Key …`` or ``Bearer <token>``).
+
+        Returns None when there is no header; raises :class:`AuthError` when it is wrong.
+        """
+        if not authorization:
+            return None
+        scheme, _, value = authorization.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "key" and value:
+            principal = self.keys.verify(value)
+            if principal is None:
+                raise AuthError(401, "invalid API key")
+            return principal
+        if scheme.lower() == "bearer" and value:
+            claims = self.tokens.verify(value)
+            return Principal(claims.subject, claims.apps)
+        raise AuthError(401, "Authorization header must be 'Key <id>:<secret>' or 'Bearer <token>'")
+
+    def request(self, headers: Mapping[str, str], token: str | None = None) -> Principal:
+        """Authenticate an HTTP or WebSocket request (header first, then a query token)."""
+        if not self.enabled:
+            return ANONYMOUS
+        principal = self.from_header(headers.get("authorization"))
+        if principal is not None:
+            return principal
+        if token:
+            claims = self.tokens.verify(token)
+            return Principal(claims.subject, claims.apps)
+        raise AuthError(401, "missing credentials: send 'Authorization: Key <id>:<secret>' or fal_jwt_token")
+
+    def check_app(self, principal: Principal, app_names: Sequence[str]) -> None:
+        if not principal.may_use(app_names):
+            raise AuthError(403, f"credentials are not valid for {app_names[0]!r}")
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """The WebSocket Origin check.
+
+    No Origin header (non-browser clients) is allowed. A browser's Origin is allowed
+    when it is the server's own host, when ``allowed`` holds ``*``, or when it is listed.
+    """
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    netloc = urlsplit(origin).netloc
+    return bool(host) and netloc == host

@@ -1,0 +1,239 @@
+"""One realtime session: a reader feeding the engine and a writer sending results back.
+
+Per-session state lives here and nowhere else. Both directions are bounded: pending
+inputs sit in the engine's per-session buffer (latest frame wins), outgoing messages in
+a small outbox that drops its oldest *result* when the client does not keep up. Errors
+caused by one frame are reported and the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from engine.api import AppError, Endpoint, EngineClient, FrameResult, Stream
+from gateway import protocol
+from gateway.protocol import CloseCode, ErrorCode, ProtocolError
+
+log = logging.getLogger("framewire.realtime")
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What the session remembers about one frame while the engine has it."""
+
+    request_id: Any
+    received_s: float
+
+
+@dataclass
+class SessionStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0  # pending inputs displaced by newer ones (latest frame wins)
+    outputs_dropped: int = 0  # results discarded because the client did not read them
+    errors: int = 0
+
+
+class RealtimeSession:
+    """Runs one accepted WebSocket until the client leaves or the session times out."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        endpoint: Endpoint,
+        engine: EngineClient,
+        *,
+        capacity: int,
+        session_timeout_s: float | None,
+        max_frame_bytes: int,
+    ) -> None:
+        self.ws = ws
+        self.endpoint = endpoint
+        self.engine = engine
+        self.capacity = capacity
+        self.session_timeout_s = session_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.stats = SessionStats()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._outbox: deque[bytes | str] = deque()
+        self._outbox_limit = 2 * capacity + 4
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._connected = True
+        self._stream: Stream | None = None
+
+    # -- engine side (runs on the event loop) --------------------------------------
+
+    def _on_result(self, result: FrameResult) -> None:
+        self._frame_done()
+        if not self._connected:
+            return
+        pending: _Pending = result.tag
+        if result.error is not None:
+            self._send_error(result.error.code, result.error.reason, pending.request_id)
+            return
+        assert result.output is not None
+        output = result.output.model_dump()
+        if "timings" in output and isinstance(output["timings"], dict | None):
+            output["timings"] = {**(output["timings"] or {}), **result.timings}
+        if pending.request_id is not None and "request_id" not in output:
+            output["request_id"] = pending.request_id
+        try:
+            payload = protocol.encode_output(output)
+        except (TypeError, ValueError) as exc:
+            log.exception("cannot encode output of %s", self.endpoint.key)
+            self._send_error(ErrorCode.INTERNAL_ERROR, f"output could not be encoded ({exc})", pending.request_id)
+            return
+        self.stats.frames_out += 1
+        self._enqueue(payload)
+
+    def _frame_done(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    # -- outbox ----------------------------------------------------------------------
+
+    def _enqueue(self, message: bytes | str) -> None:
+        if len(self._outbox) >= self._outbox_limit:
+            for i, queued in enumerate(self._outbox):
+                if isinstance(queued, bytes):  # drop the oldest result, never an error
+                    del self._outbox[i]
+                    self.stats.outputs_dropped += 1
+                    break
+        self._outbox.append(message)
+        self._wake.set()
+
+    def _send_error(self, code: str, reason: str, request_id: Any = None, **extra: Any) -> None:
+        self.stats.errors += 1
+        if request_id is not None:
+            extra["request_id"] = request_id
+        self._enqueue(protocol.error_message(code, reason, **extra))
+
+    async def _write(self) -> None:
+        send = self.ws.send
+        while True:
+            while not self._outbox:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            message = self._outbox.popleft()
+            try:
+                if isinstance(message, bytes):
+                    await send({"type": "websocket.send", "bytes": message})
+                else:
+                    await send({"type": "websocket.send", "text": message})
+            except Exception:  # the client went away mid-send
+                self._connected = False
+                return
+
+    # -- reader ----------------------------------------------------------------------
+
+    def _handle_frame(self, message: dict[str, Any]) -> None:
+        data = message.get("bytes")
+        if data is None:
+            raise protocol.text_frame_error(message.get("text") or "")
+        if len(data) > self.max_frame_bytes:
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"frame is {len(data)} bytes; the limit is {self.max_frame_bytes}"
+            )
+        fields = protocol.decode_frame(data)
+        request_id = fields.get("request_id")
+        try:
+            inp = self.endpoint.input_model.model_validate(fields)
+        except ValidationError as exc:
+            raise ProtocolError(
+                ErrorCode.VALIDATION_ERROR,
+                protocol.validation_reason(exc),
+                detail=protocol.validation_detail(exc),
+                request_id=request_id,
+            ) from None
+        assert self._stream is not None
+        pending = _Pending(request_id, time.perf_counter())
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            dropped = self.engine.submit(self._stream, inp, pending)
+        except AppError:
+            self._frame_done()
+            raise
+        if dropped is not None:
+            self.stats.frames_dropped += 1
+            self._frame_done()
+
+    async def _read(self) -> bool:
+        """Read frames until the client leaves (False) or the session idles out (True)."""
+        receive = self.ws.receive
+        while True:
+            try:
+                async with asyncio.timeout(self.session_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                return True
+            if message["type"] == "websocket.disconnect":
+                self._connected = False
+                return False
+            self.stats.frames_in += 1
+            try:
+                self._handle_frame(message)
+            except ProtocolError as exc:
+                self._send_error(exc.code, exc.reason, **exc.extra)
+            except AppError as exc:
+                self._send_error(exc.code, exc.reason)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> SessionStats:
+        self._stream = self.engine.open_stream(self.endpoint, self.capacity, self._on_result)
+        writer = asyncio.create_task(self._write())
+        close_code: int | None = None
+        try:
+            timed_out = await self._read()
+            if timed_out:
+                # Outputs still in the engine go out before the TIMEOUT message.
+                try:
+                    async with asyncio.timeout(self.session_timeout_s):
+                        await self._idle.wait()
+                except TimeoutError:
+                    pass
+                self._send_error(ErrorCode.TIMEOUT, protocol.TIMEOUT_REASON)
+                close_code = CloseCode.NORMAL
+        except WebSocketDisconnect:
+            self._connected = False
+        finally:
+            discarded = self.engine.close_stream(self._stream)
+            self.stats.frames_dropped += discarded
+            self._closing = True
+            self._wake.set()
+            if self._connected:
+                try:
+                    async with asyncio.timeout(5.0):
+                        await writer
+                except TimeoutError:
+                    pass
+            writer.cancel()
+            if self._connected and close_code is not None:
+                try:
+                    await self.ws.close(close_code)
+                except Exception:  # already gone
+                    pass
+        return self.stats
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close from outside (drain): stop reading, flush, close with ``code``."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)

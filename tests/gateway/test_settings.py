@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gateway import settings as s
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    s.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"FRAMEWIRE_PORT": "9001", "FRAMEWIRE_HOST": "0.0.0.0"}
+    got = s.from_sources(parse(["--port", "9002"]), env)
+    assert got.port == 9002 and got.host == "0.0.0.0" and got.max_frame_bytes == s.Settings().max_frame_bytes
+
+
+def test_repeatable_and_comma_lists_are_flattened() -> None:
+    got = s.from_sources(parse(["--app", "a:B", "--app", "c:D,e:F"]), {})
+    assert got.apps == ("a:B", "c:D", "e:F")
+    assert s.from_sources(parse([]), {"FRAMEWIRE_ALLOWED_ORIGINS": "https://x, https://y"}).allowed_origins == (
+        "https://x",
+        "https://y",
+    )
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="FRAMEWIRE_AUTH='maybe'"):
+        s.from_sources(parse([]), {"FRAMEWIRE_AUTH": "maybe"})
+
+
+def test_auth_without_keys_is_a_startup_error_naming_the_fix() -> None:
+    with pytest.raises(ValueError, match="--api-key"):
+        s.from_sources(parse(["--auth"]), {})
+
+
+def test_tls_needs_both_files() -> None:
+    with pytest.raises(ValueError, match="together"):
+        s.from_sources(parse(["--ssl-certfile", "c.pem"]), {})
+
+
+def test_queue_port_must_differ_from_port() -> None:
+    with pytest.raises(ValueError, match="--queue-port"):
+        s.from_sources(parse(["--port", "8000", "--queue-port", "8000"]), {})
+
+
+def test_short_token_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        s.from_sources(parse(["--token-secret", "short"]), {})

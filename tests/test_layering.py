@@ -1,0 +1,63 @@
+"""The layers of DESIGN §2: gateway → engine.api → engine → kernels, never upwards."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "diffusers", "transformers", "triton", "numpy")
+WEB = ("starlette", "uvicorn", "fastapi", "websockets", "httpx", "gateway")
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("path", modules("gateway"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_gateway_imports_only_the_torch_free_engine_api(path: Path) -> None:
+    found = imports_of(path)
+    assert not {n for n in found if top(n) in HEAVY}, f"{path.name} imports a heavy library"
+    if path.name != "cli.py":  # the composition root wires the engine in
+        engine_imports = {n for n in found if top(n) == "engine"}
+        assert engine_imports <= {"engine.api"}, f"{path.name} imports {engine_imports}"
+
+
+@pytest.mark.parametrize("path", modules("engine"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_engine_imports_no_web_framework(path: Path) -> None:
+    assert not {n for n in imports_of(path) if top(n) in WEB}
+
+
+@pytest.mark.parametrize("path", modules("kernels"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_kernels_depend_only_on_torch_and_triton(path: Path) -> None:
+    allowed = {"torch", "triton", "kernels", "__future__"}
+    stdlib = set(sys.stdlib_module_names)
+    assert {top(n) for n in imports_of(path)} <= allowed | stdlib
+
+
+def test_importing_the_gateway_loads_no_torch() -> None:
+    code = (
+        "import sys, gateway.app, gateway.cli, gateway.realtime, gateway.session, engine.host, engine.apps.echo\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
