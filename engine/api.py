@@ -70,6 +70,28 @@ class EngineUnavailable(EngineError):
     status = 503
 
 
+class Progress:
+    """Handed to handlers that declare a ``progress`` parameter.
+
+    ``progress(i, partial)`` sends a partial output (e.g. a per-step preview) for the
+    batch's ``i``-th input to whoever streams it (SSE); ``wanted(i)`` says whether anyone
+    does, so previews are only computed when needed; ``cancelled(i)`` says whether the
+    caller gave up, so a long handler can skip the rest of that input's work.
+    """
+
+    def wanted(self, index: int) -> bool:
+        return False
+
+    def cancelled(self, index: int) -> bool:
+        return False
+
+    def __call__(self, index: int, partial: BaseModel) -> None:
+        return None
+
+
+NO_PROGRESS = Progress()
+
+
 @dataclass(frozen=True)
 class EndpointSpec:
     """What an endpoint decorator declared; bound to an app instance by :class:`Endpoint`."""
@@ -142,7 +164,7 @@ def realtime(
 def _models_of(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel], bool]:
     """Read (input model, output model, batched) from a handler's type hints."""
     hints = typing.get_type_hints(fn)
-    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    params = [p for p in inspect.signature(fn).parameters if p not in ("self", "progress")]
     if len(params) != 1:
         raise TypeError(f"handler {fn.__qualname__} must take exactly one argument besides self")
     arg, ret = hints.get(params[0]), hints.get("return")
@@ -207,9 +229,11 @@ class Endpoint:
     input_model: type[BaseModel] = field(init=False)
     output_model: type[BaseModel] = field(init=False)
     batched: bool = field(init=False)
+    takes_progress: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.input_model, self.output_model, self.batched = _models_of(self.handler)
+        self.takes_progress = "progress" in inspect.signature(self.handler).parameters
         if not self.batched and self.spec.max_batch_size != 1:
             raise TypeError(
                 f"{self.key}: max_batch_size={self.spec.max_batch_size} needs a handler taking "
@@ -224,20 +248,41 @@ class Endpoint:
     def max_batch_size(self) -> int:
         return self.spec.max_batch_size
 
-    def call(self, inputs: list[BaseModel]) -> list[BaseModel | AppError]:
+    def call(self, inputs: list[BaseModel], progress: Progress = NO_PROGRESS) -> list[BaseModel | AppError]:
         """Run the handler on one batch; the result has one element per input."""
+        kwargs: dict[str, Any] = {}
         if self.batched:
-            outputs = list(self.handler(inputs))
+            if self.takes_progress:
+                kwargs["progress"] = progress
+            outputs = list(self.handler(inputs, **kwargs))
         else:
             outputs = []
-            for inp in inputs:
+            for i, inp in enumerate(inputs):
+                if self.takes_progress:
+                    kwargs["progress"] = _OneProgress(progress, i)
                 try:
-                    outputs.append(self.handler(inp))
+                    outputs.append(self.handler(inp, **kwargs))
                 except AppError as exc:
                     outputs.append(exc)
         if len(outputs) != len(inputs):
             raise EngineError(f"{self.key} returned {len(outputs)} outputs for {len(inputs)} inputs")
         return outputs
+
+
+class _OneProgress(Progress):
+    """A batch's progress seen from an unbatched handler (its input is always index 0)."""
+
+    def __init__(self, batch: Progress, index: int) -> None:
+        self._batch, self._index = batch, index
+
+    def wanted(self, index: int) -> bool:
+        return self._batch.wanted(self._index)
+
+    def cancelled(self, index: int) -> bool:
+        return self._batch.cancelled(self._index)
+
+    def __call__(self, index: int, partial: BaseModel) -> None:
+        self._batch(self._index, partial)
 
 
 def split_app_id(app_id: str) -> tuple[str, str, str]:
@@ -341,6 +386,7 @@ class FrameResult:
 
 
 ResultCallback = Callable[[FrameResult], None]
+ProgressCallback = Callable[[BaseModel], None]
 
 
 class Stream(Protocol):
@@ -382,5 +428,18 @@ class EngineClient(Protocol):
     def close_stream(self, stream: Stream) -> int:
         """Close a session's buffer; returns how many pending frames were discarded."""
 
-    async def call(self, endpoint: Endpoint, inp: BaseModel, *, priority: int = 0) -> FrameResult:
-        """Run one request (sync run, queue job) through the same batcher as frames."""
+    async def call(
+        self,
+        endpoint: Endpoint,
+        inp: BaseModel,
+        *,
+        priority: int = 0,
+        on_progress: ProgressCallback | None = None,
+    ) -> FrameResult:
+        """Run one request (sync run, queue job) through the same batcher as frames.
+
+        Lower ``priority`` runs first; realtime frames always go before requests.
+        ``on_progress`` receives partial outputs on the event loop. Cancelling the
+        awaiting task removes a request still queued, or tells the handler (through
+        :meth:`Progress.cancelled`) that nobody waits for it any more.
+        """

@@ -27,6 +27,8 @@ from engine.api import (
     EngineError,
     EngineUnavailable,
     FrameResult,
+    Progress,
+    ProgressCallback,
     ResultCallback,
 )
 from engine.scheduler import BatchScheduler, Frame, FrameBuffer
@@ -154,8 +156,9 @@ class _Worker:
     def _run_batch(self, ep: Endpoint, batch: list[Frame]) -> None:
         started = time.perf_counter()
         failed = False
+        progress = _BatchProgress(self.loop, batch) if ep.takes_progress else Progress()
         try:
-            outputs: list[BaseModel | AppError] = ep.call([f.inp for f in batch])
+            outputs: list[BaseModel | AppError] = ep.call([f.inp for f in batch], progress)
         except AppError as exc:
             outputs, failed = [exc] * len(batch), True
         except Exception as exc:
@@ -188,6 +191,29 @@ class _Worker:
             pending = [f for sched in self.schedulers.values() for f in sched.drain()]
             self.cond.notify_all()
         return pending
+
+
+class _BatchProgress(Progress):
+    """Routes a handler's partial outputs to the frames' progress callbacks, on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch: list[Frame]) -> None:
+        self._loop = loop
+        self._batch = batch
+
+    def wanted(self, index: int) -> bool:
+        frame = self._batch[index]
+        return frame.on_progress is not None and not frame.cancelled
+
+    def cancelled(self, index: int) -> bool:
+        return self._batch[index].cancelled
+
+    def __call__(self, index: int, partial: BaseModel) -> None:
+        callback = self._batch[index].on_progress
+        if callback is not None and not self._batch[index].cancelled:
+            try:
+                self._loop.call_soon_threadsafe(callback, partial)
+            except RuntimeError:  # loop closed
+                pass
 
 
 def _deliver(results: list[tuple[Frame, FrameResult]]) -> None:
@@ -295,7 +321,14 @@ class LocalEngine:
         with worker.cond:
             return len(worker.schedulers[stream.endpoint].close(stream.id))
 
-    async def call(self, endpoint: Endpoint, inp: BaseModel, *, priority: int = 0) -> FrameResult:
+    async def call(
+        self,
+        endpoint: Endpoint,
+        inp: BaseModel,
+        *,
+        priority: int = 0,
+        on_progress: ProgressCallback | None = None,
+    ) -> FrameResult:
         worker = self._worker(endpoint)
         future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
 
@@ -304,7 +337,15 @@ class LocalEngine:
                 future.set_result(result)
 
         key = endpoint.app.batch_key(endpoint.spec.path, inp)
+        frame = Frame(inp, key, time.perf_counter(), resolve, on_progress=on_progress)
+        scheduler = worker.schedulers[endpoint]
         with worker.cond:
-            worker.schedulers[endpoint].push_request(Frame(inp, key, time.perf_counter(), resolve), priority)
+            scheduler.push_request(frame, priority)
             worker.cond.notify()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            with worker.cond:
+                if not scheduler.remove_request(frame):
+                    frame.cancelled = True  # running: the handler may notice and stop early
+            raise

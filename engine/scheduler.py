@@ -31,6 +31,8 @@ class Frame:
     enqueued_s: float
     on_result: Callable[[Any], None]
     tag: Any = None
+    on_progress: Callable[[Any], None] | None = None
+    cancelled: bool = False
     seq: int = field(default_factory=lambda: next(_seq))
 
 
@@ -118,6 +120,17 @@ class BatchScheduler:
         """Queue a one-off request; lower ``priority`` values run first."""
         heapq.heappush(self._requests, (priority, frame.seq, frame))
         self._pending += 1
+
+    def remove_request(self, frame: Frame) -> bool:
+        """Take a still-queued request out of the lane; False if it already left."""
+        for i, item in enumerate(self._requests):
+            if item[2] is frame:
+                self._requests[i] = self._requests[-1]
+                self._requests.pop()
+                heapq.heapify(self._requests)
+                self._pending -= 1
+                return True
+        return False
 
     def drain(self) -> list[Frame]:
         """Remove and return every pending frame (for shutdown)."""

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
+from pydantic import BaseModel
 
-from engine.api import AppRegistry, EngineUnavailable, FrameResult
+from engine.api import App, AppRegistry, EngineUnavailable, FrameResult, Progress, endpoint
 from engine.apps.echo import EchoApp, EchoInput
 from engine.host import BatchRecord, LocalEngine
 from tests.conftest import BatchingApp, SlowIn
@@ -115,3 +117,75 @@ async def test_batch_observer_sees_every_batch(batching_app: BatchingApp) -> Non
     await engine.call(ep, SlowIn(n=1))
     await engine.stop()
     assert [(r.endpoint_key, r.size, r.failed) for r in records] == [("test/batching/realtime", 1, False)]
+
+
+class StepIn(BaseModel):
+    steps: int = 3
+    delay_ms: float = 0.0
+
+
+class StepOut(BaseModel):
+    done: int
+    preview: bool = False
+
+
+class SteppingApp(App):
+    """Emits one partial output per step, and stops early once its caller is gone."""
+
+    app_id = "test/stepping"
+
+    def __init__(self) -> None:
+        self.wanted: list[bool] = []
+        self.stopped_early = threading.Event()
+
+    @endpoint("/", max_batch_size=4)
+    def run(self, inputs: list[StepIn], progress: Progress) -> list[StepOut]:
+        self.wanted = [progress.wanted(i) for i in range(len(inputs))]
+        done = [0] * len(inputs)
+        for step in range(max(i.steps for i in inputs)):
+            time.sleep(max(i.delay_ms for i in inputs) / 1000)
+            for i, inp in enumerate(inputs):
+                if progress.cancelled(i):
+                    self.stopped_early.set()
+                    continue
+                if step < inp.steps:
+                    done[i] = step + 1
+                    if progress.wanted(i):
+                        progress(i, StepOut(done=step + 1, preview=True))
+        return [StepOut(done=d) for d in done]
+
+
+async def test_progress_reaches_only_callers_who_listen() -> None:
+    app = SteppingApp()
+    engine = LocalEngine(AppRegistry([app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/stepping")
+    seen: list[int] = []
+    results = await asyncio.gather(
+        engine.call(ep, StepIn(steps=3), on_progress=lambda p: seen.append(p.done)),  # type: ignore[attr-defined]
+        engine.call(ep, StepIn(steps=2)),
+    )
+    await engine.stop()
+    assert seen == [1, 2, 3]
+    assert [r.output.done for r in results] == [3, 2]  # type: ignore[union-attr]
+    assert app.wanted in ([True, False], [True])
+
+
+async def test_cancelling_a_queued_call_removes_it_and_a_running_one_is_told() -> None:
+    app = SteppingApp()
+    engine = LocalEngine(AppRegistry([app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/stepping")
+    running = asyncio.create_task(engine.call(ep, StepIn(steps=20, delay_ms=20)))
+    await asyncio.sleep(0.1)  # now running
+    queued = asyncio.create_task(engine.call(ep, StepIn(steps=1)))
+    await asyncio.sleep(0.01)
+    queued.cancel()
+    running.cancel()
+    for task in (queued, running):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await asyncio.to_thread(app.stopped_early.wait, 5)
+    worker = engine.workers()[0]
+    assert worker.schedulers[ep].pending == 0
+    await engine.stop()
