@@ -30,15 +30,22 @@ function loadSettings() {
 
 const saved = loadSettings();
 const query = new URLSearchParams(location.search);
+/** `value` as a number within [low, high], or `fallback` when it is not a number. */
+function bounded(value, low, high, fallback) {
+  if (value === null || value === undefined || value === "") return fallback;
+  const number = Number(value);
+  return Number.isFinite(number) ? Math.min(high, Math.max(low, number)) : fallback;
+}
+
 const settings = {
   appId: query.get("app") ?? saved.appId ?? APPS[0].id,
-  prompt: saved.prompt ?? $("prompt").value.trim(),
-  seed: Number(saved.seed ?? 42),
-  intervalMs: Number(query.get("interval_ms") ?? saved.intervalMs ?? 100),
-  maxInFlight: Number(saved.maxInFlight ?? 2),
-  color: saved.color ?? SWATCHES[0],
-  size: Number(saved.size ?? 12),
-  params: saved.params ?? {}, // per app: { strength, steps }
+  prompt: typeof saved.prompt === "string" ? saved.prompt : $("prompt").value.trim(),
+  seed: Math.round(bounded(saved.seed, 0, 9999, 42)),
+  intervalMs: bounded(query.get("interval_ms") ?? saved.intervalMs, 30, 250, 100),
+  maxInFlight: bounded(saved.maxInFlight, 1, 2, 2) === 1 ? 1 : 2,
+  color: /^#[0-9a-f]{6}$/i.test(saved.color ?? "") ? saved.color : SWATCHES[0],
+  size: bounded(saved.size, 2, 64, 12),
+  params: saved.params && typeof saved.params === "object" ? saved.params : {}, // per app: { strength, steps }
 };
 // An app the user named (link or earlier choice) is kept even when the server lacks it;
 // the built-in default gives way to the next app, with a note in the log.
@@ -166,9 +173,10 @@ document.addEventListener("keydown", (event) => {
 
 function paramsOf(appEntry) {
   const stored = settings.params[appEntry.id] ?? {};
+  const steps = appEntry.steps ?? { min: 1, max: 8, value: 4 };
   return {
-    strength: Number(stored.strength ?? appEntry.strength ?? 0.65),
-    steps: Number(stored.steps ?? appEntry.steps?.value ?? 4),
+    strength: bounded(stored.strength, 0.05, 1, appEntry.strength ?? 0.65),
+    steps: Math.round(bounded(stored.steps, steps.min, steps.max, steps.value)),
   };
 }
 
