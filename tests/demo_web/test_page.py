@@ -263,3 +263,29 @@ def test_the_page_reconnects_after_the_server_restarts(page: Page) -> None:
     assert len(tokens) >= 3, sockets
     assert tokens[0] == tokens[1] != tokens[-1], "the old token was tried, refused, and replaced"
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_slow_diffusion_app_gets_every_field_and_bounded_frames_in_flight(page: Page) -> None:
+    with serve_process(*ECHO, "--app", "tests.demo_web.fake_diffusion:FakeDiffusionApp") as port:
+        open_page(page, port, "app=framewire/lcm")
+        wait_frames_above(page, 0)
+        expect(page.locator("#output-meta")).to_contain_text("seed 42")
+        in_flight = []
+        for i in range(8):  # keep drawing for about 2 s against a 250 ms app
+            draw(page, line(40 + i * 50, 60, 60 + i * 50, 460, n=6), step_ms=20)
+            text = page.inner_text("#stat-inflight")
+            in_flight.append(int(text.split("/")[0]))
+            sent = int(page.inner_text("#stat-sent"))
+            received = int(page.inner_text("#stat-received"))
+            # sent is read first: a panel refresh in between can only shrink the difference.
+            assert sent - received <= 2, f"sent {sent}, received {received}: too many frames in flight"
+        assert max(in_flight) <= 2
+        wait_pixel(page, "#output", 40 + 7 * 50 + 10, 260, dark=True)  # the last stroke came back
+
+        page.evaluate(
+            "() => { const s = document.querySelector('#seed'); s.value = '1234';"
+            " s.dispatchEvent(new Event('input', { bubbles: true })); }"
+        )
+        expect(page.locator("#output-meta")).to_contain_text("seed 1234")
+        expect(page.locator("#server-timings")).to_contain_text("denoise")
+        expect(page.locator("#log")).not_to_contain_text("VALIDATION_ERROR")
