@@ -52,7 +52,7 @@ lint: $(STAMP)
 
 # Regenerate docs/demo.png: the page mid-use against the echo app.
 screenshot: $(STAMP) $(WEB_STAMP) $(CHROMIUM)
-	$(PY) -m tests.demo_web.screenshot docs/demo.png
+	$(PY) -m tests.demo_web.screenshot docs/demo.png --scale 1.5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_web/node_modules
