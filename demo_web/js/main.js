@@ -299,8 +299,8 @@ function chooseApp(entry, { byUser }) {
   $("live-app").textContent = entry.id;
   $("ws-url").textContent = new URL(realtimeUrl(location.origin, entry.id)).pathname;
   if (switching) {
+    pump.reset(); // before stats.reset: frames lost with the old app are not the new app's drops
     stats.reset();
-    pump.reset();
     hasOutput = false;
     $("output-pane").dataset.frames = "0";
     clearOutput();
