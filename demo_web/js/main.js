@@ -296,7 +296,6 @@ function chooseApp(entry, { byUser }) {
   saveSettings();
   renderApps();
   showParams();
-  $("live-app").textContent = entry.id;
   $("ws-url").textContent = new URL(realtimeUrl(location.origin, entry.id)).pathname;
   if (switching) {
     pump.reset(); // before stats.reset: frames lost with the old app are not the new app's drops
@@ -404,6 +403,7 @@ const CLOSE_WORDS = {
 let hasOutput = false;
 let lastState = null;
 let lost = false; // the connection dropped and has not come back yet
+let reconnects = 0;
 
 function renderConnection(state, info) {
   const conn = $("conn");
@@ -416,7 +416,10 @@ function renderConnection(state, info) {
     detail = app.id;
     pump.resume();
     pump.request(); // refresh the output for the current state (first frame, or after a reconnect)
-    if (lost) log("info", `reconnected to ${app.id}`);
+    if (lost) {
+      reconnects += 1;
+      log("info", `reconnected to ${app.id}`);
+    }
     lost = false;
     if (hasOutput) setOverlay(null);
     else setOverlay("Waiting for the first frame…");
@@ -446,6 +449,7 @@ function renderConnection(state, info) {
     if (info.error === "UNAUTHORIZED") showKeyPanel(true);
   }
   $("conn-detail").textContent = detail;
+  $("live-state").textContent = `${STATE_LABELS[state].replace("…", "").toLowerCase()} · ${app.id}`;
   lastState = state;
 }
 
@@ -570,6 +574,9 @@ function renderPanel() {
   $("stat-received").textContent = String(snap.received);
   $("stat-dropped").textContent = String(snap.dropped);
   $("stat-dropped").classList.toggle("nonzero", snap.dropped > 0);
+  $("stat-errors").textContent = String(snap.errors);
+  $("stat-errors").classList.toggle("nonzero", snap.errors > 0);
+  $("stat-reconnects").textContent = String(reconnects);
   $("stat-inflight").textContent = `${pump.inFlight.size}/${pump.maxInFlight}`;
   $("stat-up").textContent = kb(snap.bytesUp);
   $("stat-down").textContent = kb(snap.bytesDown);

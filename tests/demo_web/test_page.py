@@ -254,6 +254,8 @@ def test_the_page_reconnects_after_the_server_restarts(page: Page) -> None:
     with serve_process(*ECHO, "--auth", "--api-key", KEY, port=port):
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")
         expect(page.locator("#log")).to_contain_text("reconnected to framewire/echo")
+        expect(page.locator("#stat-reconnects")).to_have_text("1")
+        expect(page.locator("#live-state")).to_have_text("live · framewire/echo")
         before = frames(page)
         draw(page, line(256, 60, 256, 200))
         wait_pixel(page, "#output", 256, 120, dark=True)
