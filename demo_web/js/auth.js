@@ -9,17 +9,21 @@
 
 const KEY_ITEM = "framewire.apiKey";
 
-/** The user's API key (`id:secret`), kept in one tab's sessionStorage. */
+/**
+ * The user's API key (`id:secret`), kept in one tab's sessionStorage; in memory only
+ * when the browser refuses storage (some privacy modes), so it lasts until a reload.
+ */
 export class KeyStore {
   constructor(storage = globalThis.sessionStorage) {
     this.storage = storage;
+    this.memory = null;
   }
 
   get() {
     try {
-      return this.storage?.getItem(KEY_ITEM) || null;
+      return this.storage?.getItem(KEY_ITEM) || this.memory;
     } catch {
-      return null; // storage disabled (privacy mode): behave as if no key was given
+      return this.memory;
     }
   }
 
@@ -29,12 +33,22 @@ export class KeyStore {
       this.clear();
       return null;
     }
-    this.storage?.setItem(KEY_ITEM, trimmed);
+    this.memory = trimmed;
+    try {
+      this.storage?.setItem(KEY_ITEM, trimmed);
+    } catch {
+      // storage refused: the in-memory copy serves this page load
+    }
     return trimmed;
   }
 
   clear() {
-    this.storage?.removeItem(KEY_ITEM);
+    this.memory = null;
+    try {
+      this.storage?.removeItem(KEY_ITEM);
+    } catch {
+      // nothing was stored
+    }
   }
 }
 

@@ -19,6 +19,25 @@ test("the key store trims keys and treats an empty key as none", () => {
   assert.equal(keys.get(), null);
 });
 
+test("a key survives in memory when the browser refuses storage", () => {
+  const refusing = {
+    getItem() {
+      throw new Error("SecurityError");
+    },
+    setItem() {
+      throw new Error("SecurityError");
+    },
+    removeItem() {
+      throw new Error("SecurityError");
+    },
+  };
+  const keys = new KeyStore(refusing);
+  assert.equal(keys.set("id:secret"), "id:secret");
+  assert.equal(keys.get(), "id:secret");
+  keys.clear();
+  assert.equal(keys.get(), null);
+});
+
 test("allowed_apps names the alias, as fal clients send it", () => {
   assert.equal(aliasOf("framewire/echo"), "echo");
   assert.equal(aliasOf("fal-ai/fast-lcm-diffusion/realtime"), "fast-lcm-diffusion");
