@@ -126,9 +126,9 @@ def wait_ready(port: int, proc: subprocess.Popen[str] | None = None, timeout_s: 
 
 
 @contextlib.contextmanager
-def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[int]:
-    """``framewire serve`` as a child process on a free port; yields the port."""
-    port = free_port()
+def serve_process(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[int]:
+    """``framewire serve`` as a child process on ``port`` (default: a free one); yields the port."""
+    port = free_port() if port is None else port
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         try:
