@@ -10,10 +10,12 @@ passes for the eager pair (norm: read for the statistics, read and write to norm
 SiLU: read and write):
 
 1. statistics: each (sample, group) is cut into chunks of pixels so that even a batch of one
-   fills the GPU; each program reduces its chunk to (count, mean, M2) with Chan's update,
-   which stays accurate where a sum of squares would cancel;
-2. finalise: one program per (sample, group) merges its chunks into mean and 1/std;
-3. apply: normalise, scale, shift and SiLU in one pass over ``x``, in ``x``'s layout.
+   fills the GPU; each program reduces its chunk to (count, mean, M2) from sums of
+   deviations from a pivot, which stay accurate where a plain sum of squares would cancel;
+2. finalise: one program per (sample, group) merges its chunks (Chan et al.) into mean and 1/std;
+3. apply: centre, scale, shift and SiLU in one pass over ``x``, in ``x``'s layout.
+
+Accuracy: at least that of torch's own float32 GroupNorm, also when |mean| >> std.
 
 Any layout whose spatial dimensions collapse to one stride (contiguous, channels_last and
 their 3-d/5-d kin) runs the kernels; other strides fall back to the reference (logged once).
@@ -70,9 +72,11 @@ if triton is not None:
         p_start = chunk * chunk_pixels
         p_end = tl.minimum(p_start + chunk_pixels, pixels)
 
-        count = 0.0
-        mean = 0.0
-        m2 = 0.0
+        # Sums of deviations from a pivot (the chunk's first value) rather than of raw values:
+        # accurate when |mean| >> std, where a plain sum of squares cancels to noise.
+        pivot = tl.load(base + p_start.to(tl.int64) * sx_p).to(tl.float32)
+        sum1 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        sum2 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
         for c0 in range(0, group_channels, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             c_ok = c < group_channels
@@ -80,16 +84,14 @@ if triton is not None:
                 p = p0 + tl.arange(0, BLOCK_P)
                 mask = c_ok[:, None] & (p < p_end)[None, :]
                 v = tl.load(base + c[:, None] * sx_c + p[None, :] * sx_p, mask=mask, other=0.0).to(tl.float32)
-                tile_count = tl.sum(tl.sum(mask.to(tl.float32), axis=1), axis=0)
-                tile_mean = tl.sum(tl.sum(v, axis=1), axis=0) / tile_count
-                centred = tl.where(mask, v - tile_mean, 0.0)
-                tile_m2 = tl.sum(tl.sum(centred * centred, axis=1), axis=0)
-                # Chan et al.: merge (tile_count, tile_mean, tile_m2) into the running triple.
-                total = count + tile_count
-                delta = tile_mean - mean
-                mean = mean + delta * (tile_count / total)
-                m2 = m2 + tile_m2 + delta * delta * (count * tile_count / total)
-                count = total
+                d = tl.where(mask, v - pivot, 0.0)
+                sum1 += d
+                sum2 += d * d
+        count = ((p_end - p_start) * group_channels).to(tl.float32)
+        s1 = tl.sum(tl.sum(sum1, axis=1), axis=0)
+        s2 = tl.sum(tl.sum(sum2, axis=1), axis=0)
+        mean = pivot + s1 / count
+        m2 = tl.maximum(s2 - s1 * (s1 / count), 0.0)
         out = partial + (sample_group.to(tl.int64) * num_chunks + chunk) * 3
         tl.store(out, count)
         tl.store(out + 1, mean)
@@ -104,8 +106,10 @@ if triton is not None:
         count = tl.load(row, mask=ok, other=0.0)
         mean_k = tl.load(row + 1, mask=ok, other=0.0)
         m2_k = tl.load(row + 2, mask=ok, other=0.0)
+        # Chan et al.'s merge, with chunk 0's mean as the pivot of the weighted mean.
+        pivot = tl.load(partial + sample_group.to(tl.int64) * num_chunks * 3 + 1)
         total = tl.sum(count, axis=0)
-        mean = tl.sum(count * mean_k, axis=0) / total
+        mean = pivot + tl.sum(count * (mean_k - pivot), axis=0) / total
         delta = mean_k - mean
         m2 = tl.sum(m2_k + count * delta * delta, axis=0)
         variance = tl.maximum(m2 / total, 0.0)  # biased, as GroupNorm
@@ -142,17 +146,17 @@ if triton is not None:
         mask = c_ok[:, None] & (p < pixels)[None, :]
 
         stat = n * groups + c // group_channels
+        mu = tl.load(mean + stat, mask=c_ok, other=0.0)
         scale = tl.load(rstd + stat, mask=c_ok, other=0.0)
-        shift = -tl.load(mean + stat, mask=c_ok, other=0.0) * scale
         if HAS_WEIGHT:
-            w = tl.load(weight + c, mask=c_ok, other=0.0).to(tl.float32)
-            scale = scale * w
-            shift = shift * w
+            scale = scale * tl.load(weight + c, mask=c_ok, other=0.0).to(tl.float32)
+        shift = tl.zeros([BLOCK_C], dtype=tl.float32)
         if HAS_BIAS:
-            shift = shift + tl.load(bias + c, mask=c_ok, other=0.0).to(tl.float32)
+            shift = tl.load(bias + c, mask=c_ok, other=0.0).to(tl.float32)
 
         v = tl.load(x + n * sx_n + c[:, None] * sx_c + p[None, :] * sx_p, mask=mask, other=0.0).to(tl.float32)
-        z = v * scale[:, None] + shift[:, None]
+        # Centre first: folding the mean into the shift (v*scale + shift) cancels badly when |mean| >> std.
+        z = (v - mu[:, None]) * scale[:, None] + shift[:, None]
         out = z * tl.sigmoid(z)
         tl.store(y + n * sy_n + c[:, None] * sy_c + p[None, :] * sy_p, out.to(y.dtype.element_ty), mask=mask)
 
