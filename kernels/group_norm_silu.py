@@ -411,11 +411,14 @@ def _is(module: Any, cls: type) -> bool:
 
 def _swap_resnet(block: nn.Module) -> int:
     """``ResnetBlock2D``: norm1 → act and norm2 → act, where the same act also runs on the
-    time embedding. Both norms are fused and the act keeps only its embedding role."""
+    time embedding. Both norms are fused and the act keeps only its embedding role.
+
+    Its ``time_embedding_norm`` "default" (UNet: the embedding is added before norm2) and
+    "group" (VAE decoder: no embedding) keep norm2 → act adjacent; "scale_shift" does not."""
     norm1, norm2, act = block.norm1, block.norm2, block.nonlinearity
     if not (_is(norm1, nn.GroupNorm) and _is(norm2, nn.GroupNorm) and _is(act, nn.SiLU)):
         return 0
-    if getattr(block, "time_embedding_norm", None) != "default":
+    if getattr(block, "time_embedding_norm", None) not in ("default", "group"):
         return 0  # "scale_shift" modulates between norm2 and the activation: not the pattern
     block.norm1 = GroupNormSiLU(norm1)
     block.norm2 = GroupNormSiLU(norm2)
