@@ -13,10 +13,11 @@ Contract (the kernel and :func:`preprocess_reference` alike):
   copied exactly. Downscaling by more than 2x aliases; resize such inputs beforehand.
 - Value: ``v * (2/255) - 1`` in float32 (so 0 → -1, 255 → 1), rounded once to ``out``'s dtype.
 
-On CUDA the whole batch travels to the device in one host→device copy (a pinned staging
-buffer holding a small per-image table and every image's bytes), then one kernel launch
-writes ``out``. No host synchronisation. Because the staging copy reads host memory, call
-it outside a captured CUDA graph and let the graph read ``out``.
+On CUDA, images still on the host travel in one host→device copy (a pinned staging buffer
+with every image's bytes, after a small per-image table when sizes differ), then one kernel
+launch writes ``out``; no host synchronisation. Inside a CUDA graph capture that copy would
+replay stale host memory, so there the op refuses host images and mixed sizes: call it
+before the replay (``out`` is the graph's static input) or pass device images of one size.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ _BLOCK_PIXELS = 1024
 
 if triton is not None:
     # Sizes are never specialised to constants: the kernel converts them to float.
-    @triton.jit(do_not_specialize=["out_h", "out_w"])
+    @triton.jit(do_not_specialize=["out_h", "out_w", "same_h", "same_w", "same_c"])
     def _preprocess_kernel(
-        src,  # uint8 staging buffer: the per-image table, then every image's HWC bytes
-        meta,  # int64 view of the table: [n, 4] = (offset, height, width, channels)
+        src,  # uint8: every image's HWC bytes (after the per-image table, when sizes differ)
+        meta,  # int64 view of the table, [n, 4] = (byte offset, height, width, channels); unread if SAME_SIZE
         out,
         out_h,
         out_w,
@@ -53,14 +54,24 @@ if triton is not None:
         stride_c,
         stride_h,
         stride_w,
+        same_h,  # the one image size when SAME_SIZE
+        same_w,
+        same_c,
+        SAME_SIZE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         image = tl.program_id(0)
         block = tl.program_id(1)
-        offset = tl.load(meta + image * 4)
-        in_h = tl.load(meta + image * 4 + 1)
-        in_w = tl.load(meta + image * 4 + 2)
-        in_c = tl.load(meta + image * 4 + 3)
+        if SAME_SIZE:
+            in_h = same_h.to(tl.int64)
+            in_w = same_w.to(tl.int64)
+            in_c = same_c.to(tl.int64)
+            offset = image.to(tl.int64) * in_h * in_w * in_c
+        else:
+            offset = tl.load(meta + image * 4)
+            in_h = tl.load(meta + image * 4 + 1)
+            in_w = tl.load(meta + image * 4 + 2)
+            in_c = tl.load(meta + image * 4 + 3)
 
         pixel = block * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] output pixels, row-major
         inside = pixel < out_h * out_w
@@ -147,37 +158,67 @@ def preprocess_reference(images: Sequence[torch.Tensor], out: torch.Tensor) -> t
     return out
 
 
-def _stage(images: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack the per-image table and every image's bytes into one buffer on ``device``.
+def _pinned_copy(images: Sequence[torch.Tensor], header: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """``header`` and every image's bytes, back to back, on ``device``: one copy, queued without waiting on CUDA."""
+    head = 0 if header is None else header.numel()
+    staging = torch.empty(
+        head + sum(image.numel() for image in images), dtype=torch.uint8, pin_memory=device.type == "cuda"
+    )
+    if header is not None:
+        staging[:head].copy_(header)
+    start = head
+    for image in images:
+        staging[start : start + image.numel()].view(image.shape).copy_(image)
+        start += image.numel()
+    return staging.to(device, non_blocking=device.type == "cuda")
 
-    Returns ``(src, meta)``: the uint8 buffer and an int64 view of its table. From host
-    images to a CUDA device this is one pinned-memory copy, queued without waiting.
+
+def _stage_same_size(images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Images of one size, back to back on ``device`` (no table: the kernel gets the size as arguments)."""
+    if all(image.device == device for image in images):
+        if len(images) == 1 and images[0].is_contiguous():
+            return images[0].reshape(-1)
+        return torch.cat([image.reshape(-1) for image in images])
+    return _pinned_copy(images, None, device)
+
+
+def _stage_mixed_sizes(images: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-image table (offset, height, width, channels) followed by every image's bytes, on ``device``.
+
+    Returns the uint8 buffer and an int64 view of its table; one host→device copy.
     """
     header = len(images) * _META_FIELDS * 8
-    sizes = [image.numel() for image in images]
     table: list[int] = []
     offset = header
-    for image, size in zip(images, sizes, strict=True):
+    for image in images:
         table += [offset, image.shape[0], image.shape[1], image.shape[2]]
-        offset += size
-    pin = device.type == "cuda"  # pinned host memory lets the copies below run without waiting
-    meta_host = torch.tensor(table, dtype=torch.int64)
+        offset += image.numel()
+    header_bytes = torch.tensor(table, dtype=torch.int64).view(torch.uint8)
     if all(image.device == device for image in images):
-        meta = (meta_host.pin_memory() if pin else meta_host).to(device, non_blocking=pin)
-        src = torch.cat([meta.view(torch.uint8)] + [image.reshape(-1) for image in images])
+        pin = device.type == "cuda"
+        head = (header_bytes.pin_memory() if pin else header_bytes).to(device, non_blocking=pin)
+        src = torch.cat([head] + [image.reshape(-1) for image in images])
     else:
-        staging = torch.empty(offset, dtype=torch.uint8, pin_memory=pin)
-        staging[:header].copy_(meta_host.view(torch.uint8))
-        start = header
-        for image, size in zip(images, sizes, strict=True):
-            staging[start : start + size].view(image.shape).copy_(image)
-            start += size
-        src = staging.to(device, non_blocking=pin)
+        src = _pinned_copy(images, header_bytes, device)
     return src, src[:header].view(torch.int64)
 
 
 def _preprocess_triton(images: Sequence[torch.Tensor], out: torch.Tensor) -> None:
-    src, meta = _stage(images, out.device)
+    same_size = all(image.shape == images[0].shape for image in images)
+    # A captured host→device copy would replay stale host memory: refuse rather than repeat old frames.
+    capturing = out.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if capturing and (not same_size or any(image.device != out.device for image in images)):
+        raise RuntimeError(
+            "preprocess inside a CUDA graph capture needs images already on the device and of one size; "
+            "run it before replaying the graph instead (its output buffer is static)"
+        )
+    if same_size:
+        src = _stage_same_size(images, out.device)
+        meta = src  # not read
+        same_h, same_w, same_c = images[0].shape
+    else:
+        src, meta = _stage_mixed_sizes(images, out.device)
+        same_h = same_w = same_c = 0
     out_h, out_w = out.shape[2], out.shape[3]
     grid = (len(images), triton.cdiv(out_h * out_w, _BLOCK_PIXELS))
     _preprocess_kernel[grid](
@@ -187,6 +228,10 @@ def _preprocess_triton(images: Sequence[torch.Tensor], out: torch.Tensor) -> Non
         out_h,
         out_w,
         *out.stride(),
+        same_h,
+        same_w,
+        same_c,
+        SAME_SIZE=same_size,
         BLOCK=_BLOCK_PIXELS,
         num_warps=4,
         enable_fp_fusion=False,  # keep the float32 arithmetic exactly as the reference writes it

@@ -31,7 +31,7 @@ def parse_switch(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"{ENV_VAR}={raw!r}: expected 1/0, true/false, yes/no or on/off")
 

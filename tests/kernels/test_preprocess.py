@@ -34,16 +34,27 @@ def images(seed: int = 0, device: torch.device = DEVICE) -> list[torch.Tensor]:
     return [m.to(device) for m in made]
 
 
+def same_size_images(device: torch.device = DEVICE) -> list[torch.Tensor]:
+    """One size for the whole batch (the common case: no per-image table), one of them a strided view."""
+    g = torch.Generator().manual_seed(4)
+    made = [torch.randint(0, 256, (19, 15, 3), generator=g, dtype=torch.uint8) for _ in range(3)]
+    made.append(torch.randint(0, 256, (19, 30, 3), generator=g, dtype=torch.uint8)[:, ::2])
+    return [m.to(device) for m in made]
+
+
 def expected(batch: list[torch.Tensor], dtype: torch.dtype, rows: int, channels_last: bool) -> torch.Tensor:
     out = poisoned((rows, 3, OUT_H, OUT_W), dtype, channels_last)
     return pre.preprocess_reference(batch, out)
 
 
+@pytest.mark.parametrize("sizes", ["mixed", "same"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_kernel_matches_reference_for_every_size_dtype_and_layout(dtype: torch.dtype, channels_last: bool) -> None:
+def test_kernel_matches_reference_for_every_size_dtype_and_layout(
+    dtype: torch.dtype, channels_last: bool, sizes: str
+) -> None:
     require_kernel(pre._preprocess_kernel)
-    batch = images()
+    batch = images() if sizes == "mixed" else same_size_images()
     rows = len(batch) + 2  # two padding rows of a batch bucket
     out = poisoned((rows, 3, OUT_H, OUT_W), dtype, channels_last)
     pre._preprocess_triton(batch, out)
