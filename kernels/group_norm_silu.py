@@ -83,7 +83,8 @@ if triton is not None:
             for p0 in range(p_start, p_end, BLOCK_P):
                 p = p0 + tl.arange(0, BLOCK_P)
                 mask = c_ok[:, None] & (p < p_end)[None, :]
-                v = tl.load(base + c[:, None] * sx_c + p[None, :] * sx_p, mask=mask, other=0.0).to(tl.float32)
+                offsets = c[:, None].to(tl.int64) * sx_c + p[None, :].to(tl.int64) * sx_p
+                v = tl.load(base + offsets, mask=mask, other=0.0).to(tl.float32)
                 d = tl.where(mask, v - pivot, 0.0)
                 sum1 += d
                 sum2 += d * d
@@ -154,11 +155,13 @@ if triton is not None:
         if HAS_BIAS:
             shift = tl.load(bias + c, mask=c_ok, other=0.0).to(tl.float32)
 
-        v = tl.load(x + n * sx_n + c[:, None] * sx_c + p[None, :] * sx_p, mask=mask, other=0.0).to(tl.float32)
+        c64 = c[:, None].to(tl.int64)
+        p64 = p[None, :].to(tl.int64)
+        v = tl.load(x + n * sx_n + c64 * sx_c + p64 * sx_p, mask=mask, other=0.0).to(tl.float32)
         # Centre first: folding the mean into the shift (v*scale + shift) cancels badly when |mean| >> std.
         z = (v - mu[:, None]) * scale[:, None] + shift[:, None]
         out = z * tl.sigmoid(z)
-        tl.store(y + n * sy_n + c[:, None] * sy_c + p[None, :] * sy_p, out.to(y.dtype.element_ty), mask=mask)
+        tl.store(y + n * sy_n + c64 * sy_c + p64 * sy_p, out.to(y.dtype.element_ty), mask=mask)
 
 else:
     _stats_kernel = _finalize_kernel = _apply_kernel = None
@@ -180,6 +183,8 @@ def validate(
     for name, param in (("weight", weight), ("bias", bias)):
         if param is not None and list(param.shape) != [channels]:
             raise ValueError(f"{name}: expected shape [{channels}], got {list(param.shape)}")
+        if param is not None and param.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {param.device}")
     if not eps >= 0:
         raise ValueError(f"eps: expected a non-negative number, got {eps}")
 

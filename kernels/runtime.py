@@ -11,6 +11,7 @@ it without loading torch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -53,13 +54,20 @@ def enabled() -> bool:
     return _enabled
 
 
-def interpreted(kernel: Any) -> bool:
-    """True when ``kernel`` was built by Triton's interpreter (``TRITON_INTERPRET=1``), which runs on CPU tensors."""
+@functools.cache
+def _interpreted_type() -> type | None:
     try:
         from triton.runtime.interpreter import InterpretedFunction
     except ImportError:
-        return False
-    return isinstance(kernel, InterpretedFunction)
+        return None
+    kind: type = InterpretedFunction
+    return kind
+
+
+def interpreted(kernel: Any) -> bool:
+    """True when ``kernel`` was built by Triton's interpreter (``TRITON_INTERPRET=1``), which runs on CPU tensors."""
+    kind = _interpreted_type()
+    return kind is not None and isinstance(kernel, kind)
 
 
 OFF = f"the fused kernels are off ({ENV_VAR}=0)"
