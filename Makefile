@@ -3,15 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.framewire-installed
-TORCH_VERSION ?= 2.13.0
 
 .PHONY: serve test check lint clean
 
-# torch goes in before anything that depends on it, so pip keeps this build and resolves the rest against it.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)'
+	$(PY) -m pip install --quiet 'torch==2.13.0'  # before anything that depends on torch, so pip keeps this build
 	$(PY) -m pip install --quiet -e '.[dev,engine]'
 	touch $@
 
