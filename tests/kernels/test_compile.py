@@ -63,6 +63,7 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
         pre._preprocess_triton(images, torch.empty(2, 3, 8, 6, dtype=dtype).to(memory_format=fmt))
         pre._preprocess_triton(images, torch.empty(2, 3, 1, 6, dtype=dtype).to(memory_format=fmt))
         pre._preprocess_triton(images[:1] * 2, torch.empty(2, 3, 8, 6, dtype=dtype).to(memory_format=fmt))
+        pre._preprocess_triton(images[:1] * 2, torch.empty(2, 3, 5, 7, dtype=dtype).to(memory_format=fmt))
         x = torch.empty(2, 3, 8, 6, dtype=dtype).to(memory_format=fmt)
         post._postprocess_triton(x, torch.empty(2, 8, 6, 3, dtype=torch.uint8))
         post._postprocess_triton(x[:, :, :1], torch.empty(2, 1, 6, 3, dtype=torch.uint8))
