@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick or not CUDA
     use_compile = CUDA and not args.no_compile  # inductor on the CPU compiles C++ for minutes: pointless here
     runtime.configure(enabled=True)
+    runtime.allow_cpu_interpreter(not CUDA)
     if device.type == "cuda" and runtime.triton_blocker(gns._apply_kernel, [torch.empty(0, device=device)]):
         print("the Triton kernels cannot run here; nothing to measure", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ log = logging.getLogger("framewire.kernels")
 _lock = threading.Lock()
 _enabled: bool | None = None
 _reported: set[tuple[str, str]] = set()
+_cpu_interpreter = False
 
 
 def parse_switch(raw: str) -> bool:
@@ -75,16 +76,28 @@ NO_TRITON = "triton is not installed"
 NOT_CUDA = "tensors not on CUDA; compiled Triton kernels need a CUDA device"
 
 
+def allow_cpu_interpreter(allowed: bool) -> None:
+    """Let interpreted kernels (``TRITON_INTERPRET=1``) run on CPU tensors: for the kernels' own tests.
+
+    Off by default, so that an environment which happens to set ``TRITON_INTERPRET`` never
+    swaps a CPU engine onto the (very slow) interpreter instead of the torch references.
+    """
+    global _cpu_interpreter
+    _cpu_interpreter = allowed
+
+
 def triton_blocker(kernel: Any, tensors: Iterable[Any]) -> str | None:
     """Why ``kernel`` cannot run on ``tensors`` (one of a few fixed phrases), or None when it can.
 
-    ``kernel`` is None when Triton is not installed. An interpreted kernel runs on any device.
+    ``kernel`` is None when Triton is not installed. An interpreted kernel also runs on CPU
+    tensors once :func:`allow_cpu_interpreter` has allowed it.
     """
     if not enabled():
         return OFF
-    if kernel is not None and interpreted(kernel):
+    on_cuda = all(tensor.device.type == "cuda" for tensor in tensors)
+    if kernel is not None and interpreted(kernel) and (on_cuda or _cpu_interpreter):
         return None
-    if any(tensor.device.type != "cuda" for tensor in tensors):
+    if not on_cuda:
         return NOT_CUDA
     if kernel is None:
         return NO_TRITON

@@ -34,12 +34,15 @@ FLOAT_DTYPES = list(TOLERANCES)
 
 @pytest.fixture(autouse=True)
 def kernels_on() -> Iterator[None]:
-    """Every test starts with the switch on and a clean fallback log, whatever the environment says."""
+    """Every test starts with the switch on, interpreted kernels allowed on CPU tensors and a
+    clean fallback log, whatever the environment says; other test folders see none of it."""
     before = runtime._enabled
     runtime.configure(enabled=True)
+    runtime.allow_cpu_interpreter(True)
     runtime.forget_reports()
     yield
     runtime._enabled = before
+    runtime.allow_cpu_interpreter(False)
     runtime.forget_reports()
 
 

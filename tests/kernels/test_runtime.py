@@ -56,6 +56,16 @@ def test_guard_names_why_a_kernel_cannot_run() -> None:
     assert runtime.triton_blocker(compiled, [fake_tensor("cuda")]) == runtime.OFF
 
 
+def test_interpreted_kernels_take_cpu_tensors_only_when_allowed() -> None:
+    from kernels import postprocess
+
+    if postprocess._postprocess_kernel is None or not runtime.interpreted(postprocess._postprocess_kernel):
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1)")
+    assert runtime.triton_blocker(postprocess._postprocess_kernel, [fake_tensor("cpu")]) is None
+    runtime.allow_cpu_interpreter(False)  # what every process outside the kernels' tests has
+    assert runtime.triton_blocker(postprocess._postprocess_kernel, [fake_tensor("cpu")]) == runtime.NOT_CUDA
+
+
 def test_each_fallback_is_reported_once_and_a_surprise_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="framewire.kernels"):
         for _ in range(3):
