@@ -23,7 +23,8 @@ endef
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet 'torch==2.13.0'  # before anything that depends on torch, so pip keeps this build
+	$(PY) -m pip install --quiet -e '.[dev,engine]'
 	touch $@
 
 $(WEB_STAMP): demo_web/package.json demo_web/package-lock.json

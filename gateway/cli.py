@@ -83,6 +83,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def configure_kernels(settings: Settings) -> None:
+    """Hand the kernels switch to the kernels package before any model loads (it never reads it again)."""
+    from kernels import runtime
+
+    runtime.configure(enabled=settings.kernels)
+
+
 def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM."""
     import uvicorn
@@ -90,6 +97,7 @@ def serve(settings: Settings) -> None:
     from engine.host import LocalEngine
     from gateway.app import create_app
 
+    configure_kernels(settings)
     registry = build_registry(settings)
     engine = LocalEngine(registry, queue_delay_override_ms=settings.max_queue_delay_ms)
     app = create_app(settings, engine)

@@ -48,6 +48,8 @@ class Settings:
     max_queue_delay_ms: float | None = None
     demo_dir: str | None = None
     log_level: str = "info"
+    # kernels
+    kernels: bool = True
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -81,6 +83,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_queue_delay_ms", "override every app's batching delay, ms", float),
     Option("demo_dir", "folder served at / (default: the bundled demo page)"),
     Option("log_level", "log level (debug, info, warning, error)"),
+    # kernels
+    Option("kernels", "fused Triton kernels for the frame path on CUDA (1/0); off runs their torch references", _bool),
 )
 
 _FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}

@@ -51,3 +51,24 @@ def test_queue_port_must_differ_from_port() -> None:
 def test_short_token_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         s.from_sources(parse(["--token-secret", "short"]), {})
+
+
+def test_kernels_are_on_by_default_and_switch_off_by_flag_or_env() -> None:
+    assert s.from_sources(parse([]), {}).kernels is True
+    assert s.from_sources(parse([]), {"FRAMEWIRE_KERNELS": "0"}).kernels is False
+    assert s.from_sources(parse(["--kernels"]), {"FRAMEWIRE_KERNELS": "0"}).kernels is True
+    assert s.from_sources(parse(["--no-kernels"]), {}).kernels is False
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_serve_hands_the_kernels_setting_to_the_kernels_package(flag: bool) -> None:
+    from gateway import cli
+    from kernels import runtime
+
+    before = runtime.enabled()
+    try:
+        runtime.configure(enabled=not flag)
+        cli.configure_kernels(s.Settings(kernels=flag))
+        assert runtime.enabled() is flag
+    finally:
+        runtime.configure(enabled=before)
