@@ -22,14 +22,14 @@ REQUEST_ID = "x-fal-request-id"
 
 
 def error(
-    status: int, detail: Any, *, error_type: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+    status_code: int, detail: Any, *, error_type: str | None = None, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail, **extra}
     hdrs = dict(headers or {})
     if error_type is not None:
         body["error_type"] = error_type
         hdrs["x-fal-error-type"] = error_type
-    return JSONResponse(body, status_code=status, headers=hdrs)
+    return JSONResponse(body, status_code=status_code, headers=hdrs)
 
 
 def validation_error(exc: ValidationError) -> JSONResponse:
