@@ -140,10 +140,14 @@ class Database:
             log.info("applied migration %s to %s", migration.name, self.path)
 
     def _main(self, ready: Future[None]) -> None:
+        conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
             self._migrate(conn)
         except BaseException as exc:  # reported to open(); the server does not come up
+            if conn is not None:
+                conn.close()
+            self._closed = True
             ready.set_exception(exc)
             return
         ready.set_result(None)
