@@ -194,8 +194,10 @@ class Dispatcher:
             now = time.time()
             try:
                 for app_key in list(self._maybe_queued):
-                    free = self.limit(app_key) - len(self._running[app_key])
-                    if free <= 0:
+                    limit, running = self.limit(app_key), len(self._running[app_key])
+                    free = limit - running
+                    # Claim in chunks (one store write each), but never let the engine run dry.
+                    if free <= 0 or (running and free < max(1, limit // 4)):
                         continue
                     jobs = await self.store.claim(app_key, free, now)
                     if len(jobs) < free:

@@ -97,6 +97,15 @@ class LogEntry:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A job with what its status needs, read together: queue position (if queued), logs (if asked)."""
+
+    job: Job
+    position: int | None
+    logs: list[LogEntry] | None
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One webhook in the outbox."""
 
@@ -125,10 +134,16 @@ class CancelResult(enum.Enum):
 class JobStore(Protocol):
     """Where jobs, their logs and their webhook outbox live. All methods are async."""
 
-    async def submit(self, job: NewJob, max_queue_length: int) -> Job:
-        """Persist a queued job; raises :class:`QueueFull` when the app's queue is full."""
+    async def submit(self, job: NewJob, max_queue_length: int) -> tuple[Job, int]:
+        """Persist a queued job; returns it with its queue position.
+
+        Raises :class:`QueueFull` when the app's queue is full.
+        """
 
     async def get(self, job_id: str) -> Job | None: ...
+
+    async def snapshot(self, job_id: str, with_logs: bool) -> Snapshot | None:
+        """The job, its queue position and (optionally) its logs, in one read."""
 
     async def queue_position(self, job: Job) -> int:
         """Jobs of the same app that will start before ``job`` (0 = next)."""
@@ -278,6 +293,22 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
+def _position(conn: sqlite3.Connection, job: Job) -> int:
+    (ahead,) = conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE app_key = ? AND status = 'IN_QUEUE'"
+        " AND (priority < ? OR (priority = ? AND seq < ?))",
+        (job.app_key, int(job.priority), int(job.priority), job.seq),
+    ).fetchone()
+    return int(ahead)
+
+
+def _logs(conn: sqlite3.Connection, job_seq: int) -> list[LogEntry]:
+    rows = conn.execute(
+        "SELECT timestamp, level, message FROM job_logs WHERE job_seq = ? ORDER BY id", (job_seq,)
+    ).fetchall()
+    return [LogEntry(r["timestamp"], r["level"], r["message"]) for r in rows]
+
+
 def _insert_logs(conn: sqlite3.Connection, job_seq: int, entries: Sequence[LogEntry]) -> None:
     if not entries:
         return
@@ -299,10 +330,10 @@ class SqliteJobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def submit(self, job: NewJob, max_queue_length: int) -> Job:
+    async def submit(self, job: NewJob, max_queue_length: int) -> tuple[Job, int]:
         now = time.time()
 
-        def insert(conn: sqlite3.Connection) -> Job:
+        def insert(conn: sqlite3.Connection) -> tuple[Job, int]:
             (length,) = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE app_key = ? AND status = 'IN_QUEUE'", (job.app_key,)
             ).fetchone()
@@ -326,7 +357,8 @@ class SqliteJobStore:
                     now,
                 ),
             ).fetchone()
-            return _job(row)
+            new = _job(row)
+            return new, _position(conn, new)
 
         return await self.db.write(insert)
 
@@ -337,16 +369,19 @@ class SqliteJobStore:
 
         return await self.db.read(select)
 
-    async def queue_position(self, job: Job) -> int:
-        def count(conn: sqlite3.Connection) -> int:
-            (ahead,) = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE app_key = ? AND status = 'IN_QUEUE'"
-                " AND (priority < ? OR (priority = ? AND seq < ?))",
-                (job.app_key, int(job.priority), int(job.priority), job.seq),
-            ).fetchone()
-            return int(ahead)
+    async def snapshot(self, job_id: str, with_logs: bool) -> Snapshot | None:
+        def select(conn: sqlite3.Connection) -> Snapshot | None:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            job = _job(row)
+            position = _position(conn, job) if job.status == JobStatus.IN_QUEUE else None
+            return Snapshot(job, position, _logs(conn, job.seq) if with_logs else None)
 
-        return await self.db.read(count)
+        return await self.db.read(select)
+
+    async def queue_position(self, job: Job) -> int:
+        return await self.db.read(lambda conn: _position(conn, job))
 
     async def claim(self, app_key: str, limit: int, now: float) -> list[Job]:
         def take(conn: sqlite3.Connection) -> list[Job]:
@@ -468,12 +503,8 @@ class SqliteJobStore:
 
     async def logs(self, job_id: str) -> list[LogEntry]:
         def select(conn: sqlite3.Connection) -> list[LogEntry]:
-            rows = conn.execute(
-                "SELECT l.timestamp, l.level, l.message FROM job_logs l JOIN jobs j ON j.seq = l.job_seq"
-                " WHERE j.id = ? ORDER BY l.id",
-                (job_id,),
-            ).fetchall()
-            return [LogEntry(r["timestamp"], r["level"], r["message"]) for r in rows]
+            row = conn.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return [] if row is None else _logs(conn, row["seq"])
 
         return await self.db.read(select)
 

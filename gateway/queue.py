@@ -34,7 +34,7 @@ from engine.api import split_app_id
 from gateway import responses
 from gateway.auth import AuthError, Principal
 from gateway.dispatcher import cancelled_outcome
-from gateway.jobs import CancelResult, Job, JobStatus, LogEntry, NewJob, Priority, QueueFull
+from gateway.jobs import CancelResult, Job, JobStatus, LogEntry, NewJob, Priority, QueueFull, Snapshot
 from gateway.resources import Resources
 from gateway.surface import base_url
 from gateway.webhooks import webhook_body
@@ -59,12 +59,13 @@ def _log_json(entry: LogEntry) -> dict[str, Any]:
     return {"message": entry.message, "level": entry.level, "source": "USER", "timestamp": _iso(entry.timestamp)}
 
 
-async def status_body(res: Resources, job: Job, base: str, with_logs: bool) -> dict[str, Any]:
-    """The status object of §2.3 for ``job``."""
+def status_body(snap: Snapshot, base: str) -> dict[str, Any]:
+    """The status object of §2.3 for a job."""
+    job = snap.job
     body: dict[str, Any] = {"status": str(job.status), "request_id": job.id, **_urls(base, job)}
-    logs = [_log_json(e) for e in await res.jobs.logs(job.id)] if with_logs else None
+    logs = None if snap.logs is None else [_log_json(e) for e in snap.logs]
     if job.status == JobStatus.IN_QUEUE:
-        body["queue_position"] = await res.jobs.queue_position(job)
+        body["queue_position"] = snap.position
         body["logs"] = logs
     elif job.status == JobStatus.IN_PROGRESS:
         body["logs"] = logs
@@ -161,7 +162,7 @@ async def submit(request: Request, path: str) -> Response:
         start_deadline=None if timeout_s is None else now + timeout_s,
     )
     try:
-        job = await res.jobs.submit(new, limit)
+        job, position = await res.jobs.submit(new, limit)
     except QueueFull as exc:
         return responses.error(429, str(exc), error_type="queue_full")
     res.dispatcher.submitted(job.app_key)
@@ -170,7 +171,7 @@ async def submit(request: Request, path: str) -> Response:
         "request_id": job.id,
         "gateway_request_id": job.id,
         **_urls(new.base_url, job),
-        "queue_position": await res.jobs.queue_position(job),
+        "queue_position": position,
     }
     return _with_id(JSONResponse(body), job.id)
 
@@ -178,15 +179,16 @@ async def submit(request: Request, path: str) -> Response:
 # -- request-specific ----------------------------------------------------------------------
 
 
-async def _job_for(request: Request, res: Resources, app: str, job_id: str) -> Job | Response:
+async def _job_for(request: Request, res: Resources, app: str, job_id: str, with_logs: bool) -> Snapshot | Response:
     try:
         principal = _principal(request, res)
     except AuthError as exc:
         return responses.error(exc.status, exc.reason)
-    job = await res.jobs.get(job_id)
+    snap = await res.jobs.snapshot(job_id, with_logs)
     not_found = responses.error(404, f"Request {job_id!r} not found", status="NOT_FOUND")
-    if job is None:
+    if snap is None:
         return not_found
+    job = snap.job
     try:
         base, _, _ = split_app_id(app)
     except ValueError:
@@ -197,7 +199,7 @@ async def _job_for(request: Request, res: Resources, app: str, job_id: str) -> J
         return not_found
     if res.auth.enabled and not principal.admin and principal.key_id != job.owner:
         return not_found  # other callers' requests do not exist for this one
-    return job
+    return snap
 
 
 async def requests_endpoint(request: Request, match: re.Match[str]) -> Response:
@@ -207,16 +209,16 @@ async def requests_endpoint(request: Request, match: re.Match[str]) -> Response:
     allowed = {None: ("GET", "HEAD"), "status": ("GET", "HEAD"), "status/stream": ("GET",), "cancel": ("PUT", "POST")}
     if method not in allowed[op]:
         return responses.error(405, f"{method} is not allowed here; use {' or '.join(allowed[op])}")
-    found = await _job_for(request, res, match["app"], job_id)
+    with_logs = _flag(request.query_params.get("logs")) and op in ("status", "status/stream")
+    found = await _job_for(request, res, match["app"], job_id, with_logs)
     if isinstance(found, Response):
         return found
-    job = found
+    job = found.job
     if op == "status":
-        body = await status_body(res, job, base_url(request), _flag(request.query_params.get("logs")))
         code = 200 if job.status == JobStatus.COMPLETED else 202
-        return _with_id(JSONResponse(body, status_code=code), job.id)
+        return _with_id(JSONResponse(status_body(found, base_url(request)), status_code=code), job.id)
     if op == "status/stream":
-        return _with_id(_status_stream(request, res, job), job.id)
+        return _with_id(_status_stream(request, res, found, with_logs), job.id)
     if op == "cancel":
         return _with_id(await _cancel(res, job), job.id)
     return _with_id(_result(job), job.id)
@@ -253,23 +255,22 @@ async def _cancel(res: Resources, job: Job) -> Response:
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
 
 
-def _status_stream(request: Request, res: Resources, job: Job) -> Response:
-    with_logs = _flag(request.query_params.get("logs"))
+def _status_stream(request: Request, res: Resources, first: Snapshot, with_logs: bool) -> Response:
     base = base_url(request)
+    job_id = first.job.id
 
     async def events() -> AsyncIterator[dict[str, str]]:
         last = None
-        current: Job | None = job
-        while current is not None:
-            body = await status_body(res, current, base, with_logs)
-            text = json.dumps(body, separators=(",", ":"))
+        snap: Snapshot | None = first
+        while snap is not None:
+            text = json.dumps(status_body(snap, base), separators=(",", ":"))
             if text != last:
                 last = text
                 yield {"data": text}
-            if current.status == JobStatus.COMPLETED:
+            if snap.job.status == JobStatus.COMPLETED:
                 return
-            await res.dispatcher.events.wait(current.id, STATUS_POLL_S)
-            current = await res.jobs.get(current.id)
+            await res.dispatcher.events.wait(job_id, STATUS_POLL_S)
+            snap = await res.jobs.snapshot(job_id, with_logs)
 
     return EventSourceResponse(events(), ping=PING_S)
 

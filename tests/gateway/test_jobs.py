@@ -87,13 +87,14 @@ async def test_concurrent_writes_share_commits_and_a_failing_one_rolls_back_alon
 
 
 async def test_submit_respects_the_queue_limit_and_positions_follow_priority(store: SqliteJobStore) -> None:
-    low = await store.submit(new_job(Priority.LOW), 10)
-    first = await store.submit(new_job(), 10)
-    second = await store.submit(new_job(), 10)
+    low, low_position = await store.submit(new_job(Priority.LOW), 10)
+    first = (await store.submit(new_job(), 10))[0]
+    second, second_position = await store.submit(new_job(), 10)
+    assert (low_position, second_position) == (0, 1)  # at submit time
     assert [await store.queue_position(j) for j in (first, second, low)] == [0, 1, 2]
     with pytest.raises(QueueFull):
-        await store.submit(new_job(), 3)
-    other_app = await store.submit(new_job(app="c/d"), 3)
+        (await store.submit(new_job(), 3))[0]
+    other_app = (await store.submit(new_job(app="c/d"), 3))[0]
     assert await store.queue_position(other_app) == 0
     claimed = await store.claim("a/b", 2, 0.0)
     assert [j.id for j in claimed] == [first.id, second.id]
@@ -101,7 +102,7 @@ async def test_submit_respects_the_queue_limit_and_positions_follow_priority(sto
 
 
 async def test_only_the_current_attempt_completes_a_job(store: SqliteJobStore) -> None:
-    job = await store.submit(new_job(webhook_url="http://hook"), 10)
+    job = (await store.submit(new_job(webhook_url="http://hook"), 10))[0]
     (run1,) = await store.claim("a/b", 1, 0.0)
     again, spent = await store.recover(max_attempts=3)  # as after a crash
     assert again == [job.id] and spent == []
@@ -118,7 +119,7 @@ async def test_only_the_current_attempt_completes_a_job(store: SqliteJobStore) -
 
 
 async def test_recover_gives_up_on_jobs_that_used_every_attempt(store: SqliteJobStore) -> None:
-    job = await store.submit(new_job(), 10)
+    job = (await store.submit(new_job(), 10))[0]
     for _ in range(2):
         await store.claim("a/b", 1, 0.0)
         await store.recover(max_attempts=2)
@@ -128,7 +129,7 @@ async def test_recover_gives_up_on_jobs_that_used_every_attempt(store: SqliteJob
 
 
 async def test_release_requeues_without_using_an_attempt(store: SqliteJobStore) -> None:
-    job = await store.submit(new_job(), 10)
+    job = (await store.submit(new_job(), 10))[0]
     (run,) = await store.claim("a/b", 1, 0.0)
     assert await store.release(job.id, run.attempts)
     (again,) = await store.claim("a/b", 1, 0.0)
@@ -136,8 +137,8 @@ async def test_release_requeues_without_using_an_attempt(store: SqliteJobStore) 
 
 
 async def test_cancel_flags_depend_on_the_state(store: SqliteJobStore) -> None:
-    queued = await store.submit(new_job(), 10)
-    running = await store.submit(new_job(), 10)
+    queued = (await store.submit(new_job(), 10))[0]
+    running = (await store.submit(new_job(), 10))[0]
     assert await store.request_cancel("missing") == CancelResult.NOT_FOUND
     await store.claim("a/b", 1, 0.0)  # takes `queued` (first in line)
     assert await store.request_cancel(queued.id) == CancelResult.SIGNALLED
@@ -147,8 +148,8 @@ async def test_cancel_flags_depend_on_the_state(store: SqliteJobStore) -> None:
 
 
 async def test_expired_and_purged_jobs(store: SqliteJobStore) -> None:
-    late = await store.submit(new_job(start_deadline=5.0), 10)
-    await store.submit(new_job(start_deadline=10**10), 10)
+    late = (await store.submit(new_job(start_deadline=5.0), 10))[0]
+    (await store.submit(new_job(start_deadline=10**10), 10))[0]
     assert [j.id for j in await store.expired(6.0)] == [late.id]
     assert await store.claim("a/b", 5, 6.0) != []  # claims only the one still in time
     assert await store.complete(late.id, None, Outcome(None), None)
