@@ -102,7 +102,8 @@ class Database:
 
     def write_blocking(self, fn: Callable[[sqlite3.Connection], T], timeout_s: float = 30.0) -> T:
         """:meth:`write` for threads other than the event loop's."""
-        return self._submit(fn, write=True).result(timeout_s)
+        result: T = self._submit(fn, write=True).result(timeout_s)
+        return result
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool) -> Future[Any]:
         if self._closed or self._thread is None:

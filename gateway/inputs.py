@@ -97,10 +97,9 @@ class InputFetcher:
         if not jobs:
             return data
         fetched = await asyncio.gather(*(self._fetch(loc, url, own_host) for loc, url, _ in jobs))
-        out = _copy(data)
+        out: dict[str, Any] = _copy(data)
         for (loc, _, as_bytes), (content, content_type) in zip(jobs, fetched, strict=True):
-            value: Any = content if as_bytes else data_uri(content, content_type)
-            _assign(out, loc, value)
+            _assign(out, loc, content if as_bytes else data_uri(content, content_type))
         return out
 
     async def _fetch(self, loc: list[str | int], url: str, own_host: str) -> tuple[bytes, str | None]:

@@ -411,8 +411,9 @@ class SqliteJobStore:
         now = time.time()
 
         def finish(conn: sqlite3.Connection) -> bool:
+            args: tuple[int, ...] = ()
             if attempt is None:
-                where, args = "status = 'IN_QUEUE'", ()
+                where = "status = 'IN_QUEUE'"
             else:
                 where, args = "status = 'IN_PROGRESS' AND attempts = ?", (attempt,)
             row = conn.execute(

@@ -135,8 +135,8 @@ def webhook_body(request_id: str, outcome: Outcome) -> bytes:
 
 def retry_delay_s(failures: int, base_s: float, rng: random.Random | None = None) -> float:
     """Delay before the next try after ``failures`` failed tries: base·2^(n-1), ±25 % jitter."""
-    jitter = (rng or random).uniform(0.75, 1.25)
-    return base_s * (2 ** (failures - 1)) * jitter
+    jitter: float = (rng or random).uniform(0.75, 1.25)
+    return base_s * 2.0 ** (failures - 1) * jitter
 
 
 class WebhookDeliverer:

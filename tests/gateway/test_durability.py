@@ -86,3 +86,36 @@ def test_jobs_survive_kill_9_and_complete_exactly_once(tmp_path: Path) -> None:
         # Each result was recorded once, by the job's last run; the retry shows in its logs.
         assert results[n]["runs"] == executed[n]
         assert any("(attempt 2)" in m for m in logs[n]) == (n in retried)
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_finishes_running_jobs_and_keeps_queued_ones(tmp_path: Path) -> None:
+    data_dir, count_file, port = tmp_path / "data", tmp_path / "runs.txt", free_port()
+    proc = start(data_dir, port, count_file)
+    queue = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"host": "queue.local"}, timeout=10)
+    try:
+        ids = [queue.post("/test/counting", json={"n": n, "delay_ms": 300}).json()["request_id"] for n in range(20)]
+        deadline = time.monotonic() + 10
+        while not runs(count_file):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
+        ran_before_restart = runs(count_file)
+        assert 0 < len(ran_before_restart) < 20
+        proc = start(data_dir, port, count_file)
+        deadline = time.monotonic() + 30
+        for request_id in ids:
+            while (status := queue.get(f"/test/counting/requests/{request_id}/status", params={"logs": 1}).json())[
+                "status"
+            ] != "COMPLETED":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert "error" not in status
+            assert not any("attempt 2" in log["message"] for log in status["logs"])
+    finally:
+        queue.close()
+        proc.terminate()
+        proc.communicate(timeout=15)
+    assert sorted(runs(count_file).items()) == [(n, 1) for n in range(20)]  # nothing ran twice

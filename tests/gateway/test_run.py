@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -126,3 +127,14 @@ async def test_input_url_failures_name_the_field(server: str, client: httpx.Asyn
     assert too_big.status_code == 422 and too_big.json()["detail"][0]["type"] == "file_too_large"
     refused = await client.post("/test/image", json={"image_url": "http://127.0.0.1:9/nothing"})
     assert refused.status_code == 422 and refused.json()["error_type"] == "file_download_error"
+
+
+async def test_a_client_leaving_the_stream_stops_the_work() -> None:
+    app = SteppingApp()
+    with live_server(Settings(), [app]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as client:
+            async with client.stream("POST", "/test/stepping/stream", json={"steps": 500, "delay_ms": 10}) as res:
+                async for line in res.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # one preview, then hang up
+            assert await asyncio.to_thread(app.stopped_early.wait, 5)
