@@ -308,6 +308,8 @@ class Dispatcher:
     ) -> None:
         body = webhook_body(job.id, outcome) if job.webhook_url else None
         done = await self.store.complete(job.id, attempt, outcome, body, logs or ())
+        if job.id not in self._tasks:
+            self._cancel.discard(job.id)  # a cancel that raced with a completion elsewhere
         if done:
             self.completed += 1
             if body is not None:

@@ -367,7 +367,13 @@ async def serve_file(request: Request) -> Response:
     stored = await asyncio.to_thread(res.files.get, request.path_params["file_id"], request.path_params["name"])
     if stored is None:
         return responses.error(404, "file not found (it may have expired)")
-    return FileResponse(stored.path, media_type=stored.content_type, headers={"Cache-Control": "public, max-age=3600"})
+    headers = {
+        "Cache-Control": "public, max-age=3600",
+        # Uploaded HTML or SVG must not run as this server's origin (it also serves tokens).
+        "Content-Security-Policy": "sandbox",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
 
 
 def routes() -> list[BaseRoute]:

@@ -7,8 +7,15 @@ storage on the main port.
 
 from __future__ import annotations
 
+import os
+import ssl
+import subprocess
+import sys
+import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fal_client
@@ -16,7 +23,8 @@ import fal_client.client as fal_module
 import httpx
 import pytest
 
-from tests.conftest import free_port, serve_process
+from tests.conftest import ROOT, free_port, serve_process
+from tests.gateway.test_live import make_self_signed_cert
 
 KEY = "k1:s3cret"
 APP = "tests.gateway.queue_apps:SteppingApp"
@@ -139,3 +147,46 @@ def test_wrong_key_is_refused_everywhere(ports: tuple[int, int], monkeypatch: py
             assert err.value.status_code == 401
     finally:
         bad._client.close()
+
+
+def test_only_the_hosts_changed_over_tls_queue_and_run(tmp_path: Path) -> None:
+    """Setup B of the protocol spec: FAL_RUN_HOST, FAL_QUEUE_RUN_HOST and SSL_CERT_FILE, nothing patched."""
+    cert, key = make_self_signed_cert(tmp_path)
+    port, queue_port = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--queue-port", str(queue_port),
+        "--ssl-certfile", cert, "--ssl-keyfile", key, "--data-dir", str(tmp_path / "data"), "--log-level", "warning",
+        "--app", APP,
+    ]  # fmt: skip
+    script = textwrap.dedent(
+        """
+        import fal_client
+        handle = fal_client.submit("test/stepping", {"steps": 2})
+        print(handle.status_url.split("/requests/")[0])
+        print(handle.get()["done"], fal_client.run("test/stepping", {"steps": 3})["done"])
+        """
+    )
+    env = {
+        **os.environ,
+        "FAL_RUN_HOST": f"localhost:{port}",
+        "FAL_QUEUE_RUN_HOST": f"localhost:{queue_port}",
+        "SSL_CERT_FILE": cert,
+        "FAL_KEY": "any:key",
+    }
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            context = ssl.create_default_context(cafile=cert)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"https://localhost:{port}/ready", context=context, timeout=1):
+                        break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.1)
+            done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=15)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"https://localhost:{queue_port}/test/stepping", "2", "3"]

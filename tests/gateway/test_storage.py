@@ -94,6 +94,7 @@ async def test_initiate_then_put_to_the_signed_url_then_get_the_file(client: htt
     assert put.status_code == 200  # no key needed: the signature is the credential
     got = await client.get(path_of(urls["file_url"]))
     assert got.status_code == 200 and got.content == b"RIFF....WEBP"
+    assert got.headers["content-security-policy"] == "sandbox" and got.headers["x-content-type-options"] == "nosniff"
     assert got.headers["content-type"] == "image/webp"
 
 
