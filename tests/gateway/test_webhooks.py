@@ -8,10 +8,13 @@ import hashlib
 import itertools
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +25,7 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway.settings import Settings
 from gateway.webhooks import retry_delay_s
-from tests.conftest import live_server
+from tests.conftest import ROOT, live_server
 from tests.gateway.queue_apps import SteppingApp
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -168,3 +171,20 @@ def test_default_schedule_spreads_ten_tries_over_about_two_hours() -> None:
     assert 0.75 * 14.0 * 511 <= sum(delays) <= 1.25 * 14.0 * 511
     assert 1.5 * 3600 < sum(delays) < 2.5 * 3600
     assert all(b > a for a, b in itertools.pairwise(delays))
+
+
+def test_webhook_key_command_prints_the_key_the_server_signs_with(tmp_path: Path) -> None:
+    from gateway.webhooks import WebhookSigner, load_signing_key
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "webhook-key", "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    signer = WebhookSigner(load_signing_key(tmp_path / "webhook_ed25519.pem"))  # the same file the server uses
+    assert printed["jwks"] == signer.jwks()
+    assert printed["standard_webhooks_public_key"] == "whpk_" + base64.b64encode(signer.public_raw).decode()
