@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,6 +47,15 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_web"
 
 #: Every table of the embedded store, in order. Other areas append their own lists.
 MIGRATIONS: tuple[Migration, ...] = (*jobs_mod.MIGRATIONS,)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Unhandled errors: fal's shape, with a request id (the traceback goes to the server log)."""
+    return JSONResponse(
+        {"detail": "Internal Server Error"},
+        status_code=500,
+        headers={responses.REQUEST_ID: str(uuid.uuid4()), "x-fal-error-type": "internal_error"},
+    )
 
 
 async def health(request: Request) -> JSONResponse:
@@ -157,6 +167,11 @@ def create_app(settings: Settings, engine: EngineClient, *, keys: KeyVerifier | 
             await res.fetcher.aclose()
             await res.db.close()
 
-    app = Starlette(routes=routes(settings), lifespan=lifespan, middleware=[Middleware(responses.RequestIdMiddleware)])
+    app = Starlette(
+        routes=routes(settings),
+        lifespan=lifespan,
+        middleware=[Middleware(responses.RequestIdMiddleware)],
+        exception_handlers={Exception: internal_error},
+    )
     app.state.framewire = res
     return app

@@ -5,7 +5,8 @@ images as ``{url: None, content: <bytes>, width, height, content_type}``). On th
 surfaces (sync run, queue result, SSE, webhooks) ``content`` is removed and ``url`` set:
 to a ``data:`` URI when the input's ``sync_mode`` is true, else to a file stored by this
 server. Any other bytes value becomes a base64 ``data:`` URI (content type sniffed from
-the leading bytes), since JSON has no bytes. On the realtime surface (msgpack) file
+the leading bytes), since JSON has no bytes; other non-JSON values (datetimes, UUIDs,
+enums) are written the way pydantic writes them to JSON. On the realtime surface (msgpack) file
 objects stay inline bytes unless the input says ``sync_mode: false``; then they are
 stored and sent as URLs like on the JSON surfaces.
 
@@ -19,6 +20,8 @@ import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
+
+from pydantic_core import to_jsonable_python
 
 from gateway.files import FileStore
 
@@ -62,9 +65,12 @@ def _walk(value: Any, leaf: Callable[[Any], Any], file: Callable[[dict[str, Any]
     return leaf(value)
 
 
-def _bytes_in(value: Any) -> tuple[int, int]:
-    """(file objects, total bytes) anywhere in ``value``."""
-    files = size = 0
+_JSON_LEAVES = (str, int, float, bool, type(None))
+
+
+def _scan(value: Any) -> tuple[int, int, int]:
+    """(file objects, total bytes, other non-JSON leaves) anywhere in ``value``."""
+    files = size = odd = 0
     stack = [value]
     while stack:
         item = stack.pop()
@@ -76,7 +82,9 @@ def _bytes_in(value: Any) -> tuple[int, int]:
             stack.extend(item)
         elif isinstance(item, bytes | bytearray):
             size += len(item)
-    return files, size
+        elif not isinstance(item, _JSON_LEAVES):
+            odd += 1
+    return files, size, odd
 
 
 class OutputFinaliser:
@@ -103,7 +111,11 @@ class OutputFinaliser:
 
     def to_json_blocking(self, output: Any, *, sync_mode: bool, base_url: str) -> Any:
         def leaf(value: Any) -> Any:
-            return data_uri(bytes(value)) if isinstance(value, bytes | bytearray) else value
+            if isinstance(value, bytes | bytearray):
+                return data_uri(bytes(value))
+            if isinstance(value, _JSON_LEAVES):
+                return value
+            return to_jsonable_python(value)  # datetimes, UUIDs, enums, decimals: as pydantic writes them
 
         def file(obj: dict[str, Any]) -> Any:
             return self._inline(obj) if sync_mode else self._store(obj, base_url)
@@ -112,8 +124,8 @@ class OutputFinaliser:
 
     async def to_json(self, output: Any, *, sync_mode: bool, base_url: str) -> Any:
         """``output`` made JSON-serialisable (see the module docstring)."""
-        files, size = _bytes_in(output)
-        if files == 0 and size == 0:
+        files, size, odd = _scan(output)
+        if files == 0 and size == 0 and odd == 0:
             return output
         if (sync_mode or files == 0) and size <= INLINE_LIMIT:
             return self.to_json_blocking(output, sync_mode=sync_mode, base_url=base_url)
@@ -121,7 +133,7 @@ class OutputFinaliser:
 
     @staticmethod
     def realtime_needs_storage(output: Any, sync_mode: bool | None) -> bool:
-        return sync_mode is False and _bytes_in(output)[0] > 0
+        return sync_mode is False and _scan(output)[0] > 0
 
     def for_realtime_blocking(self, output: Any, base_url: str) -> Any:
         """Store the file objects of a realtime output; other bytes stay inline (msgpack)."""

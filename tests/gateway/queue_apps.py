@@ -115,3 +115,21 @@ class CountingApp(App):
         with open(path) as f:
             lines = f.read().split()
         return [CountOut(n=i.n, runs=lines.count(str(i.n))) for i in inputs]
+
+
+class OddIn(BaseModel):
+    nan: bool = False
+
+
+class OddOut(BaseModel):
+    value: float
+
+
+class NanApp(App):
+    """Returns NaN when asked: a value JSON cannot carry."""
+
+    app_id = "test/nan"
+
+    @endpoint("/")
+    def run(self, inp: OddIn) -> OddOut:
+        return OddOut(value=float("nan") if inp.nan else 1.5)

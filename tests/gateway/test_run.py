@@ -14,7 +14,7 @@ import pytest
 from engine.apps.echo import EchoApp
 from gateway.settings import Settings
 from tests.conftest import live_server
-from tests.gateway.queue_apps import PNG_HEADER, ImageApp, SteppingApp
+from tests.gateway.queue_apps import PNG_HEADER, ImageApp, NanApp, SteppingApp
 
 
 @pytest.fixture
@@ -138,3 +138,13 @@ async def test_a_client_leaving_the_stream_stops_the_work() -> None:
                     if line.startswith("data:"):
                         break  # one preview, then hang up
             assert await asyncio.to_thread(app.stopped_early.wait, 5)
+
+
+async def test_an_unhandled_gateway_error_is_a_json_500_with_a_request_id() -> None:
+    with live_server(Settings(), [NanApp()]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as client:
+            fine = await client.post("/test/nan", json={})
+            broken = await client.post("/test/nan", json={"nan": True})
+    assert fine.json() == {"value": 1.5}
+    assert broken.status_code == 500 and broken.json() == {"detail": "Internal Server Error"}
+    assert broken.headers["x-fal-request-id"] and broken.headers["x-fal-error-type"] == "internal_error"

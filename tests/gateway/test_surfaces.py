@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +105,11 @@ async def test_finaliser_turns_nested_files_and_bytes_into_json(tmp_path: Path) 
     assert await fin.to_json(plain, sync_mode=False, base_url="http://h") is plain  # nothing to do
     assert sniff_content_type(b"RIFF\x00\x00\x00\x00WEBPVP8") == "image/webp"
     assert sniff_content_type(b"RIFF\x00\x00\x00\x00WAVE") == "application/octet-stream"
+
+
+async def test_finaliser_writes_other_values_as_pydantic_does(tmp_path: Path) -> None:
+    fin = OutputFinaliser(FileStore(tmp_path, max_bytes=1, default_ttl_s=0))
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    ident = uuid.UUID(int=1)
+    out = await fin.to_json({"at": when, "ids": [ident]}, sync_mode=False, base_url="http://h")
+    assert out == {"at": "2026-01-02T03:04:05Z", "ids": ["00000000-0000-0000-0000-000000000001"]}
