@@ -97,12 +97,6 @@ def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
         thread.join(10)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Relative paths (the default ``./var`` data dir) land in a fresh folder per test."""
-    monkeypatch.chdir(tmp_path)
-
-
 @pytest.fixture
 def echo_app() -> EchoApp:
     return EchoApp()
