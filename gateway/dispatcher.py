@@ -172,8 +172,14 @@ class Dispatcher:
             return 1
         return max(2, 2 * max(ep.max_batch_size for ep in self.engine.registry.endpoints_of(app).values()))
 
-    def submitted(self, app_key: str) -> None:
+    def submitted(self, app_key: str, start_deadline: float | None = None) -> None:
         self._maybe_queued.add(app_key)
+        self._wake.set()
+        if start_deadline is not None:  # look for expired jobs right when this one may expire
+            asyncio.get_running_loop().call_later(max(0.0, start_deadline - time.time()) + 0.001, self._sweep_soon)
+
+    def _sweep_soon(self) -> None:
+        self._next_sweep = 0.0
         self._wake.set()
 
     def running(self, job_id: str) -> bool:

@@ -165,7 +165,7 @@ async def submit(request: Request, path: str) -> Response:
         job, position = await res.jobs.submit(new, limit)
     except QueueFull as exc:
         return responses.error(429, str(exc), error_type="queue_full")
-    res.dispatcher.submitted(job.app_key)
+    res.dispatcher.submitted(job.app_key, job.start_deadline)
     body = {
         "status": "IN_QUEUE",
         "request_id": job.id,
