@@ -56,6 +56,15 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0
     raise SystemExit("server did not become ready")
 
 
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used, from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -207,25 +216,37 @@ def main() -> None:
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
         wait_ready(port, proc)
-        results = [
-            asyncio.run(closed_loop("sync-run", port, args.concurrency, args.duration_s, args.warmup_s)),
-            asyncio.run(closed_loop("queue", queue_port, args.concurrency, args.duration_s, args.warmup_s)),
-        ]  # fmt: skip
+        results = []
+        for kind, target in (("sync-run", port), ("queue", queue_port)):
+            before = cpu_s(proc.pid)
+            result = asyncio.run(closed_loop(kind, target, args.concurrency, args.duration_s, args.warmup_s))
+            after = cpu_s(proc.pid)
+            if before is not None and after is not None and result["completed"]:
+                # Server CPU per job: the figure that does not depend on what else the machine runs.
+                total_jobs = result["completed"] * (args.duration_s + args.warmup_s) / args.duration_s
+                result["server_cpu_ms_per_job"] = round(1000 * (after - before) / total_jobs, 2)
+            results.append(result)  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(30)
     report = {
         "app": APP,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
         "client": "minimal asyncio HTTP/1.1 client (one keep-alive connection per submitter), same machine",
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"{'surface':<10}{'conc':>6}{'jobs/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    print(f"{'surface':<10}{'conc':>6}{'jobs/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>8}"
+          f"{'cpu ms/job':>12}")  # fmt: skip
     for r in results:
         print(f"{r['kind']:<10}{r['concurrency']:>6}{r['jobs_per_s']:>10}{r['p50_ms']:>10}{r['p95_ms']:>10}"
-              f"{r['p99_ms']:>10}{r['errors']:>8}")  # fmt: skip
+              f"{r['p99_ms']:>10}{r['errors']:>8}{r.get('server_cpu_ms_per_job', '-'):>12}")  # fmt: skip
     print(f"written to {args.out}")
 
 

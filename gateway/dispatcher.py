@@ -228,12 +228,18 @@ class Dispatcher:
 
         def done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(job.id, None)
-            self._running[job.app_key].discard(job.id)
             self._cancel.discard(job.id)
-            self._maybe_queued.add(job.app_key)
-            self._wake.set()
+            self._free_slot(job)
 
         task.add_done_callback(done)
+
+    def _free_slot(self, job: Job) -> None:
+        """The engine is done with ``job``: let the loop hand it another one."""
+        running = self._running[job.app_key]
+        if job.id in running:
+            running.discard(job.id)
+            self._maybe_queued.add(job.app_key)
+            self._wake.set()
 
     async def _sweep(self, now: float) -> None:
         for job in await self.store.expired(now):
@@ -274,6 +280,7 @@ class Dispatcher:
             return
         except Exception as exc:
             log.exception("job %s failed in the gateway", job.id)
+            self._free_slot(job)
             reason = f"Internal Server Error ({type(exc).__name__})"
             outcome = Outcome(
                 {"detail": "Internal Server Error", "error_type": "internal_error"}, 500, reason, "internal_error"
@@ -297,6 +304,7 @@ class Dispatcher:
             return Outcome({"detail": protocol.validation_detail(exc)}, 422, reason, "validation_error")
         started = time.time()
         result = await self.engine.call(endpoint, inp, priority=int(job.priority))
+        self._free_slot(job)  # the engine may take the next job while this one's outcome is stored
         outcome = await run_outcome(result, inp, self.finaliser, job.base_url)
         level = "INFO" if outcome.ok else "ERROR"
         logs.append(
