@@ -31,7 +31,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 META = ".meta"
 
 
-class FileTooLarge(Exception):
+class FileTooLarge(ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the file exceeds the limit of {limit} bytes")
         self.limit = limit
