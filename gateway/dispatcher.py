@@ -130,6 +130,7 @@ class Dispatcher:
         self._running: dict[str, set[str]] = defaultdict(set)  # app_key -> job ids
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel: set[str] = set()
+        self._interruptible: set[str] = set()  # jobs waiting on downloads or the engine
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
@@ -182,14 +183,15 @@ class Dispatcher:
         self._next_sweep = 0.0
         self._wake.set()
 
-    def running(self, job_id: str) -> bool:
-        return job_id in self._tasks
-
     def cancel(self, job_id: str) -> None:
-        """Stop waiting for a running job; it completes as cancelled."""
+        """Stop waiting for a running job; it completes as cancelled.
+
+        Only the waiting (input downloads, the engine call) is interrupted; once the engine
+        has answered, the job completes with its result.
+        """
         self._cancel.add(job_id)
         task = self._tasks.get(job_id)
-        if task is not None:
+        if task is not None and job_id in self._interruptible:
             task.cancel()
 
     # -- the loop ---------------------------------------------------------------------
@@ -293,17 +295,24 @@ class Dispatcher:
         except (LookupError, ValueError) as exc:
             reason = f"Path /{job.endpoint_path} not found ({exc})"
             return Outcome({"detail": reason}, 404, reason, "not_found")
+        self._interruptible.add(job.id)
         try:
-            data = await self.fetcher.resolve(job.input, endpoint.input_model, job.base_url)
-        except FetchError as exc:
-            return Outcome({"detail": exc.detail(), "error_type": exc.error_type}, 422, exc.reason, exc.error_type)
-        try:
-            inp = endpoint.input_model.model_validate(data)
-        except ValidationError as exc:
-            reason = protocol.validation_reason(exc)
-            return Outcome({"detail": protocol.validation_detail(exc)}, 422, reason, "validation_error")
-        started = time.time()
-        result = await self.engine.call(endpoint, inp, priority=int(job.priority))
+            try:
+                data = await self.fetcher.resolve(job.input, endpoint.input_model, job.base_url)
+            except FetchError as exc:
+                return Outcome({"detail": exc.detail(), "error_type": exc.error_type}, 422, exc.reason, exc.error_type)
+            try:
+                inp = endpoint.input_model.model_validate(data)
+            except ValidationError as exc:
+                reason = protocol.validation_reason(exc)
+                return Outcome({"detail": protocol.validation_detail(exc)}, 422, reason, "validation_error")
+            if job.id in self._cancel:
+                return cancelled_outcome()
+            started = time.time()
+            result = await self.engine.call(endpoint, inp, priority=int(job.priority))
+        finally:
+            # From here on the job only records its outcome: a cancel must not cut a store write.
+            self._interruptible.discard(job.id)
         self._free_slot(job)  # the engine may take the next job while this one's outcome is stored
         outcome = await run_outcome(result, inp, self.finaliser, job.base_url)
         level = "INFO" if outcome.ok else "ERROR"
