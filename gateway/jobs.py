@@ -142,8 +142,11 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
-    async def snapshot(self, job_id: str, with_logs: bool) -> Snapshot | None:
-        """The job, its queue position and (optionally) its logs, in one read."""
+    async def snapshot(self, job_id: str, with_logs: bool, with_result: bool = True) -> Snapshot | None:
+        """The job, its queue position and (optionally) its logs, in one read.
+
+        Without ``with_result`` the outcome's body is None (status polls do not need it).
+        """
 
     async def queue_position(self, job: Job) -> int:
         """Jobs of the same app that will start before ``job`` (0 = next)."""
@@ -264,8 +267,10 @@ def _dumps(value: Any) -> str:
 def _job(row: sqlite3.Row) -> Job:
     outcome = None
     if row["status"] == JobStatus.COMPLETED:
+        # Status reads leave the (possibly large) result out. (sqlite3.Row: "in" tests values, not keys.)
+        has_result = "result" in row.keys()  # noqa: SIM118
         outcome = Outcome(
-            body=json.loads(row["result"]) if row["result"] is not None else None,
+            body=json.loads(row["result"]) if has_result and row["result"] is not None else None,
             http_status=row["http_status"] or 200,
             error=row["error"],
             error_type=row["error_type"],
@@ -291,6 +296,13 @@ def _job(row: sqlite3.Row) -> Job:
         cancel_requested=bool(row["cancel_requested"]),
         outcome=outcome,
     )
+
+
+_STATUS_COLUMNS = (
+    "seq, id, app_path, endpoint_path, app_key, owner, status, priority, input, base_url, webhook_url,"
+    " start_deadline, created_at, started_at, completed_at, attempts, cancel_requested, http_status, error,"
+    " error_type, metrics"
+)
 
 
 def _position(conn: sqlite3.Connection, job: Job) -> int:
@@ -369,9 +381,11 @@ class SqliteJobStore:
 
         return await self.db.read(select)
 
-    async def snapshot(self, job_id: str, with_logs: bool) -> Snapshot | None:
+    async def snapshot(self, job_id: str, with_logs: bool, with_result: bool = True) -> Snapshot | None:
+        columns = "*" if with_result else _STATUS_COLUMNS
+
         def select(conn: sqlite3.Connection) -> Snapshot | None:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
             job = _job(row)

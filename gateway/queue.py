@@ -179,12 +179,14 @@ async def submit(request: Request, path: str) -> Response:
 # -- request-specific ----------------------------------------------------------------------
 
 
-async def _job_for(request: Request, res: Resources, app: str, job_id: str, with_logs: bool) -> Snapshot | Response:
+async def _job_for(
+    request: Request, res: Resources, app: str, job_id: str, with_logs: bool, with_result: bool
+) -> Snapshot | Response:
     try:
         principal = _principal(request, res)
     except AuthError as exc:
         return responses.error(exc.status, exc.reason)
-    snap = await res.jobs.snapshot(job_id, with_logs)
+    snap = await res.jobs.snapshot(job_id, with_logs, with_result)
     not_found = responses.error(404, f"Request {job_id!r} not found", status="NOT_FOUND")
     if snap is None:
         return not_found
@@ -210,7 +212,7 @@ async def requests_endpoint(request: Request, match: re.Match[str]) -> Response:
     if method not in allowed[op]:
         return responses.error(405, f"{method} is not allowed here; use {' or '.join(allowed[op])}")
     with_logs = _flag(request.query_params.get("logs")) and op in ("status", "status/stream")
-    found = await _job_for(request, res, match["app"], job_id, with_logs)
+    found = await _job_for(request, res, match["app"], job_id, with_logs, with_result=op is None)
     if isinstance(found, Response):
         return found
     job = found.job
@@ -270,7 +272,7 @@ def _status_stream(request: Request, res: Resources, first: Snapshot, with_logs:
             if snap.job.status == JobStatus.COMPLETED:
                 return
             await res.dispatcher.events.wait(job_id, STATUS_POLL_S)
-            snap = await res.jobs.snapshot(job_id, with_logs)
+            snap = await res.jobs.snapshot(job_id, with_logs, with_result=False)
 
     return EventSourceResponse(events(), ping=PING_S)
 

@@ -155,3 +155,15 @@ async def test_expired_and_purged_jobs(store: SqliteJobStore) -> None:
     assert await store.complete(late.id, None, Outcome(None), None)
     assert await store.purge(completed_before=10**10) == 1
     assert await store.get(late.id) is None
+
+
+async def test_status_snapshots_leave_the_result_out(store: SqliteJobStore) -> None:
+    job, _ = await store.submit(new_job(), 10)
+    (run,) = await store.claim("a/b", 1, 0.0)
+    assert await store.complete(job.id, run.attempts, Outcome({"big": "x" * 1000}, metrics={"t": 1}), None)
+    full = await store.snapshot(job.id, with_logs=True)
+    light = await store.snapshot(job.id, with_logs=False, with_result=False)
+    assert full is not None and full.job.outcome is not None and full.job.outcome.body == {"big": "x" * 1000}
+    assert full.logs is not None and full.position is None
+    assert light is not None and light.job.outcome is not None and light.job.outcome.body is None
+    assert light.job.outcome.metrics == {"t": 1} and light.logs is None
