@@ -150,6 +150,23 @@ def _cmd_apps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhook_key(args: argparse.Namespace) -> int:
+    """Print the webhook signing key's public forms (created on first use)."""
+    import json
+    from pathlib import Path
+
+    from gateway.webhooks import WebhookSigner, load_signing_key
+
+    try:
+        settings = settings_mod.from_sources(args)
+        signer = WebhookSigner(load_signing_key(Path(settings.data_dir) / "webhook_ed25519.pem"))
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"jwks": signer.jwks(), "standard_webhooks_public_key": signer.standard_public_key}, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="framewire", description="Self-hosted realtime inference edge.")
     sub = root.add_subparsers(dest="command", required=True)
@@ -159,6 +176,9 @@ def parser() -> argparse.ArgumentParser:
     p_apps = sub.add_parser("apps", help="list the apps and endpoints a serve would load")
     settings_mod.add_arguments(p_apps, [o for o in settings_mod.OPTIONS if o.name in ("apps", "builtin_apps")])
     p_apps.set_defaults(func=_cmd_apps)
+    p_key = sub.add_parser("webhook-key", help="print the public key webhooks are signed with (JWKS and whpk_)")
+    settings_mod.add_arguments(p_key, [o for o in settings_mod.OPTIONS if o.name == "data_dir"])
+    p_key.set_defaults(func=_cmd_webhook_key)
     return root
 
 

@@ -10,6 +10,7 @@ show the reason too.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from starlette.responses import JSONResponse
@@ -21,6 +22,7 @@ from gateway.auth import AuthError, origin_allowed
 from gateway.protocol import CloseCode, ErrorCode, ProtocolError
 from gateway.resources import Resources
 from gateway.session import RealtimeSession
+from gateway.surface import base_url
 
 log = logging.getLogger("framewire.realtime")
 
@@ -72,6 +74,7 @@ async def realtime_endpoint(ws: WebSocket) -> None:
         capacity=capacity,
         session_timeout_s=endpoint.spec.session_timeout_s,
         max_frame_bytes=settings.max_frame_bytes,
+        store_files=functools.partial(res.finaliser.for_realtime_blocking, base_url=base_url(ws)),
     )
     res.sessions.add(session)
     try:

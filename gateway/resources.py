@@ -10,7 +10,14 @@ from gateway.auth import Authenticator
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
+    from gateway.db import Database
+    from gateway.dispatcher import Dispatcher
+    from gateway.files import FileStore, UrlSigner
+    from gateway.inputs import InputFetcher
+    from gateway.jobs import JobStore
+    from gateway.outputs import OutputFinaliser
     from gateway.session import RealtimeSession
+    from gateway.webhooks import WebhookDeliverer, WebhookSigner
 
 
 @dataclass(eq=False)
@@ -20,3 +27,14 @@ class Resources:
     auth: Authenticator
     sessions: set[RealtimeSession] = field(default_factory=set)
     draining: bool = False
+    # storage/queue (set by create_app; opened and closed by the lifespan)
+    db: Database | None = None
+    files: FileStore = field(default=None)  # type: ignore[assignment]
+    signer: UrlSigner = field(default=None)  # type: ignore[assignment]
+    storage_secret: bytes = b""
+    finaliser: OutputFinaliser = field(default=None)  # type: ignore[assignment]
+    fetcher: InputFetcher = field(default=None)  # type: ignore[assignment]
+    jobs: JobStore = field(default=None)  # type: ignore[assignment]
+    dispatcher: Dispatcher = field(default=None)  # type: ignore[assignment]
+    webhook_signer: WebhookSigner = field(default=None)  # type: ignore[assignment]
+    webhooks: WebhookDeliverer = field(default=None)  # type: ignore[assignment]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ class _Pending:
 
     request_id: Any
     received_s: float
+    sync_mode: bool | None = None  # the input's, when its model has the field
 
 
 @dataclass
@@ -55,8 +57,11 @@ class RealtimeSession:
         capacity: int,
         session_timeout_s: float | None,
         max_frame_bytes: int,
+        store_files: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.ws = ws
+        # Stores an output's file objects and returns it with URLs (blocking: runs in a thread).
+        self.store_files = store_files
         self.endpoint = endpoint
         self.engine = engine
         self.capacity = capacity
@@ -66,7 +71,8 @@ class RealtimeSession:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._outbox: deque[bytes | str] = deque()
+        # Results are bytes, or a task still storing an output's files (sync_mode false).
+        self._outbox: deque[bytes | str | asyncio.Task[bytes | str]] = deque()
         self._outbox_limit = 2 * capacity + 4
         self._wake = asyncio.Event()
         self._closing = False
@@ -89,6 +95,11 @@ class RealtimeSession:
             output["timings"] = {**(output["timings"] or {}), **result.timings}
         if pending.request_id is not None and "request_id" not in output:
             output["request_id"] = pending.request_id
+        if self.store_files is not None and pending.sync_mode is False:
+            # Disk I/O: done in a thread; the outbox keeps the result's place meanwhile.
+            self.stats.frames_out += 1
+            self._enqueue(asyncio.ensure_future(self._stored(output, pending.request_id)))
+            return
         try:
             payload = protocol.encode_output(output)
         except (TypeError, ValueError) as exc:
@@ -98,6 +109,17 @@ class RealtimeSession:
         self.stats.frames_out += 1
         self._enqueue(payload)
 
+    async def _stored(self, output: dict[str, Any], request_id: Any) -> bytes | str:
+        assert self.store_files is not None
+        try:
+            stored = await asyncio.to_thread(self.store_files, output)
+            return protocol.encode_output(stored)
+        except (OSError, TypeError, ValueError) as exc:
+            log.exception("cannot store the output files of %s", self.endpoint.key)
+            self.stats.errors += 1
+            extra = {} if request_id is None else {"request_id": request_id}
+            return protocol.error_message(ErrorCode.INTERNAL_ERROR, f"output could not be stored ({exc})", **extra)
+
     def _frame_done(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
@@ -105,11 +127,13 @@ class RealtimeSession:
 
     # -- outbox ----------------------------------------------------------------------
 
-    def _enqueue(self, message: bytes | str) -> None:
+    def _enqueue(self, message: bytes | str | asyncio.Task[bytes | str]) -> None:
         if len(self._outbox) >= self._outbox_limit:
             for i, queued in enumerate(self._outbox):
-                if isinstance(queued, bytes):  # drop the oldest result, never an error
+                if not isinstance(queued, str):  # drop the oldest result, never an error
                     del self._outbox[i]
+                    if isinstance(queued, asyncio.Task):
+                        queued.cancel()
                     self.stats.outputs_dropped += 1
                     break
         self._outbox.append(message)
@@ -130,6 +154,13 @@ class RealtimeSession:
                 self._wake.clear()
                 await self._wake.wait()
             message = self._outbox.popleft()
+            if isinstance(message, asyncio.Task):
+                try:
+                    message = await message
+                except asyncio.CancelledError:
+                    if not message.cancelled():
+                        raise
+                    continue
             try:
                 if isinstance(message, bytes):
                     await send({"type": "websocket.send", "bytes": message})
@@ -161,7 +192,7 @@ class RealtimeSession:
                 request_id=request_id,
             ) from None
         assert self._stream is not None
-        pending = _Pending(request_id, time.perf_counter())
+        pending = _Pending(request_id, time.perf_counter(), getattr(inp, "sync_mode", None))
         self._in_flight += 1
         self._idle.clear()
         try:

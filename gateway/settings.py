@@ -50,6 +50,21 @@ class Settings:
     log_level: str = "info"
     # kernels
     kernels: bool = True
+    # storage/queue
+    data_dir: str = "./var"
+    max_upload_bytes: int = 512 * 1024 * 1024
+    file_ttl_s: float = 7 * 24 * 3600.0
+    upload_url_expiration_s: int = 3600
+    fetch_timeout_s: float = 30.0
+    max_fetch_bytes: int = 64 * 1024 * 1024
+    max_queue_length: int = 10_000
+    queue_jobs_in_flight: int = 0
+    max_job_attempts: int = 3
+    job_retention_s: float = 7 * 24 * 3600.0
+    webhook_timeout_s: float = 15.0
+    webhook_max_attempts: int = 10
+    webhook_retry_base_s: float = 14.0
+    webhook_secret: str | None = None
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -85,6 +100,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", "log level (debug, info, warning, error)"),
     # kernels
     Option("kernels", "fused Triton kernels for the frame path on CUDA (1/0); off runs their torch references", _bool),
+    # storage/queue
+    Option("data_dir", "folder for the job database, stored files and server keys", str),
+    Option("max_upload_bytes", "largest file accepted by storage uploads, bytes", int),
+    Option("file_ttl_s", "seconds stored files are kept unless the upload asks otherwise (0 = forever)", float),
+    Option("upload_url_expiration_s", "lifetime of signed upload URLs, seconds", int),
+    Option("fetch_timeout_s", "timeout for fetching an input's http(s) *_url, seconds", float),
+    Option("max_fetch_bytes", "largest file fetched for an input's *_url, bytes", int),
+    Option("max_queue_length", "queued jobs per app before submits get 429", int),
+    Option("queue_jobs_in_flight", "queue jobs handed to the engine at once per app (0 = 2 x max batch)", int),
+    Option("max_job_attempts", "runs of a job interrupted by server restarts before it fails", int),
+    Option("job_retention_s", "seconds finished jobs (and their results) are kept", float),
+    Option("webhook_timeout_s", "timeout of one webhook delivery, seconds", float),
+    Option("webhook_max_attempts", "webhook delivery tries before giving up", int),
+    Option("webhook_retry_base_s", "first webhook retry delay; doubles per try, with jitter, seconds", float),
+    Option("webhook_secret", "whsec_... secret: also sign webhooks with Standard Webhooks v1 (HMAC)"),
 )
 
 _FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
@@ -160,5 +190,17 @@ def validate(settings: Settings) -> None:
         key_id, sep, secret = key.partition(":")
         if not sep or not key_id or not secret:
             raise ValueError("each API key must have the form id:secret")
+    for name in ("max_upload_bytes", "upload_url_expiration_s", "max_fetch_bytes", "max_queue_length"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("fetch_timeout_s", "webhook_timeout_s"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+    if settings.max_job_attempts < 1 or settings.webhook_max_attempts < 1:
+        raise ValueError("--max-job-attempts and --webhook-max-attempts must be >= 1")
+    if settings.queue_jobs_in_flight < 0 or settings.file_ttl_s < 0 or settings.webhook_retry_base_s < 0:
+        raise ValueError("--queue-jobs-in-flight, --file-ttl-s and --webhook-retry-base-s must be >= 0")
+    if settings.webhook_secret is not None and not settings.webhook_secret.startswith("whsec_"):
+        raise ValueError("--webhook-secret must be a Standard Webhooks secret: whsec_ followed by base64")
     if settings.auth and not settings.api_keys:
         raise ValueError("--auth needs at least one key (--api-key id:secret or FRAMEWIRE_API_KEYS)")

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -70,6 +71,8 @@ def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
+    if settings.data_dir == Settings().data_dir:  # never the working tree's ./var
+        settings = settings.with_changes(data_dir=tempfile.mkdtemp(prefix="framewire-test-"))
     app = create_app(settings, LocalEngine(AppRegistry(apps)))
     config = uvicorn.Config(
         app,
@@ -127,9 +130,14 @@ def wait_ready(port: int, proc: subprocess.Popen[str] | None = None, timeout_s: 
 
 @contextlib.contextmanager
 def serve_process(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[int]:
-    """``framewire serve`` as a child process on ``port`` (default: a free one); yields the port."""
+    """``framewire serve`` as a child process on ``port`` (default: a free one); yields the port.
+
+    Without a ``--data-dir`` in ``args`` the server gets a fresh temporary one.
+    """
     port = free_port() if port is None else port
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
+    if "--data-dir" not in args:
+        cmd += ["--data-dir", tempfile.mkdtemp(prefix="framewire-test-")]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         try:
             wait_ready(port, proc)

@@ -72,3 +72,16 @@ def test_serve_hands_the_kernels_setting_to_the_kernels_package(flag: bool) -> N
         assert runtime.enabled() is flag
     finally:
         runtime.configure(enabled=before)
+
+
+def test_queue_and_storage_options_are_checked_naming_the_flag() -> None:
+    got = s.from_sources(
+        parse(["--data-dir", "/srv/fw", "--webhook-retry-base-s", "0.5"]), {"FRAMEWIRE_MAX_QUEUE_LENGTH": "7"}
+    )
+    assert (got.data_dir, got.webhook_retry_base_s, got.max_queue_length) == ("/srv/fw", 0.5, 7)
+    with pytest.raises(ValueError, match="--max-upload-bytes"):
+        s.from_sources(parse(["--max-upload-bytes", "0"]), {})
+    with pytest.raises(ValueError, match="whsec_"):
+        s.from_sources(parse(["--webhook-secret", "plain"]), {})
+    with pytest.raises(ValueError, match="--max-job-attempts"):
+        s.from_sources(parse(["--max-job-attempts", "0"]), {})

@@ -1,0 +1,89 @@
+"""HTTP error shapes (fal protocol §11) and the ``x-fal-request-id`` middleware.
+
+Every error body is ``{"detail": <string | list>}``; validation errors are 422 with
+pydantic's ``[{loc, msg, type}]`` list; an ``error_type`` in the body (and the
+``x-fal-error-type`` header) lets fal's Python client tell errors apart.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.api import AppError
+from gateway import protocol
+
+REQUEST_ID = "x-fal-request-id"
+
+
+def error(
+    status_code: int, detail: Any, *, error_type: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail, **extra}
+    hdrs = dict(headers or {})
+    if error_type is not None:
+        body["error_type"] = error_type
+        hdrs["x-fal-error-type"] = error_type
+    return JSONResponse(body, status_code=status_code, headers=hdrs)
+
+
+def validation_error(exc: ValidationError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": protocol.validation_detail(exc)}, status_code=422, headers={"x-fal-billable-units": "0"}
+    )
+
+
+def app_error_body(exc: AppError) -> tuple[int, dict[str, Any]]:
+    """The status and body an app's error is answered with (and replayed from the queue)."""
+    error_type = exc.code.lower()
+    if exc.field is not None:
+        detail: Any = [{"loc": ["body", exc.field], "msg": exc.reason, "type": error_type}]
+    else:
+        detail = exc.reason
+    return exc.status, {"detail": detail, "error_type": error_type}
+
+
+def app_error(exc: AppError) -> JSONResponse:
+    status, body = app_error_body(exc)
+    return JSONResponse(body, status_code=status, headers={"x-fal-error-type": body["error_type"]})
+
+
+def json_body(raw: bytes) -> Any:
+    """Decode a JSON request body; an empty body is an empty input. Raises ValueError."""
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid JSON ({exc})") from None
+
+
+class RequestIdMiddleware:
+    """Adds ``x-fal-request-id`` to every HTTP response that lacks one.
+
+    A plain ASGI middleware (not ``BaseHTTPMiddleware``) so streamed responses pass
+    through untouched. Handlers that own an id (queue jobs) set the header themselves.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == REQUEST_ID.encode() for name, _ in headers):
+                    headers.append((REQUEST_ID.encode(), str(uuid.uuid4()).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

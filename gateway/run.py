@@ -1,0 +1,144 @@
+"""The run surface (fal's ``fal.run``): sync run and SSE streaming (protocol §3, §4).
+
+- ``POST /{id}[/{path}]`` with the input JSON → the output JSON directly (``GET`` with the
+  input as query parameters also works, as fal's JS client can send it).
+- ``POST /{id}[/{path}]/stream`` → ``text/event-stream``: one ``data:`` JSON event per
+  partial output the app reports (e.g. a preview per denoising step; when the client is
+  slower than the app, older partials are dropped for newer ones), then one event with
+  the final output, then the stream ends. Errors after the stream started arrive as an
+  ``event: error`` whose data is the usual error body. Keep-alive comments every
+  :data:`gateway.queue.PING_S` seconds.
+
+Sync runs go to the engine with priority 0: before queue jobs, after realtime frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine.api import Endpoint, FrameResult
+from gateway import responses
+from gateway.auth import AuthError
+from gateway.dispatcher import EngineGone, run_outcome
+from gateway.inputs import FetchError
+from gateway.queue import PING_S
+from gateway.resources import Resources
+from gateway.surface import base_url
+
+#: Partial outputs held for a slow SSE client; older ones are dropped first.
+MAX_PENDING_PARTIALS = 4
+_RESERVED_QUERY = ("fal_jwt_token",)
+
+
+def _resolve(res: Resources, path: str) -> tuple[Endpoint, bool] | None:
+    """(endpoint, streaming) for a run-surface path, or None."""
+    registry = res.engine.registry
+    if path == "stream" or path.endswith("/stream"):
+        try:
+            return registry.resolve(path.removesuffix("stream").rstrip("/")), True
+        except (LookupError, ValueError):
+            pass
+    try:
+        return registry.resolve(path), False
+    except (LookupError, ValueError):
+        return None
+
+
+async def handle(request: Request, path: str) -> Response | None:
+    """Answer a run-surface request; None when no app is at ``path`` (caller decides)."""
+    res: Resources = request.app.state.framewire
+    path = path.strip("/")
+    found = _resolve(res, path)
+    if found is None:
+        return None
+    endpoint, streaming = found
+    try:
+        principal = res.auth.request(request.headers, request.query_params.get("fal_jwt_token"))
+        res.auth.check_app(principal, res.engine.registry.names_of(endpoint.app))
+    except AuthError as exc:
+        return responses.error(exc.status, exc.reason)
+    if res.draining or not res.engine.ready:
+        return responses.error(503, "the server is not ready; retry shortly", error_type="engine_unavailable")
+    base = base_url(request)
+    try:
+        if request.method == "GET":
+            data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
+        else:
+            data = responses.json_body(await request.body())
+        if not isinstance(data, dict):
+            raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
+        endpoint.input_model.model_validate(data)  # fail before fetching anything
+        data = await res.fetcher.resolve(data, endpoint.input_model, base)
+        inp = endpoint.input_model.model_validate(data)
+    except ValidationError as exc:
+        return responses.validation_error(exc)
+    except FetchError as exc:
+        return responses.error(422, exc.detail(), error_type=exc.error_type)
+    except ValueError as exc:
+        return responses.error(400, str(exc))
+    if streaming:
+        return _stream(res, endpoint, inp, base)
+    result = await res.engine.call(endpoint, inp, priority=0)
+    return await _respond(res, result, inp, base)
+
+
+async def _respond(res: Resources, result: FrameResult, inp: BaseModel, base: str) -> Response:
+    try:
+        outcome = await run_outcome(result, inp, res.finaliser, base)
+    except EngineGone as exc:
+        return responses.error(503, exc.args[0], error_type="engine_unavailable")
+    headers = {"x-fal-error-type": outcome.error_type} if outcome.error_type else {}
+    return JSONResponse(outcome.body, status_code=outcome.http_status, headers=headers)
+
+
+def _stream(res: Resources, endpoint: Endpoint, inp: BaseModel, base: str) -> Response:
+    sync_mode = bool(getattr(inp, "sync_mode", False))
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        partials: deque[BaseModel] = deque(maxlen=MAX_PENDING_PARTIALS)
+        wake = asyncio.Event()
+
+        def on_progress(partial: BaseModel) -> None:
+            partials.append(partial)
+            wake.set()
+
+        call = asyncio.create_task(res.engine.call(endpoint, inp, priority=0, on_progress=on_progress))
+        call.add_done_callback(lambda _: wake.set())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while partials:
+                    partial = partials.popleft()
+                    body = await res.finaliser.to_json(partial.model_dump(), sync_mode=sync_mode, base_url=base)
+                    yield {"data": _dumps(body)}
+                if call.done():
+                    break
+            result = call.result()
+            try:
+                outcome = await run_outcome(result, inp, res.finaliser, base)
+            except EngineGone as exc:
+                yield {"event": "error", "data": _dumps({"detail": exc.args[0], "error_type": "engine_unavailable"})}
+                return
+            if outcome.ok:
+                yield {"data": _dumps(outcome.body)}
+            else:
+                yield {"event": "error", "data": _dumps(outcome.body)}
+        finally:
+            if not call.done():
+                call.cancel()  # the client left: drop the queued request or tell the handler
+
+    return EventSourceResponse(events(), ping=PING_S)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

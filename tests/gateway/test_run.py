@@ -1,0 +1,150 @@
+"""Sync run, SSE streaming, output files and input URLs on the run surface (real socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.apps.echo import EchoApp
+from gateway.settings import Settings
+from tests.conftest import live_server
+from tests.gateway.queue_apps import PNG_HEADER, ImageApp, NanApp, SteppingApp
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    with live_server(Settings(max_fetch_bytes=4096, fetch_timeout_s=2), [EchoApp(), SteppingApp(), ImageApp()]) as a:
+        yield a
+
+
+@pytest.fixture
+async def client(server: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as c:
+        yield c
+
+
+async def sse(client: httpx.AsyncClient, path: str, body: Any) -> tuple[httpx.Response, list[tuple[str, Any]]]:
+    """POST and collect (event name, JSON data) pairs until the server ends the stream."""
+    events: list[tuple[str, Any]] = []
+    name = "message"
+    async with client.stream("POST", path, json=body, headers={"accept": "text/event-stream"}) as res:
+        async for line in res.aiter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line[5:])))
+                name = "message"
+    return res, events
+
+
+async def test_sync_run_returns_the_output_directly(client: httpx.AsyncClient) -> None:
+    res = await client.post("/framewire/echo", json={"prompt": "now", "image_url": "data:image/png;base64,AAEC"})
+    assert res.status_code == 200 and res.headers["x-fal-request-id"]
+    out = res.json()
+    assert out["prompt"] == "now" and out["size_bytes"] == 3
+    assert out["image"] == "data:application/octet-stream;base64,AAEC"  # bytes in JSON: a data URI
+    assert out["timings"]["batch_size"] >= 1
+
+
+async def test_sync_run_accepts_get_with_query_input(client: httpx.AsyncClient) -> None:
+    res = await client.get("/framewire/echo", params={"prompt": "by query"})
+    assert res.status_code == 200 and res.json()["prompt"] == "by query"
+
+
+async def test_sync_run_errors_use_the_spec_shapes(client: httpx.AsyncClient) -> None:
+    invalid = await client.post("/test/stepping", json={"steps": -1})
+    assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "steps"]
+    assert invalid.headers["x-fal-billable-units"] == "0"
+    failed = await client.post("/test/stepping", json={"steps": 1, "fail": True})
+    assert failed.status_code == 422 and failed.json()["error_type"] == "invalid_input"
+    assert failed.headers["x-fal-error-type"] == "invalid_input"
+    unknown = await client.post("/nobody/nothing/x", json={})
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "Path /nobody/nothing/x not found"}
+    assert unknown.headers["x-fal-request-id"]
+
+
+async def test_stream_sends_each_step_then_the_output_and_ends(client: httpx.AsyncClient) -> None:
+    res, events = await sse(client, "/test/stepping/stream", {"steps": 4, "delay_ms": 20})
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+    assert res.headers["x-fal-request-id"]
+    datas = [data for _, data in events]
+    assert [d["done"] for d in datas if d["preview"]] == [1, 2, 3, 4]
+    assert datas[-1] == {"done": 4, "preview": False, "batch_size": 1}
+
+
+async def test_stream_reports_a_failure_as_an_error_event(client: httpx.AsyncClient) -> None:
+    _, events = await sse(client, "/test/stepping/stream", {"steps": 1, "fail": True})
+    name, data = events[-1]
+    assert name == "error" and data["error_type"] == "invalid_input"
+
+
+async def test_stream_refuses_a_bad_input_before_streaming(client: httpx.AsyncClient) -> None:
+    res = await client.post("/test/stepping/stream", json={"steps": "many"})
+    assert res.status_code == 422 and res.headers["content-type"] == "application/json"
+
+
+async def test_file_outputs_are_data_uris_in_sync_mode_and_stored_files_otherwise(client: httpx.AsyncClient) -> None:
+    inline = (await client.post("/test/image", json={"color": 7, "sync_mode": True})).json()
+    image = inline["images"][0]
+    assert "content" not in image and image["width"] == 4
+    assert image["url"].startswith("data:image/png;base64,")
+    assert base64.b64decode(image["url"].split(",", 1)[1]) == PNG_HEADER + b"\x07" * 32
+    stored = (await client.post("/test/image", json={"color": 9}, headers={"host": "cdn.example:1"})).json()
+    url = stored["images"][0]["url"]
+    assert url.startswith("http://cdn.example:1/files/")
+    served = await client.get("/" + url.split("/", 3)[3])
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert served.content == PNG_HEADER + b"\x09" * 32
+
+
+async def test_input_urls_are_fetched_before_the_engine_sees_them(server: str, client: httpx.AsyncClient) -> None:
+    upload = (await client.post("/files/upload", content=b"x" * 100, headers={"content-type": "image/jpeg"})).json()
+    own = (await client.post("/test/image", json={"image_url": upload["access_url"]})).json()
+    assert own["input_size"] == 100  # read from disk, as bytes (the field accepts bytes)
+    # The same file through the network path: another host name for this server.
+    other = upload["access_url"].replace("127.0.0.1", "localhost")
+    fetched = (await client.post("/test/image", json={"image_url": other})).json()
+    assert fetched["input_size"] == 100
+    echo = (await client.post("/framewire/echo", json={"image_url": other})).json()
+    assert echo["size_bytes"] == 100
+
+
+async def test_input_url_failures_name_the_field(server: str, client: httpx.AsyncClient) -> None:
+    port = server.rsplit(":", 1)[1]
+    missing = await client.post("/test/image", json={"image_url": f"http://localhost:{port}/files/nothere"})
+    assert missing.status_code == 422
+    detail = missing.json()["detail"][0]
+    assert detail["loc"] == ["body", "image_url"] and detail["type"] == "file_download_error"
+    assert "HTTP 404" in detail["msg"]
+    big = (await client.post("/files/upload", content=b"y" * 5000)).json()["access_url"]
+    too_big = await client.post("/test/image", json={"image_url": big.replace("127.0.0.1", "localhost")})
+    assert too_big.status_code == 422 and too_big.json()["detail"][0]["type"] == "file_too_large"
+    refused = await client.post("/test/image", json={"image_url": "http://127.0.0.1:9/nothing"})
+    assert refused.status_code == 422 and refused.json()["error_type"] == "file_download_error"
+
+
+async def test_a_client_leaving_the_stream_stops_the_work() -> None:
+    app = SteppingApp()
+    with live_server(Settings(), [app]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as client:
+            async with client.stream("POST", "/test/stepping/stream", json={"steps": 500, "delay_ms": 10}) as res:
+                async for line in res.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # one preview, then hang up
+            assert await asyncio.to_thread(app.stopped_early.wait, 5)
+
+
+async def test_an_unhandled_gateway_error_is_a_json_500_with_a_request_id() -> None:
+    with live_server(Settings(), [NanApp()]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as client:
+            fine = await client.post("/test/nan", json={})
+            broken = await client.post("/test/nan", json={"nan": True})
+    assert fine.json() == {"value": 1.5}
+    assert broken.status_code == 500 and broken.json() == {"detail": "Internal Server Error"}
+    assert broken.headers["x-fal-request-id"] and broken.headers["x-fal-error-type"] == "internal_error"
