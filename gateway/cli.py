@@ -91,7 +91,11 @@ def serve(settings: Settings) -> None:
     from gateway.app import create_app
 
     registry = build_registry(settings)
-    engine = LocalEngine(registry, queue_delay_override_ms=settings.max_queue_delay_ms)
+    engine = LocalEngine(
+        registry,
+        queue_delay_override_ms=settings.max_queue_delay_ms,
+        max_batch_size_cap=settings.max_batch_size,
+    )
     app = create_app(settings, engine)
     config = uvicorn.Config(
         app,

@@ -48,6 +48,8 @@ class Settings:
     max_queue_delay_ms: float | None = None
     demo_dir: str | None = None
     log_level: str = "info"
+    # batching
+    max_batch_size: int | None = None
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -81,6 +83,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_queue_delay_ms", "override every app's batching delay, ms", float),
     Option("demo_dir", "folder served at / (default: the bundled demo page)"),
     Option("log_level", "log level (debug, info, warning, error)"),
+    # batching
+    Option("max_batch_size", "cap every app's batch size (e.g. for a smaller GPU, or a benchmark sweep)", int),
 )
 
 _FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
@@ -156,5 +160,7 @@ def validate(settings: Settings) -> None:
         key_id, sep, secret = key.partition(":")
         if not sep or not key_id or not secret:
             raise ValueError("each API key must have the form id:secret")
+    if settings.max_batch_size is not None and settings.max_batch_size < 1:
+        raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
     if settings.auth and not settings.api_keys:
         raise ValueError("--auth needs at least one key (--api-key id:secret or FRAMEWIRE_API_KEYS)")

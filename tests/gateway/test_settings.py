@@ -51,3 +51,10 @@ def test_queue_port_must_differ_from_port() -> None:
 def test_short_token_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         s.from_sources(parse(["--token-secret", "short"]), {})
+
+
+def test_max_batch_size_cap_comes_from_flag_or_env_and_must_be_positive() -> None:
+    assert s.from_sources(parse([]), {"FRAMEWIRE_MAX_BATCH_SIZE": "4"}).max_batch_size == 4
+    assert s.from_sources(parse(["--max-batch-size", "2"]), {"FRAMEWIRE_MAX_BATCH_SIZE": "4"}).max_batch_size == 2
+    with pytest.raises(ValueError, match="--max-batch-size"):
+        s.from_sources(parse(["--max-batch-size", "0"]), {})
