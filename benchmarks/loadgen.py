@@ -52,7 +52,7 @@ def require_loopback(url: str) -> None:
     if host == "localhost":
         return
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as exc:
         raise ValueError(f"cannot resolve {host!r}: {exc}") from None
     for address in addresses:
@@ -176,6 +176,7 @@ class _Session:
         await self.ws.send(data)
 
     async def send_closed_loop(self) -> None:
+        await asyncio.sleep(max(0.0, self.window.warmup_start_s - clock()))  # all sessions start together
         while True:
             await self.slots.acquire()
             now = clock()
@@ -362,6 +363,10 @@ async def generate(
                 senders = [asyncio.create_task(s.send_closed_loop()) for s in sessions]
             tasks += senders
             cpu = await _watch_phases(window, live, observers)
+            # Senders are done sending now; one may still wait for a slot a stalled
+            # server never frees (closed loop) or on a full socket buffer.
+            for task in senders:
+                task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
             live.phase = "drain"
             drain_end = clock() + spec.drain_s
@@ -371,7 +376,8 @@ async def generate(
             for s in sessions:
                 s.closing = True
             await asyncio.gather(*(s.ws.close() for s in sessions), return_exceptions=True)
-            await asyncio.wait(tasks, timeout=3.0)
+            if tasks:
+                await asyncio.wait(tasks, timeout=3.0)
     except TimeoutError:
         raise TimeoutError(f"the run did not finish within its {spec.deadline_s:.0f} s deadline") from None
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import LoadResult
-from benchmarks.scenario import Scenario, Verdict
+from benchmarks.scenario import Scenario, Verdict, problems
 from benchmarks.servers import BASELINES, FRAMEWIRE
 from benchmarks.stats import Tally, cdf_points, ratio, summarize
 
@@ -44,6 +44,13 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _cpu_per_frame_us(run: Run) -> float | None:
+    cpu_s = run.server.get("server_cpu_s")
+    if cpu_s is None or not run.result.received_in_window:
+        return None
+    return 1e6 * cpu_s / run.result.received_in_window
+
+
 def summarize_runs(runs: Sequence[Run]) -> dict[str, Any]:
     """Pool the repeats of one (scenario, target): latencies are pooled before taking
     percentiles; rates and CPU shares are medians over repeats; counts are summed; RSS
@@ -66,12 +73,7 @@ def summarize_runs(runs: Sequence[Run]) -> dict[str, Any]:
         for key, values in r.result.timings.items():
             timings.setdefault(key, []).extend(values)
 
-    cpu_per_frame_us = [
-        1e6 * r.server["server_cpu_s"] / r.result.received_in_window
-        if r.server.get("server_cpu_s") is not None and r.result.received_in_window
-        else None
-        for r in runs
-    ]
+    cpu_per_frame_us = [_cpu_per_frame_us(r) for r in runs]
     client_pct = _median(100.0 * r.result.client_cpu_fraction for r in runs)
     server_pct = _median(r.server.get("server_cpu_pct") for r in runs)
     machine_pct = _median(r.server.get("machine_cpu_pct") for r in runs)
@@ -136,16 +138,6 @@ def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def _errors(summary: Mapping[str, Any]) -> int:
-    tally = summary["tally"]
-    return (
-        sum(tally["errors"].values())
-        + tally["lost"]
-        + tally["bad_outputs"]
-        + sum(summary.get("session_errors", {}).values())
-    )
-
-
 def result_rows(summaries: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the results table (one row per scenario and target)."""
     header = [
@@ -184,7 +176,7 @@ def result_rows(summaries: Iterable[Mapping[str, Any]]) -> tuple[list[str], list
                 _f(lat.get("max")),
                 f"{s['tally']['ok']} / {s['tally']['sent']}",
                 str(s["tally"]["dropped"]),
-                str(_errors(s)),
+                str(problems(s)),
                 _f(server.get("cpu_us_per_frame"), 0),
                 rss,
                 client,

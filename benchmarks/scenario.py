@@ -157,10 +157,11 @@ def _get(summaries: Mapping[tuple[str, str], Mapping[str, Any]], scenario: str, 
     return summaries.get((scenario, target), {})
 
 
-def _problems(summary: Mapping[str, Any]) -> int:
-    """Errors of any kind: frame errors, bad outputs, lost frames, session errors."""
+def problems(summary: Mapping[str, Any]) -> int:
+    """Errors of any kind in a summary: frame errors, bad outputs, lost frames, session
+    errors. Dropped frames are not errors: dropping is the buffer policy at work."""
     tally = summary.get("tally", {})
-    return (
+    return int(
         sum(tally.get("errors", {}).values())
         + tally.get("lost", 0)
         + tally.get("bad_outputs", 0)
@@ -231,14 +232,14 @@ def evaluate(summaries: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[Ver
         verdicts.append(
             Verdict("open loop, 64 x 15 fps: p99", fw_lat["p99"] <= 10.0, f"{fw_lat['p99']:.2f} ms", "<= 10 ms")
         )
-        n = _problems(fw)
+        n = problems(fw)
         verdicts.append(Verdict("open loop, 64 x 15 fps: errors", n == 0, str(n), "0"))
     else:
         verdicts.append(Verdict("open loop, 64 x 15 fps: p99", None, "n/a", "<= 10 ms"))
 
     fw = _get(summaries, HOLD_256, FRAMEWIRE)
     if fw.get("tally", {}).get("sent"):
-        n = _problems(fw)
+        n = problems(fw)
         verdicts.append(Verdict("256 x 2 fps held: errors", n == 0, str(n), "0"))
         growth = fw.get("server", {}).get("rss_growth_mb")
         if growth is None:

@@ -1,0 +1,83 @@
+"""``framewire bench`` end to end: a short real run against all three servers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def bench(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_smoke_run_measures_framewire_and_both_baselines(tmp_path: Path) -> None:
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nnotes kept\n")
+    done = bench(
+        "run",
+        "--sessions", "2",
+        "--window-s", "2",
+        "--warmup-s", "0.5",
+        "--drain-s", "1",
+        "--payload-kb", "8",
+        "--image-px", "128",
+        "--out", str(tmp_path),
+        "--results-md", str(md),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["stamp"]["cpu"]["logical_cores"] >= 1 and doc["stamp"]["versions"]["uvicorn"]
+    by_target = {s["target"]: s for s in doc["results"]}
+    assert set(by_target) == {"framewire", "starlette", "websockets"}
+    for summary in by_target.values():
+        tally = summary["tally"]
+        assert tally["ok"] > 0 and tally["ok"] == tally["sent"], summary
+        assert not tally["errors"] and not summary["session_errors"]
+        assert summary["latency_ms"]["p50"] > 0 and summary["server"]["rss_start_mb"] > 10
+    assert sum(by_target["framewire"]["batch_sizes"].values()) == by_target["framewire"]["tally"]["ok"]
+    ratios = doc["ratios"][doc["results"][0]["scenario"]]
+    assert set(ratios) == {"starlette", "websockets"} and ratios["starlette"]["throughput"] > 0
+    assert {"latency_cdf.png", "batch_sizes.png"} <= set(doc["plots"])
+    assert all((tmp_path / p).stat().st_size > 1000 for p in doc["plots"])
+    text = md.read_text()
+    assert text.startswith("# Results\n\nnotes kept\n") and "| framewire |" in text
+    assert "framewire bench run --sessions 2" in text
+    assert "frames/s" in done.stdout  # the tables
+
+
+def test_plot_redraws_from_a_results_file(tmp_path: Path) -> None:
+    scenario = {"name": "s", "sessions": 1, "group": ""}
+    summary = {
+        "scenario": "s",
+        "target": "framewire",
+        "cdf_ms": [[0.5, 0.5], [1.0, 1.0]],
+        "latency_ms": {"count": 2, "p99": 1.0},
+        "throughput_fps": 10.0,
+        "batch_sizes": {"1": 2},
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"scenarios": [scenario], "results": [summary]}))
+    done = bench("plot", str(path))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "latency_cdf.png").exists() and (tmp_path / "batch_sizes.png").exists()
+    assert not (tmp_path / "sessions.png").exists()  # one session count: nothing to plot against
+
+
+def test_unknown_target_is_a_usage_error_naming_it() -> None:
+    done = bench("run", "--targets", "framewire,nginx")
+    assert done.returncode == 2 and "nginx" in done.stderr
+
+
+def test_a_non_loopback_server_is_refused_before_any_traffic() -> None:
+    done = bench("run", "--url", "ws://10.9.8.7:8000", "--targets", "framewire")
+    assert done.returncode == 1 and "loopback only" in done.stderr
