@@ -51,6 +51,13 @@ def _cpu_per_frame_us(run: Run) -> float | None:
     return 1e6 * cpu_s / run.result.received_in_window
 
 
+def _per_frame(run: Run, key: str) -> float | None:
+    value = run.server.get(key)
+    if value is None or not run.result.received_in_window:
+        return None
+    return value / run.result.received_in_window
+
+
 def summarize_runs(runs: Sequence[Run]) -> dict[str, Any]:
     """Pool the repeats of one (scenario, target): latencies are pooled before taking
     percentiles; rates and CPU shares are medians over repeats; counts are summed; RSS
@@ -101,6 +108,7 @@ def summarize_runs(runs: Sequence[Run]) -> dict[str, Any]:
         "server": {
             "cpu_pct": server_pct,
             "cpu_us_per_frame": _median(cpu_per_frame_us),
+            "ctx_switches_per_frame": _median(_per_frame(r, "ctx_switches") for r in runs),
             "rss_start_mb": _median(r.server.get("rss_start_mb") for r in runs),
             "rss_peak_mb": max((r.server.get("rss_peak_mb") or 0.0 for r in runs), default=None) or None,
             "rss_growth_mb": max((g for g in growth if g is not None), default=None),

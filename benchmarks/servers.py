@@ -186,15 +186,19 @@ class ProcessProbe:
         except self._psutil.Error:
             return [self.process]
 
-    def sample(self) -> tuple[int, float]:
-        """(RSS bytes, CPU seconds user+system) summed over the process tree."""
-        rss, cpu = 0, 0.0
+    def sample(self) -> tuple[int, float, int]:
+        """(RSS bytes, CPU seconds user+system, context switches) summed over the
+        process tree. Context switches count thread hand-offs and waits for I/O or locks:
+        unlike times, they barely depend on what else the machine runs."""
+        rss, cpu, switches = 0, 0.0, 0
         for proc in self._family():
             with contextlib.suppress(self._psutil.Error):
                 rss += proc.memory_info().rss  # type: ignore[attr-defined]
                 times = proc.cpu_times()  # type: ignore[attr-defined]
                 cpu += times.user + times.system
-        return rss, cpu
+                ctx = proc.num_ctx_switches()  # type: ignore[attr-defined]
+                switches += ctx.voluntary + ctx.involuntary
+        return rss, cpu, switches
 
 
 class ServerObserver:
@@ -209,6 +213,7 @@ class ServerObserver:
         self.sample_every_s = sample_every_s
         self.rss_start = self.rss_end = self.rss_peak = 0
         self.cpu_start = self.cpu_end = 0.0
+        self.ctx_start = self.ctx_end = 0
         self.machine_cpu_pct: float | None = None
         self._last_sample = 0.0
         self._in_window = False
@@ -217,7 +222,7 @@ class ServerObserver:
         psutil = self._psutil
         psutil.cpu_percent(None)  # starts the machine-wide interval
         if self.probe is not None:
-            self.rss_start, self.cpu_start = self.probe.sample()
+            self.rss_start, self.cpu_start, self.ctx_start = self.probe.sample()
             self.rss_peak = self.rss_start
         self._in_window = True
         self._last_sample = time.monotonic()
@@ -225,7 +230,7 @@ class ServerObserver:
     def window_ended(self) -> None:
         self.machine_cpu_pct = self._psutil.cpu_percent(None) * self._psutil.cpu_count()
         if self.probe is not None:
-            self.rss_end, self.cpu_end = self.probe.sample()
+            self.rss_end, self.cpu_end, self.ctx_end = self.probe.sample()
             self.rss_peak = max(self.rss_peak, self.rss_end)
         self._in_window = False
 
@@ -237,13 +242,20 @@ class ServerObserver:
         now = time.monotonic()
         if now - self._last_sample >= self.sample_every_s:
             self._last_sample = now
-            rss, _ = self.probe.sample()
+            rss, _, _ = self.probe.sample()
             self.rss_peak = max(self.rss_peak, rss)
 
     def results(self, window_s: float) -> dict[str, float | None]:
         out: dict[str, float | None] = {"machine_cpu_pct": self.machine_cpu_pct}
         if self.probe is None:
-            return {**out, "rss_start_mb": None, "rss_end_mb": None, "rss_peak_mb": None, "server_cpu_s": None}
+            return {
+                **out,
+                "rss_start_mb": None,
+                "rss_end_mb": None,
+                "rss_peak_mb": None,
+                "server_cpu_s": None,
+                "ctx_switches": None,
+            }
         mb = 1024 * 1024
         return {
             **out,
@@ -253,6 +265,7 @@ class ServerObserver:
             "rss_growth_mb": (self.rss_end - self.rss_start) / mb,
             "server_cpu_s": self.cpu_end - self.cpu_start,
             "server_cpu_pct": 100.0 * (self.cpu_end - self.cpu_start) / window_s,
+            "ctx_switches": float(self.ctx_end - self.ctx_start),
         }
 
 
