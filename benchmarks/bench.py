@@ -96,7 +96,7 @@ class Harness:
         self.startup_timeout_s = startup_timeout_s
         self.url = url
         self.server_pid = server_pid
-        self.console = Console(stderr=True, quiet=quiet)
+        self.console = Console(stderr=True, quiet=quiet, log_path=False)
         # Tables go to stdout, wide enough to stay readable in a log file.
         self.out = Console(quiet=quiet, width=None if self.console.is_terminal else 200)
         self._servers: dict[str, Server] = {}
@@ -190,12 +190,12 @@ class Harness:
             disable=not self.console.is_terminal,
         )
         with progress, _runner() as runner:
-            overall = progress.add_task("runs", total=len(plan), status="")
+            overall = progress.add_task("runs", total=len(plan), status=f"0 of {len(plan)}")
             task = progress.add_task("", total=None, status="")
             for sc, target, rep in plan:
                 run = self.run_one(sc, target, rep, runner.run, progress, task)
                 runs.append(run)
-                progress.advance(overall)
+                progress.update(overall, advance=1, status=f"{len(runs)} of {len(plan)}")
                 progress.refresh()
                 self.console.log(_one_line(run))
         return runs
