@@ -85,12 +85,14 @@ class Harness:
         url: str | None = None,
         server_pid: int | None = None,
         quiet: bool = False,
+        log_dir: Path | None = None,
     ) -> None:
         from rich.console import Console
 
         if repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {repeats}")
         self.out_dir = out_dir
+        self.log_dir = log_dir or out_dir / "logs"
         self.repeats = repeats
         self.server_args = tuple(server_args)
         self.startup_timeout_s = startup_timeout_s
@@ -114,8 +116,8 @@ class Harness:
             return running
         if running is not None:
             running.stop()
-        server = servers.start(config, self.out_dir / "logs", startup_timeout_s=self.startup_timeout_s)
-        self.console.log(f"started {config.target} (pid {server.pid}) at {server.base_url}")
+        server = servers.start(config, self.log_dir, startup_timeout_s=self.startup_timeout_s)
+        self.console.log(f"started {config.target} (pid {server.pid}) at {server.base_url}, log {server.log_path}")
         self._servers[config.target] = server
         return server
 
@@ -350,9 +352,10 @@ def parser() -> argparse.ArgumentParser:
     p_goals.add_argument("--skip-sweep", action="store_true", help="only the goal scenarios")
     p_goals.add_argument("--results-md", type=Path, help=f"Markdown file to update (default {RESULTS_MD})")
     p_goals.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
-    p_plot = sub.add_parser("plot", help="redraw the plots of a results.json")
+    p_plot = sub.add_parser("plot", help="redraw the plots (and optionally the Markdown) of a results.json")
     p_plot.add_argument("results", type=Path)
     p_plot.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the JSON)")
+    p_plot.add_argument("--results-md", type=Path, help="also rewrite the generated block of this Markdown file")
     return root
 
 
@@ -385,9 +388,10 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 
 
 @contextmanager
-def _harness(args: argparse.Namespace, out_dir: Path) -> Iterator[Harness]:
+def _harness(args: argparse.Namespace, out_dir: Path, log_dir: Path | None = None) -> Iterator[Harness]:
     harness = Harness(
         out_dir,
+        log_dir=log_dir,
         repeats=args.repeats,
         server_args=args.server_arg,
         startup_timeout_s=args.startup_timeout_s,
@@ -439,7 +443,9 @@ def _cmd_goals(args: argparse.Namespace, argv: Sequence[str]) -> int:
         OUT_DIR / ("quick-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) if args.quick else RESULTS_DIR
     )
     out_dir = args.out or default_out
-    with _harness(args, out_dir) as harness:
+    # Server logs stay out of the committed results folder.
+    log_dir = OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    with _harness(args, out_dir, log_dir) as harness:
         env = stamp()
         runs = harness.run(scenarios)
         doc = build_doc("goals", argv, scenarios, runs, env)
@@ -464,6 +470,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     doc = json.loads(args.results.read_text())
     made = plots.plot_all(doc, args.out or args.results.parent)
     print("\n".join(str(p) for p in made) or "nothing to plot")
+    if args.results_md:
+        md = args.results_md.resolve()
+        report.update_results_md(md, report.render_block(doc, [_relative(p, md.parent) for p in made], doc["command"]))
+        print(f"updated {md}")
     return 0
 
 

@@ -222,6 +222,7 @@ class _Session:
         problem = self.check(output) if self.check is not None else None
         if problem is not None:
             run.error_samples.setdefault("BAD_OUTPUT", problem)
+            run.live.errors += 1
         answer = self.ledger.answered(rid, t_s, valid=problem is None)
         if answer is None:
             run.session_error("UNEXPECTED_OUTPUT", f"output for request_id {rid}, which was not pending")

@@ -81,8 +81,11 @@ def sessions(summaries: Sequence[Mapping[str, Any]], scenarios: Sequence[Mapping
         style = {"label": target, "color": COLORS.get(target), "marker": "o", "linewidth": 1.6}
         ax_fps.plot(ns, fps, **style)
         ax_p99.plot(ns, p99, **style)
+    counts = sorted({n for points in series.values() for n, _, _ in points})
     for ax, label in ((ax_fps, "frames/s (received)"), (ax_p99, "p99 latency, ms")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.minorticks_off()
         ax.set_xlabel("concurrent sessions (closed loop)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -118,6 +121,13 @@ def batch_sizes(summaries: Sequence[Mapping[str, Any]], path: Path) -> Path | No
     return path
 
 
+def cdf_scenarios(scenarios: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Scenarios to draw CDFs for: all but a sessions sweep (which has its own plot),
+    unless that sweep is all there is."""
+    others = [sc["name"] for sc in scenarios if sc.get("group") != "sessions"]
+    return others or [sc["name"] for sc in scenarios]
+
+
 def sessions_series(scenarios: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The scenarios to plot against sessions: the ``sessions`` group if there is one,
     else all of them when nothing but the session count (and the name) differs."""
@@ -134,7 +144,7 @@ def plot_all(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries, scenarios = doc["results"], doc["scenarios"]
     made = [
-        latency_cdf(summaries, out_dir / "latency_cdf.png"),
+        latency_cdf(summaries, out_dir / "latency_cdf.png", cdf_scenarios(scenarios)),
         sessions(summaries, sessions_series(scenarios), out_dir / "sessions.png"),
         batch_sizes(summaries, out_dir / "batch_sizes.png"),
     ]

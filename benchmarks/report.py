@@ -95,7 +95,7 @@ def summarize_runs(runs: Sequence[Run]) -> dict[str, Any]:
         "throughput_fps": _median(r.result.throughput_fps for r in runs),
         "throughput_fps_runs": [r.result.throughput_fps for r in runs],
         "latency_ms": summarize(latencies),
-        "cdf_ms": cdf_points(latencies),
+        "cdf_ms": cdf_points(latencies, max_points=150),
         "timings_ms": {k: summarize(v) for k, v in sorted(timings.items())},
         "batch_sizes": {str(k): v for k, v in sorted(batch_sizes.items())},
         "tally": tally.as_dict(),
@@ -310,6 +310,18 @@ def update_results_md(path: Path, block: str, title: str = "# Benchmark results"
     path.write_text(splice(existing, block))
 
 
+def rounded(value: Any, digits: int = 4) -> Any:
+    """``value`` with every float rounded (to 0.1 us for milliseconds): results stay
+    small enough to commit, with more precision than any timing here has."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, Mapping):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def write_json(path: Path, doc: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path.write_text(json.dumps(rounded(doc), indent=1) + "\n")

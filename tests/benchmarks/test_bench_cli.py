@@ -55,7 +55,7 @@ def test_smoke_run_measures_framewire_and_both_baselines(tmp_path: Path) -> None
     assert "frames/s" in done.stdout  # the tables
 
 
-def test_plot_redraws_from_a_results_file(tmp_path: Path) -> None:
+def test_plot_redraws_plots_and_markdown_from_a_results_file(tmp_path: Path) -> None:
     scenario = {"name": "s", "sessions": 1, "group": ""}
     summary = {
         "scenario": "s",
@@ -65,12 +65,32 @@ def test_plot_redraws_from_a_results_file(tmp_path: Path) -> None:
         "throughput_fps": 10.0,
         "batch_sizes": {"1": 2},
     }
+    summary.update(
+        tally={"sent": 2, "ok": 2, "errors": {}, "dropped": 0, "lost": 0, "bad_outputs": 0},
+        session_errors={},
+        server={"rss_start_mb": None, "cpu_us_per_frame": None},
+        client_cpu_pct=10.0,
+    )
+    stamp = {
+        "time_utc": "2026-11-26T12:00:00+00:00",
+        "cpu": {"model": "Test CPU", "logical_cores": 2, "memory_gb": 24.0},
+        "gpus": [],
+        "os": "Linux",
+        "versions": dict.fromkeys(
+            ["python", "starlette", "uvicorn", "websockets", "uvloop", "msgpack", "pydantic"], "1"
+        ),
+        "git": {},
+        "load_average_at_start": [0.1, 0.1, 0.1],
+    }
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({"scenarios": [scenario], "results": [summary]}))
-    done = bench("plot", str(path))
+    doc = {"scenarios": [scenario], "results": [summary], "stamp": stamp, "command": "framewire bench run"}
+    path.write_text(json.dumps(doc))
+    md = tmp_path / "RESULTS.md"
+    done = bench("plot", str(path), "--results-md", str(md))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "latency_cdf.png").exists() and (tmp_path / "batch_sizes.png").exists()
     assert not (tmp_path / "sessions.png").exists()  # one session count: nothing to plot against
+    assert "| s | framewire | 10 |" in md.read_text() and "![latency cdf](latency_cdf.png)" in md.read_text()
 
 
 def test_unknown_target_is_a_usage_error_naming_it() -> None:
