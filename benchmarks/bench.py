@@ -162,16 +162,15 @@ class Harness:
         observer = servers.ServerObserver(server.pid)
         label = f"{sc.name} → {target}" + (f" #{repeat + 1}" if self.repeats > 1 else "")
         watchers: list[loadgen.Observer] = [observer, _ProgressObserver(progress, task, live, label)]
-        result = run_async(
-            loadgen.generate(
-                spec,
-                [payload.FrameMaker(f) for f in inputs],
-                check=workload.check if target == FRAMEWIRE else None,
-                observers=watchers,
-                live=live,
-                seed=repeat,
+        check = workload.check if target == FRAMEWIRE else None
+        if sc.procs > 1:
+            run = loadgen.generate_in_processes(
+                spec, inputs, sc.procs, check=check, observers=watchers, live=live, seed=repeat
             )
-        )
+        else:
+            makers = [payload.FrameMaker(f) for f in inputs]
+            run = loadgen.generate(spec, makers, check=check, observers=watchers, live=live, seed=repeat)
+        result = run_async(run)
         server.check_alive()
         return Run(sc, target, repeat, result, observer.results(result.window_s))
 
@@ -320,6 +319,9 @@ def _add_scenario(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", type=Mode, choices=list(Mode), default=Mode.CLOSED, help="open (fixed fps) or closed loop")
     g.add_argument("--fps", type=_list_of(float), default=[15.0], help="frames per second per session (open loop)")
     g.add_argument("--inflight", type=int, default=1, help="frames outstanding per session (closed loop)")
+    g.add_argument(
+        "--procs", type=int, default=1, help="generator processes sharing the sessions (for more load than one core)"
+    )
     g.add_argument("--payload-kb", type=_list_of(float), default=[48.0], help="JPEG frame size, kB (1000 bytes)")
     g.add_argument("--image-px", type=int, default=512, help="JPEG width and height, pixels")
     g.add_argument("--warmup-s", type=float, default=2.0)
@@ -365,6 +367,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
         app=args.app[0],
         mode=args.mode,
         inflight=args.inflight,
+        procs=args.procs,
         image_px=args.image_px,
         warmup_s=args.warmup_s,
         window_s=args.window_s,

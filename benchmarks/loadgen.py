@@ -16,6 +16,7 @@ itself. Timing uses ``time.perf_counter`` on this process's event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import gc
 import ipaddress
@@ -132,6 +133,7 @@ class LoadResult:
     error_samples: dict[str, str]
     connect_ms: list[float]
     client_cpu_s: float
+    processes: int = 1
 
     @property
     def throughput_fps(self) -> float:
@@ -139,8 +141,9 @@ class LoadResult:
 
     @property
     def client_cpu_fraction(self) -> float:
-        """Share of one core the generator process used during the window."""
-        return self.client_cpu_s / self.window_s
+        """Share of one core each generator process used during the window (on
+        average): near 1.0 the generator, not the server, sets the pace."""
+        return self.client_cpu_s / self.window_s / self.processes
 
 
 class _Session:
@@ -199,7 +202,7 @@ class _Session:
                 due += missed * period
                 if due >= self.window.end_s:
                     return
-            if self.window.measured(due):
+            if self.window.measured(now):  # as the ledger decides, by the actual send time
                 self.run.send_lag_ms.append((now - due) * 1000.0)
             await self._send(now)
             due += period
@@ -326,11 +329,14 @@ async def generate(
     observers: Sequence[Observer] = (),
     live: Live | None = None,
     seed: int = 0,
+    start_at_s: float | None = None,
 ) -> LoadResult:
     """Run one load test against ``spec.url`` and return what it measured.
 
     ``frame_makers[i]`` encodes session *i*'s frame for a request id. ``check`` validates
-    an output (None = every output with the right ``request_id`` is good).
+    an output (None = every output with the right ``request_id`` is good). The warm-up
+    starts once every session is connected, or at ``start_at_s`` (on :data:`clock`) when
+    given, so several generator processes can start together.
     """
     require_loopback(spec.url)
     if len(frame_makers) != spec.sessions:
@@ -349,6 +355,8 @@ async def generate(
             gc.collect()
             gc.freeze()
             t0 = clock() + 0.05
+            if start_at_s is not None:
+                t0 = max(t0, start_at_s)
             window = Window.after(t0, spec.warmup_s, spec.window_s)
             live.total_s = spec.warmup_s + spec.window_s
             sessions = [
@@ -435,3 +443,160 @@ async def _watch_phases(window: Window, live: Live, observers: Sequence[Observer
             obs.tick()
         next_edge = window.start_s if not started else window.end_s
         await asyncio.sleep(max(0.0, min(tick_s, next_edge - now)))
+
+
+# -- several generator processes ------------------------------------------------------
+
+#: Per-process live counts (sent, received, errors, connected), shared with the parent.
+_SHARED: Any = None
+_FIELDS = 4
+
+
+def _init_child(shared: Any) -> None:
+    global _SHARED
+    _SHARED = shared
+
+
+class _ShareLive:
+    """Copies a child's live counts into its slot of the shared array on every tick."""
+
+    def __init__(self, live: Live, slot: int) -> None:
+        self.live, self.slot = live, slot
+
+    def window_started(self) -> None:
+        self.tick()
+
+    def window_ended(self) -> None:
+        self.tick()
+
+    def tick(self) -> None:
+        if _SHARED is not None:
+            base = self.slot * _FIELDS
+            live = self.live
+            _SHARED[base : base + _FIELDS] = [live.sent, live.received, live.errors, live.connected]
+
+
+def _child(
+    spec: LoadSpec,
+    inputs: list[dict[str, Any]],
+    check: Callable[[Mapping[str, Any]], str | None] | None,
+    start_wall_s: float,
+    seed: int,
+    slot: int,
+) -> LoadResult:
+    """One generator process's share of a run (executed in a child process)."""
+    from benchmarks.payload import FrameMaker
+
+    start_at_s = clock() + (start_wall_s - time.time())
+    live = Live()
+    coro = generate(
+        spec,
+        [FrameMaker(fields) for fields in inputs],
+        check=check,
+        observers=[_ShareLive(live, slot)],
+        live=live,
+        seed=seed,
+        start_at_s=start_at_s,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def merge(results: Sequence[LoadResult], spec: LoadSpec) -> LoadResult:
+    """One result from the results of processes that shared a run's sessions."""
+    tally = Tally()
+    out = LoadResult(
+        spec=spec,
+        window_s=max((r.window_s for r in results), default=spec.window_s),
+        tally=tally,
+        latencies_ms=[],
+        timings={},
+        batch_sizes=Counter(),
+        received_in_window=0,
+        send_lag_ms=[],
+        skipped_ticks=0,
+        session_errors=Counter(),
+        error_samples={},
+        connect_ms=[],
+        client_cpu_s=0.0,
+        processes=len(results),
+    )
+    for r in results:
+        tally.add(r.tally)
+        out.latencies_ms += r.latencies_ms
+        for key, values in r.timings.items():
+            out.timings.setdefault(key, []).extend(values)
+        out.batch_sizes.update(r.batch_sizes)
+        out.received_in_window += r.received_in_window
+        out.send_lag_ms += r.send_lag_ms
+        out.skipped_ticks += r.skipped_ticks
+        out.session_errors.update(r.session_errors)
+        for code, reason in r.error_samples.items():
+            out.error_samples.setdefault(code, reason)
+        out.connect_ms += r.connect_ms
+        out.client_cpu_s += r.client_cpu_s
+    return out
+
+
+async def generate_in_processes(
+    spec: LoadSpec,
+    inputs: Sequence[dict[str, Any]],
+    processes: int,
+    *,
+    check: Callable[[Mapping[str, Any]], str | None] | None = None,
+    observers: Sequence[Observer] = (),
+    live: Live | None = None,
+    seed: int = 0,
+) -> LoadResult:
+    """Like :func:`generate`, with the sessions split over ``processes`` generator
+    processes (each with its own interpreter and event loop) that start their warm-up
+    at the same moment. ``inputs[i]`` is session *i*'s input map; ``check`` must be a
+    module-level function (it is sent to the children by name)."""
+    import concurrent.futures
+    import multiprocessing
+
+    require_loopback(spec.url)
+    if not 1 <= processes <= spec.sessions:
+        raise ValueError(f"processes must be within 1..sessions ({spec.sessions}), got {processes}")
+    if len(inputs) != spec.sessions:
+        raise ValueError(f"need one input per session: {len(inputs)} for {spec.sessions}")
+    shown = live if live is not None else Live()
+    ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop
+    shared = ctx.Array("q", processes * _FIELDS, lock=False)
+    # Children import, connect and wait; the lead covers that with room to spare.
+    lead_s = 2.0 + spec.sessions * 0.01
+    start_wall_s = time.time() + lead_s
+    t0 = clock() + lead_s
+    window = Window.after(t0, spec.warmup_s, spec.window_s)
+    shown.total_s = spec.warmup_s + spec.window_s
+    loop = asyncio.get_running_loop()
+
+    class _Totals:
+        def window_started(self) -> None:
+            self.tick()
+
+        def window_ended(self) -> None:
+            self.tick()
+
+        def tick(self) -> None:
+            counts = [sum(shared[i * _FIELDS + f] for i in range(processes)) for f in range(_FIELDS)]
+            shown.sent, shown.received, shown.errors, shown.connected = counts
+
+    with concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=_init_child, initargs=(shared,)
+    ) as pool:
+        futures = []
+        for i in range(processes):
+            share = list(inputs[i::processes])
+            child_spec = dataclasses.replace(spec, sessions=len(share))
+            futures.append(loop.run_in_executor(pool, _child, child_spec, share, check, start_wall_s, seed + i, i))
+        async with asyncio.timeout(spec.deadline_s + lead_s + 30.0):
+            await asyncio.sleep(max(0.0, t0 - clock()))
+            await _watch_phases(window, shown, [_Totals(), *observers])
+            shown.phase = "drain"
+            results = await asyncio.gather(*futures)
+    shown.phase = "done"
+    return merge(results, spec)

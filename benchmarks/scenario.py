@@ -47,6 +47,7 @@ class Scenario:
     inputs: tuple[tuple[str, str], ...] = ()
     targets: tuple[str, ...] = TARGETS
     group: str = ""
+    procs: int = 1  # generator processes sharing the sessions
 
     def __post_init__(self) -> None:
         for target in self.targets:
@@ -58,6 +59,8 @@ class Scenario:
             raise ValueError(f"sessions must be >= 1, got {self.sessions}")
         if self.payload_bytes < 64:
             raise ValueError(f"payload must be at least 64 bytes, got {self.payload_bytes}")
+        if not 1 <= self.procs <= self.sessions:
+            raise ValueError(f"procs must be within 1..sessions ({self.sessions}), got {self.procs}")
         if self.max_buffering is not None and not 1 <= self.max_buffering <= 60:
             raise ValueError(f"max_buffering must be 1..60, got {self.max_buffering}")
         if not self.name:
@@ -71,6 +74,8 @@ class Scenario:
             parts.append(f"batch<={self.max_batch_size}")
         if self.max_queue_delay_ms is not None:
             parts.append(f"delay {self.max_queue_delay_ms:g}ms")
+        if self.procs > 1:
+            parts.append(f"({self.procs} generators)")
         return " ".join(parts)
 
     @property
@@ -128,8 +133,9 @@ def expand(base: Scenario, axes: Mapping[str, Sequence[Any]], group: str = "") -
         if name not in SWEEPABLE:
             raise ValueError(f"cannot sweep {name!r}; choose from {', '.join(SWEEPABLE)}")
     names = list(axes)
+    unique = {n: list(dict.fromkeys(axes[n])) for n in names}  # "1,4,1" runs 1 and 4 once each
     out = []
-    for values in itertools.product(*(axes[n] for n in names)):
+    for values in itertools.product(*(unique[n] for n in names)):
         changes = dict(zip(names, values, strict=True))
         out.append(dataclasses.replace(base, name="", group=group or base.group, **changes))
     return out

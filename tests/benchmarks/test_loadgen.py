@@ -144,3 +144,55 @@ def test_load_spec_rejects_impossible_shapes() -> None:
 async def test_one_frame_maker_is_needed_per_session() -> None:
     with pytest.raises(ValueError, match="one frame maker per session"):
         await generate(spec("ws://127.0.0.1:1/x", sessions=3), makers(2))
+
+
+async def test_sessions_split_over_generator_processes_add_up(server: str) -> None:
+    from benchmarks.loadgen import generate_in_processes
+    from benchmarks.payload import _echo_check
+
+    inputs = [{"image_url": b"\xff\xd8" + bytes(1000), "prompt": "p"} for _ in range(4)]
+    result = await generate_in_processes(spec(f"{server}/echo", sessions=4), inputs, 2, check=_echo_check)
+    t = result.tally
+    assert result.processes == 2 and len(result.connect_ms) == 4
+    # The scripted server's outputs carry no image, so the echo check marks every one bad:
+    # proof that the check travelled to the children and ran there.
+    assert t.sent > 20 and t.bad_outputs == t.sent and t.balanced()
+    assert result.error_samples["BAD_OUTPUT"] == "output has no image bytes"
+
+
+def test_merging_per_process_results_adds_counts_and_pools_latencies() -> None:
+    from collections import Counter
+
+    from benchmarks.loadgen import LoadResult, merge
+    from benchmarks.stats import Tally
+
+    def part(latency: float, errors: Counter[str]) -> LoadResult:
+        return LoadResult(
+            spec=LoadSpec("ws://127.0.0.1:1/x", 2),
+            window_s=1.0,
+            tally=Tally(sent=2, ok=2),
+            latencies_ms=[latency, latency],
+            timings={"queue_ms": [latency]},
+            batch_sizes=Counter({1: 2}),
+            received_in_window=2,
+            send_lag_ms=[0.1],
+            skipped_ticks=1,
+            session_errors=errors,
+            error_samples={code: "why" for code in errors},
+            connect_ms=[1.0],
+            client_cpu_s=0.5,
+        )
+
+    merged = merge([part(1.0, Counter()), part(2.0, Counter({"CLOSED_1011": 1}))], LoadSpec("ws://127.0.0.1:1/x", 4))
+    assert merged.tally.sent == 4 and sorted(merged.latencies_ms) == [1.0, 1.0, 2.0, 2.0]
+    assert merged.timings == {"queue_ms": [1.0, 2.0]} and merged.batch_sizes == {1: 4}
+    assert merged.throughput_fps == 4.0 and merged.skipped_ticks == 2
+    assert merged.session_errors == {"CLOSED_1011": 1} and merged.error_samples == {"CLOSED_1011": "why"}
+    assert merged.processes == 2 and merged.client_cpu_fraction == 0.5  # each process used half a core
+
+
+async def test_more_generator_processes_than_sessions_is_refused() -> None:
+    from benchmarks.loadgen import generate_in_processes
+
+    with pytest.raises(ValueError, match="processes"):
+        await generate_in_processes(spec("ws://127.0.0.1:1/x", sessions=2), [{}, {}], 3)

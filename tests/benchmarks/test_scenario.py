@@ -26,6 +26,10 @@ def test_expand_makes_every_combination_with_distinct_names() -> None:
     assert varying(got) == ["sessions", "payload_bytes"]
 
 
+def test_expand_runs_a_repeated_value_once() -> None:
+    assert [s.sessions for s in expand(Scenario(), {"sessions": [4, 1, 4]})] == [4, 1]
+
+
 def test_expand_refuses_fields_that_cannot_be_swept() -> None:
     with pytest.raises(ValueError, match="cannot sweep 'window_s'"):
         expand(Scenario(), {"window_s": [1.0]})
