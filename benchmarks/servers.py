@@ -80,9 +80,12 @@ class ServerConfig:
         return out
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, host: str = "127.0.0.1", scheme: str = "http") -> bool:
+    import ssl
+
+    context = ssl._create_unverified_context() if scheme == "https" else None  # loopback, self-signed is fine
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1.0) as res:
+        with urllib.request.urlopen(f"{scheme}://{host}:{port}/ready", timeout=1.0, context=context) as res:
             return bool(res.status == 200)
     except (OSError, urllib.error.URLError):
         return False
@@ -168,6 +171,9 @@ def external(url: str, pid: int | None = None) -> Server:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"--url {url!r}: expected ws://host:port or wss://host:port")
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    if not _ready(port, parts.hostname, "https" if parts.scheme == "wss" else "http"):
+        raise ServerFailed(f"no server answers GET /ready with 200 at {parts.hostname}:{port} (--url {url})")
     return Server(ServerConfig(FRAMEWIRE), f"{parts.scheme}://{parts.netloc}", pid)
 
 

@@ -101,3 +101,10 @@ def test_unknown_target_is_a_usage_error_naming_it() -> None:
 def test_a_non_loopback_server_is_refused_before_any_traffic() -> None:
     done = bench("run", "--url", "ws://10.9.8.7:8000", "--targets", "framewire")
     assert done.returncode == 1 and "loopback only" in done.stderr
+
+
+def test_a_url_with_no_server_behind_it_is_reported() -> None:
+    from tests.conftest import free_port
+
+    done = bench("run", "--url", f"ws://127.0.0.1:{free_port()}", "--targets", "framewire", "--window-s", "1")
+    assert done.returncode == 1 and "no server answers GET /ready" in done.stderr
