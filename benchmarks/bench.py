@@ -103,6 +103,7 @@ class Harness:
         self.out = Console(quiet=quiet, width=None if self.console.is_terminal else 200)
         self._servers: dict[str, Server] = {}
         self._jpegs: dict[tuple[int, int], bytes] = {}
+        self.runs: list[Run] = []  # every completed run, kept when a later one fails
         if url is not None:
             loadgen.require_loopback(url)
 
@@ -180,7 +181,7 @@ class Harness:
         plan = [
             (sc, target, rep) for sc in scenarios for rep in range(self.repeats) for target in _rotate(sc.targets, rep)
         ]
-        runs: list[Run] = []
+        runs = self.runs
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(bar_width=24),
@@ -419,6 +420,23 @@ def _finish(doc: dict[str, Any], out_dir: Path, args: argparse.Namespace, consol
     return made
 
 
+def _run_or_save(
+    harness: Harness, scenarios: Sequence[Scenario], argv: Sequence[str], env: dict[str, Any]
+) -> list[Run]:
+    """Run ``scenarios``; when one fails, save the runs completed so far, then re-raise."""
+    try:
+        return harness.run(scenarios)
+    except (ServerFailed, TimeoutError):
+        if harness.runs:
+            done = list(dict.fromkeys(r.scenario for r in harness.runs))
+            doc = build_doc("partial", argv, done, harness.runs, env)
+            report.write_json(harness.out_dir / "results.partial.json", doc)
+            harness.console.print(
+                f"saved the {len(harness.runs)} completed runs to {harness.out_dir / 'results.partial.json'}"
+            )
+        raise
+
+
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from benchmarks.environment import stamp
 
@@ -426,7 +444,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out_dir = args.out or OUT_DIR / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     with _harness(args, out_dir) as harness:
         env = stamp()
-        runs = harness.run(scenarios)
+        runs = _run_or_save(harness, scenarios, argv, env)
         doc = build_doc("run", argv, scenarios, runs, env)
         made = _finish(doc, out_dir, args, harness.out)
     if args.results_md:
@@ -450,7 +468,7 @@ def _cmd_goals(args: argparse.Namespace, argv: Sequence[str]) -> int:
     log_dir = OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
     with _harness(args, out_dir, log_dir) as harness:
         env = stamp()
-        runs = harness.run(scenarios)
+        runs = _run_or_save(harness, scenarios, argv, env)
         doc = build_doc("goals", argv, scenarios, runs, env)
         doc["quick"] = args.quick
         by_key = {(s["scenario"], s["target"]): s for s in doc["results"]}

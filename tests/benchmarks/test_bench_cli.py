@@ -108,3 +108,22 @@ def test_a_url_with_no_server_behind_it_is_reported() -> None:
 
     done = bench("run", "--url", f"ws://127.0.0.1:{free_port()}", "--targets", "framewire", "--window-s", "1")
     assert done.returncode == 1 and "no server answers GET /ready" in done.stderr
+
+
+def test_a_server_dying_mid_sweep_keeps_the_runs_already_done(tmp_path: Path) -> None:
+    done = bench(
+        "run",
+        "--app", "framewire/echo,test/crash",
+        "--server-arg=--app=tests.benchmarks.apps:CrashApp",
+        "--targets", "framewire",
+        "--sessions", "1",
+        "--window-s", "1",
+        "--warmup-s", "0.2",
+        "--drain-s", "0.5",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 1 and "exited with code 3" in done.stderr
+    partial = json.loads((tmp_path / "results.partial.json").read_text())
+    assert [s["scenario"] for s in partial["results"]] == ["echo 1 sessions closed loop 48KB"]
+    assert partial["results"][0]["tally"]["ok"] > 0
+    assert not (tmp_path / "results.json").exists()
