@@ -98,23 +98,28 @@ def sessions(summaries: Sequence[Mapping[str, Any]], scenarios: Sequence[Mapping
 
 
 def batch_sizes(summaries: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """Share of frames per batch size, one bar group per FrameWire scenario."""
+    """Share of frames per batch size: one panel per FrameWire scenario."""
     rows = [s for s in summaries if s["target"] == "framewire" and s.get("batch_sizes")]
     if not rows:
         return None
     plt = _pyplot()
-    sizes = sorted({int(k) for s in rows for k in s["batch_sizes"]})
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(sizes) * len(rows) ** 0.5 + 4), 3.6))
-    width = 0.8 / len(rows)
-    for i, s in enumerate(rows):
+    from matplotlib.ticker import MaxNLocator
+
+    n_rows, cols = _grid(len(rows))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.6 * cols, 2.8 * n_rows), squeeze=False)
+    for ax, s in zip(axes.flat, rows, strict=False):
+        sizes = sorted(int(k) for k in s["batch_sizes"])
         total = sum(s["batch_sizes"].values())
-        shares = [s["batch_sizes"].get(str(b), 0) / total for b in sizes]
-        ax.bar([b + (i - (len(rows) - 1) / 2) * width for b in sizes], shares, width=width, label=s["scenario"])
-    ax.set_xlabel("batch size (frames in one handler call)")
-    ax.set_ylabel("share of frames")
-    ax.set_xticks(sizes)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+        ax.bar(sizes, [s["batch_sizes"][str(b)] / total for b in sizes], color=COLORS["framewire"], width=0.8)
+        ax.set_title(s["scenario"], fontsize=9)
+        ax.set_xlabel("batch size (frames per handler call)")
+        ax.set_ylabel("share of frames")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(0.4, max(*sizes, 4) + 0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
