@@ -173,14 +173,12 @@ class Harness:
             run = loadgen.generate(spec, makers, check=check, observers=watchers, live=live, seed=repeat)
         result = run_async(run)
         server.check_alive()
-        return Run(sc, target, repeat, result, observer.results(result.window_s))
+        return Run(sc, target, repeat, result, observer.results(result.window_s), server.settings())
 
     def run(self, scenarios: Sequence[Scenario]) -> list[Run]:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        plan = [
-            (sc, target, rep) for sc in scenarios for rep in range(self.repeats) for target in _rotate(sc.targets, rep)
-        ]
+        plan = run_plan(scenarios, self.repeats)
         runs = self.runs
         progress = Progress(
             TextColumn("{task.description}"),
@@ -203,9 +201,23 @@ class Harness:
         return runs
 
 
-def _rotate(items: Sequence[str], k: int) -> list[str]:
-    k %= len(items)
-    return [*items[k:], *items[:k]]
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_plan(scenarios: Sequence[Scenario], repeats: int) -> list[tuple[Scenario, str, int]]:
+    """(scenario, target, repeat) in running order: each scenario's repeats together, the
+    targets' order rotated by one per repeat, so no target always runs first."""
+    plan = []
+    for sc in scenarios:
+        for rep in range(repeats):
+            k = rep % len(sc.targets)
+            plan += [(sc, target, rep) for target in (*sc.targets[k:], *sc.targets[:k])]
+    return plan
 
 
 def _one_line(run: Run) -> str:
@@ -237,6 +249,11 @@ def build_doc(
         "command": "framewire bench " + shlex.join(argv),
         "stamp": stamp,
         "load_average_at_end": list(os.getloadavg()),
+        "generator": {
+            "event_loop": _loop_name(),
+            "client": "websockets",
+            "processes_max": max(sc.procs for sc in scenarios),
+        },
         "scenarios": [sc.as_dict() for sc in scenarios],
         "results": summaries,
         "ratios": {sc.name: report.ratios(by_key, sc.name) for sc in scenarios},

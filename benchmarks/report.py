@@ -37,6 +37,7 @@ class Run:
     repeat: int
     result: LoadResult
     server: dict[str, float | None] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # the server's, as started
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -91,6 +92,7 @@ def summarize_runs(runs: Sequence[Run]) -> dict[str, Any]:
     return {
         "scenario": first.scenario.name,
         "target": first.target,
+        "server_settings": first.settings,
         "repeats": len(runs),
         "throughput_fps": _median(r.result.throughput_fps for r in runs),
         "throughput_fps_runs": [r.result.throughput_fps for r in runs],

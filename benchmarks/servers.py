@@ -109,6 +109,16 @@ class Server:
     log_path: Path | None = None
     started_s: float = field(default_factory=time.monotonic)
 
+    def settings(self) -> dict[str, object]:
+        """What to stamp on a result about this server."""
+        out = self.config.settings()
+        out["url"] = self.base_url
+        if self.proc is not None:
+            out["command"] = self.config.command(int(self.base_url.rsplit(":", 1)[1]))[1:]  # without the interpreter
+        else:
+            out["external"] = True
+        return out
+
     def url(self, ws_path: str, query: str = "") -> str:
         return f"{self.base_url}{ws_path}" + (f"?{query}" if query else "")
 

@@ -45,6 +45,10 @@ def test_smoke_run_measures_framewire_and_both_baselines(tmp_path: Path) -> None
         assert not tally["errors"] and not summary["session_errors"]
         assert summary["latency_ms"]["p50"] > 0 and summary["server"]["rss_start_mb"] > 10
     assert sum(by_target["framewire"]["batch_sizes"].values()) == by_target["framewire"]["tally"]["ok"]
+    fw_settings = by_target["framewire"]["server_settings"]
+    assert fw_settings["builtin_apps"] == ["echo"] and fw_settings["command"][:3] == ["-m", "gateway.cli", "serve"]
+    assert by_target["websockets"]["server_settings"]["command"][:3] == ["-m", "benchmarks.baselines", "websockets"]
+    assert doc["generator"]["event_loop"] in ("uvloop", "asyncio")
     ratios = doc["ratios"][doc["results"][0]["scenario"]]
     assert set(ratios) == {"starlette", "websockets"} and ratios["starlette"]["throughput"] > 0
     assert {"latency_cdf.png", "batch_sizes.png"} <= set(doc["plots"])

@@ -30,6 +30,22 @@ def test_expand_runs_a_repeated_value_once() -> None:
     assert [s.sessions for s in expand(Scenario(), {"sessions": [4, 1, 4]})] == [4, 1]
 
 
+def test_repeats_rotate_which_target_runs_first() -> None:
+    from benchmarks.bench import run_plan
+
+    a, b = Scenario("a"), Scenario("b", targets=("framewire",))
+    got = [(sc.name, target, rep) for sc, target, rep in run_plan([a, b], 2)]
+    assert got[:6] == [
+        ("a", "framewire", 0),
+        ("a", "starlette", 0),
+        ("a", "websockets", 0),
+        ("a", "starlette", 1),
+        ("a", "websockets", 1),
+        ("a", "framewire", 1),
+    ]
+    assert got[6:] == [("b", "framewire", 0), ("b", "framewire", 1)]
+
+
 def test_expand_refuses_fields_that_cannot_be_swept() -> None:
     with pytest.raises(ValueError, match="cannot sweep 'window_s'"):
         expand(Scenario(), {"window_s": [1.0]})
