@@ -370,7 +370,7 @@ def parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="short windows; results go to benchmarks/out, not RESULTS.md"
     )
     p_goals.add_argument("--skip-sweep", action="store_true", help="only the goal scenarios")
-    p_goals.add_argument("--results-md", type=Path, help=f"Markdown file to update (default {RESULTS_MD})")
+    p_goals.add_argument("--results-md", type=Path, help="Markdown file to update (default: benchmarks/RESULTS.md)")
     p_goals.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
     p_plot = sub.add_parser("plot", help="redraw the plots (and optionally the Markdown) of a results.json")
     p_plot.add_argument("results", type=Path)
