@@ -78,6 +78,7 @@ class _Worker:
         loop: asyncio.AbstractEventLoop,
         on_batch: Callable[[BatchRecord], None] | None,
         queue_delay_override_ms: float | None,
+        max_batch_size_cap: int | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -86,7 +87,8 @@ class _Worker:
         self.schedulers: dict[Endpoint, BatchScheduler] = {}
         for ep in endpoints:
             delay_ms = ep.spec.max_queue_delay_ms if queue_delay_override_ms is None else queue_delay_override_ms
-            self.schedulers[ep] = BatchScheduler(ep.max_batch_size, delay_ms / 1000.0)
+            batch = ep.max_batch_size if max_batch_size_cap is None else min(ep.max_batch_size, max_batch_size_cap)
+            self.schedulers[ep] = BatchScheduler(batch, delay_ms / 1000.0)
         self.stopping = False
         self.restarts = 0
         self.batches = 0
@@ -240,9 +242,13 @@ class LocalEngine:
         *,
         queue_delay_override_ms: float | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        max_batch_size_cap: int | None = None,
     ) -> None:
+        if max_batch_size_cap is not None and max_batch_size_cap < 1:
+            raise ValueError(f"max_batch_size_cap must be >= 1, got {max_batch_size_cap}")
         self.registry = registry
         self._queue_delay_override_ms = queue_delay_override_ms
+        self._max_batch_size_cap = max_batch_size_cap
         self._on_batch = on_batch
         self._workers: dict[int, _Worker] = {}
         self._ready = False
@@ -264,6 +270,7 @@ class LocalEngine:
                 self._loop,
                 self._on_batch,
                 self._queue_delay_override_ms,
+                self._max_batch_size_cap,
             )
             self._workers[id(app)] = worker
             worker.start()

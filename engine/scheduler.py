@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +81,14 @@ class BatchScheduler:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
-        # Rotation order: sessions served in a batch move to the back.
-        self._buffers: OrderedDict[Hashable, FrameBuffer] = OrderedDict()
+        self._buffers: dict[Hashable, FrameBuffer] = {}
+        # Rotation order: a session's rank is when it opened or was last served; lower
+        # ranks are served first, so sessions served in a batch move to the back.
+        self._rank: dict[Hashable, int] = {}
+        self._ranks = itertools.count()
+        # Sessions with pending frames: batch formation looks only at these, so its
+        # cost follows the frames waiting, not the sessions open.
+        self._ready: dict[Hashable, FrameBuffer] = {}
         self._requests: list[tuple[int, int, Frame]] = []  # heap of (priority, seq, frame)
         self._pending = 0
 
@@ -98,6 +104,7 @@ class BatchScheduler:
         if stream_id in self._buffers:
             raise KeyError(f"stream {stream_id!r} is already open")
         buffer = self._buffers[stream_id] = FrameBuffer(capacity)
+        self._rank[stream_id] = next(self._ranks)
         return buffer
 
     def close(self, stream_id: Hashable) -> list[Frame]:
@@ -105,15 +112,19 @@ class BatchScheduler:
         buffer = self._buffers.pop(stream_id, None)
         if buffer is None:
             return []
+        del self._rank[stream_id]
+        self._ready.pop(stream_id, None)
         frames = buffer.clear()
         self._pending -= len(frames)
         return frames
 
     def push(self, stream_id: Hashable, frame: Frame) -> Frame | None:
         """Queue a session frame; returns the older frame it displaced, if any."""
-        dropped = self._buffers[stream_id].push(frame)
+        buffer = self._buffers[stream_id]
+        dropped = buffer.push(frame)
         if dropped is None:
             self._pending += 1
+        self._ready[stream_id] = buffer
         return dropped
 
     def push_request(self, frame: Frame, priority: int = 0) -> None:
@@ -135,13 +146,14 @@ class BatchScheduler:
     def drain(self) -> list[Frame]:
         """Remove and return every pending frame (for shutdown)."""
         frames = [f for buffer in self._buffers.values() for f in buffer.clear()]
+        self._ready.clear()
         frames += [f for _, _, f in self._requests]
         self._requests.clear()
         self._pending = 0
         return frames
 
     def _oldest_s(self) -> float | None:
-        heads = [buffer.head().enqueued_s for buffer in self._buffers.values() if len(buffer)]
+        heads = [buffer.head().enqueued_s for buffer in self._ready.values()]
         heads += [f.enqueued_s for _, _, f in self._requests]
         return min(heads) if heads else None
 
@@ -166,7 +178,7 @@ class BatchScheduler:
             return []
         batch: list[Frame] = []
         key_box: list[Hashable] = []
-        served: list[Hashable] = []
+        served: dict[Hashable, None] = {}  # in order of first service
 
         def fits(frame: Frame) -> bool:
             if not key_box:
@@ -174,19 +186,22 @@ class BatchScheduler:
                 return True
             return frame.batch_key == key_box[0]
 
+        rank = self._rank
+        ready = sorted(self._ready.items(), key=lambda item: rank[item[0]])
         progressed = True
         while progressed and len(batch) < self.max_batch_size:
             progressed = False
-            for stream_id, buffer in self._buffers.items():
+            for stream_id, buffer in ready:
                 if len(batch) >= self.max_batch_size:
                     break
                 if len(buffer) and fits(buffer.head()):
                     batch.append(buffer.pop())
                     progressed = True
-                    if stream_id not in served:
-                        served.append(stream_id)
+                    served[stream_id] = None
         for stream_id in served:
-            self._buffers.move_to_end(stream_id)
+            rank[stream_id] = next(self._ranks)
+            if not len(self._buffers[stream_id]):
+                del self._ready[stream_id]
 
         skipped: list[tuple[int, int, Frame]] = []
         while self._requests and len(batch) < self.max_batch_size:

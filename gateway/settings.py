@@ -65,6 +65,8 @@ class Settings:
     webhook_max_attempts: int = 10
     webhook_retry_base_s: float = 14.0
     webhook_secret: str | None = None
+    # batching
+    max_batch_size: int | None = None
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -115,6 +117,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("webhook_max_attempts", "webhook delivery tries before giving up", int),
     Option("webhook_retry_base_s", "first webhook retry delay; doubles per try, with jitter, seconds", float),
     Option("webhook_secret", "whsec_... secret: also sign webhooks with Standard Webhooks v1 (HMAC)"),
+    # batching
+    Option("max_batch_size", "cap every app's batch size (e.g. for a smaller GPU, or a benchmark sweep)", int),
 )
 
 _FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
@@ -202,5 +206,7 @@ def validate(settings: Settings) -> None:
         raise ValueError("--queue-jobs-in-flight, --file-ttl-s and --webhook-retry-base-s must be >= 0")
     if settings.webhook_secret is not None and not settings.webhook_secret.startswith("whsec_"):
         raise ValueError("--webhook-secret must be a Standard Webhooks secret: whsec_ followed by base64")
+    if settings.max_batch_size is not None and settings.max_batch_size < 1:
+        raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
     if settings.auth and not settings.api_keys:
         raise ValueError("--auth needs at least one key (--api-key id:secret or FRAMEWIRE_API_KEYS)")

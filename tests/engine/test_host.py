@@ -189,3 +189,26 @@ async def test_cancelling_a_queued_call_removes_it_and_a_running_one_is_told() -
     worker = engine.workers()[0]
     assert worker.schedulers[ep].pending == 0
     await engine.stop()
+
+
+async def test_batch_size_cap_limits_batches_below_the_apps_own_maximum(batching_app: BatchingApp) -> None:
+    engine = LocalEngine(AppRegistry([batching_app]), max_batch_size_cap=3)
+    await engine.start()
+    ep = engine.registry.resolve("test/batching", realtime=True)
+    got: list[FrameResult] = []
+    streams = [engine.open_stream(ep, 4, got.append) for _ in range(8)]
+    engine.submit(streams[0], SlowIn(n=0, delay_ms=100), tag=0)
+    await asyncio.sleep(0.03)  # the rest pile up behind the running batch
+    for i, stream in enumerate(streams):
+        engine.submit(stream, SlowIn(n=i + 1), tag=i + 1)
+    deadline = time.monotonic() + 5
+    while len(got) < 9 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await engine.stop()
+    assert len(got) == 9
+    assert max(len(b) for b in batching_app.batches) == 3  # 8 waiting frames, the app allows 8, the cap says 3
+
+
+def test_batch_size_cap_below_one_is_refused(batching_app: BatchingApp) -> None:
+    with pytest.raises(ValueError, match="max_batch_size_cap"):
+        LocalEngine(AppRegistry([batching_app]), max_batch_size_cap=0)

@@ -131,3 +131,45 @@ def test_drain_empties_every_lane() -> None:
     s.push_request(frame("r0"))
     assert sorted(names(s.drain())) == ["a0", "r0"]
     assert s.pending == 0
+
+
+def test_a_session_that_idled_keeps_its_place_in_the_rotation() -> None:
+    s = BatchScheduler(max_batch_size=1)
+    for sid in "abc":
+        s.open(sid, 4)
+    s.push("a", frame("a0"))
+    assert names(s.next_batch(0.0)) == ["a0"]  # a was served: it goes behind b and c
+    s.push("a", frame("a1"))
+    s.push("c", frame("c0"))
+    s.push("b", frame("b0"))
+    assert [names(s.next_batch(0.0))[0] for _ in range(3)] == ["b0", "c0", "a1"]
+    assert s.next_batch(0.0) == [] and s.due_in(0.0) is None
+
+
+def test_closing_a_waiting_session_takes_it_out_of_batch_formation() -> None:
+    s = BatchScheduler(max_batch_size=4)
+    s.open("a", 2)
+    s.open("b", 2)
+    s.push("a", frame("a0"))
+    s.push("b", frame("b0"))
+    assert names(s.close("a")) == ["a0"]
+    assert names(s.next_batch(0.0)) == ["b0"] and s.pending == 0
+
+
+def test_batch_cost_follows_waiting_frames_not_open_sessions() -> None:
+    import time
+    import timeit
+
+    def cost(open_sessions: int) -> float:
+        s = BatchScheduler(max_batch_size=16)
+        for i in range(open_sessions):
+            s.open(i, 2)
+
+        def one() -> None:
+            s.push(0, frame("x", t=time.perf_counter()))
+            s.next_batch(time.perf_counter())
+
+        return min(timeit.repeat(one, number=300, repeat=5))
+
+    # Scanning 2000 idle sessions per batch would cost hundreds of times one session.
+    assert cost(2000) < 5 * cost(1)

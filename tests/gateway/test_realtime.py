@@ -240,3 +240,17 @@ def test_tokens_endpoint_validates_its_body(auth_client: TestClient) -> None:
 def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"ready": True}
+
+
+def test_a_session_that_keeps_sending_outlives_its_idle_timeout(client: TestClient) -> None:
+    # test/batching declares session_timeout=0.5 s; frames every 0.2 s for 1.2 s keep it open
+    with client.websocket_connect("/test/batching/realtime") as ws:
+        started = time.monotonic()
+        for n in range(6):
+            ws.send_bytes(pack({"n": n}))
+            assert recv(ws)["n"] == n
+            time.sleep(0.2)
+        assert time.monotonic() - started > 1.0
+        err = recv(ws)  # then silence: the timeout counts from the last frame
+        assert err["error"] == "TIMEOUT"
+        assert time.monotonic() - started < 1.2 + 0.5 + 1.0

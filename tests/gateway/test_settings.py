@@ -85,3 +85,10 @@ def test_queue_and_storage_options_are_checked_naming_the_flag() -> None:
         s.from_sources(parse(["--webhook-secret", "plain"]), {})
     with pytest.raises(ValueError, match="--max-job-attempts"):
         s.from_sources(parse(["--max-job-attempts", "0"]), {})
+
+
+def test_max_batch_size_cap_comes_from_flag_or_env_and_must_be_positive() -> None:
+    assert s.from_sources(parse([]), {"FRAMEWIRE_MAX_BATCH_SIZE": "4"}).max_batch_size == 4
+    assert s.from_sources(parse(["--max-batch-size", "2"]), {"FRAMEWIRE_MAX_BATCH_SIZE": "4"}).max_batch_size == 2
+    with pytest.raises(ValueError, match="--max-batch-size"):
+        s.from_sources(parse(["--max-batch-size", "0"]), {})
