@@ -4,7 +4,8 @@
   :class:`AccessLog`) or realtime session, they appear on every line logged while
   handling it, in any module.
 - :func:`redact` runs on every formatted line (message and traceback): API key secrets
-  (``Key id:secret`` keeps the id), bearer tokens, anything shaped like a JWT, and the
+  (``Key id:secret`` keeps the id; stored keys are also found without the ``Key``
+  prefix; a ``--api-key`` secret is only recognised after ``Key``), bearer tokens, anything shaped like a JWT, and the
   values of query parameters that are credentials (``fal_jwt_token``, upload URL
   ``signature``, ...) become ``[redacted]``. uvicorn's own access log prints raw query
   strings, so it is switched off and :class:`AccessLog` writes one line per HTTP request
@@ -36,6 +37,11 @@ SECRET_PARAMS = frozenset({"fal_jwt_token", "signature", "token", "secret", "key
 
 _REDACTIONS = (
     (re.compile(r"(?i)\b(key\s+)([A-Za-z0-9_.\-]+):[^\s\"',;&]+"), r"\1\2:[redacted]"),
+    # A stored key written out bare (``<uuid>:<secret>``, as ``framewire keys create`` prints it).
+    (
+        re.compile(r"\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):[A-Za-z0-9_-]{16,}"),
+        r"\1:[redacted]",
+    ),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9_.\-+/=]+"), r"\1[redacted]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"(?i)\b(fal_jwt_token|signature|token|secret|api_key|password)=[^&\s\"']+"), r"\1=[redacted]"),
