@@ -288,13 +288,31 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 when the server at ``--url`` answers ``/health`` (or ``/ready`` with ``--ready``) with 200."""
+    """Exit 0 when the server answers ``/health`` (or ``/ready`` with ``--ready``) with 200.
+
+    Without ``--url`` it asks this machine's server, on the port and scheme the
+    ``FRAMEWIRE_*`` settings give (a container's health check needs no arguments). It does
+    not verify a TLS certificate: it checks that the server answers, not who it is.
+    """
+    import ssl
     import urllib.error
     import urllib.request
 
-    url = args.url.rstrip("/") + ("/ready" if args.ready else "/health")
+    base = args.url
+    if base is None:
+        names = ("host", "port", "ssl_certfile", "ssl_keyfile")
+        try:
+            settings = settings_mod.from_sources({}, options=[o for o in settings_mod.OPTIONS if o.name in names])
+        except ValueError as exc:
+            print(f"framewire: {exc}", file=sys.stderr)
+            return 2
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        base = f"{'https' if settings.ssl_certfile else 'http'}://{host}:{settings.port}"
+    url = base.rstrip("/") + ("/ready" if args.ready else "/health")
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=args.timeout_s, context=context) as response:
             ok = response.status == 200
     except urllib.error.HTTPError as exc:
         print(f"framewire: {url} answered {exc.code}", file=sys.stderr)
@@ -335,7 +353,7 @@ def _add_platform_commands(sub: Any) -> None:
     settings_mod.add_arguments(p_usage, data_dir)
     p_usage.set_defaults(func=_cmd_usage)
     p_health = sub.add_parser("health", help="exit 0 when a server answers /health (container health checks)")
-    p_health.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    p_health.add_argument("--url", help="the server's base URL (default: this machine, port from the settings)")
     p_health.add_argument("--ready", action="store_true", help="check /ready (warm and not draining) instead")
     p_health.add_argument("--timeout-s", type=float, default=5.0)
     p_health.set_defaults(func=_cmd_health)
