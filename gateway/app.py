@@ -264,10 +264,8 @@ def create_app(
     app = Starlette(
         routes=routes(settings),
         lifespan=lifespan,
-        middleware=[
-            Middleware(responses.RequestIdMiddleware),
-            Middleware(logs_mod.AccessLog, on_status=lambda status: res.metrics.http_responses.labels(status).inc()),
-        ],
+        # AccessLog also sets x-fal-request-id (responses.RequestIdMiddleware's job, one layer less).
+        middleware=[Middleware(logs_mod.AccessLog, on_status=res.metrics.count_response)],
         exception_handlers={Exception: internal_error},
     )
     app.state.framewire = res

@@ -134,6 +134,7 @@ class Metrics:
         )
         self.queue_jobs = Gauge("framewire_queue_jobs", "Jobs waiting in the durable queue", ["app"], registry=r)
         self.usage_pending = Gauge("framewire_usage_pending", "Usage tallies not yet written to the store", registry=r)
+        self._responses: dict[int, Any] = {}
 
     def on_batch(self, record: Any) -> None:
         """The engine's ``on_batch`` observer (``engine.host.BatchRecord``); runs on an engine thread.
@@ -149,6 +150,13 @@ class Metrics:
             self.engine_queue.labels(endpoint).observe(record.queue_ms / 1000.0)
         except Exception:
             log.exception("could not record an engine batch")
+
+    def count_response(self, status: int) -> None:
+        """One HTTP response (label children cached: this runs on every request)."""
+        child = self._responses.get(status)
+        if child is None:
+            child = self._responses[status] = self.http_responses.labels(str(status))
+        child.inc()
 
     def set_queue_depths(self, lengths: dict[str, int], apps: list[str]) -> None:
         """Queue depth per app; apps with nothing queued read 0 rather than vanish."""

@@ -69,7 +69,9 @@ def count_outputs(output: BaseModel | None) -> int:
     """Outputs of one result: its images when the output has an ``images`` list, else 1."""
     if output is None:
         return 0
-    images = getattr(output, "images", None)
+    if "images" not in type(output).model_fields:  # a class lookup: getattr on a missing field costs an exception
+        return 1
+    images = output.images  # type: ignore[attr-defined]
     return len(images) if isinstance(images, list) else 1
 
 
