@@ -177,18 +177,29 @@ def create_app(
     closing: set[asyncio.Future[None]] = set()
 
     def close_revoked_sessions() -> None:
-        """A revoked key loses its open realtime sessions too (4401), not only new requests."""
+        """Key changes reach open realtime sessions too: a revoked key's close with 4401, and
+        sessions of apps its key may no longer use with 4403."""
+        if not res.auth.enabled:
+            return
         for session in list(res.sessions):
             key_id = session.meter.key_id
-            if res.auth.enabled and key_id and res.auth.subject(key_id) is None:
-                log.info("closing a realtime session of revoked key %s", key_id)
-                task = asyncio.ensure_future(
-                    session.shutdown(
-                        CloseCode.UNAUTHORIZED, "API key revoked", error=(ErrorCode.UNAUTHORIZED, "API key revoked")
-                    )
+            if not key_id:
+                continue
+            key = res.auth.subject(key_id)
+            if key is None:
+                close, error, reason = CloseCode.UNAUTHORIZED, ErrorCode.UNAUTHORIZED, "API key revoked"
+            elif not key.may_use(res.engine.registry.names_of(session.endpoint.app)):
+                close, error, reason = (
+                    CloseCode.FORBIDDEN,
+                    ErrorCode.FORBIDDEN,
+                    "the API key may no longer use this app",
                 )
-                closing.add(task)
-                task.add_done_callback(closing.discard)
+            else:
+                continue
+            log.info("closing a realtime session of key %s: %s", key_id, reason)
+            task = asyncio.ensure_future(session.shutdown(close, reason, error=(error, reason)))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
 
     key_store.on_change(close_revoked_sessions)
 

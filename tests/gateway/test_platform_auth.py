@@ -175,3 +175,18 @@ def test_revoking_a_key_closes_its_open_sessions_with_4401(client: TestClient) -
         assert closed.value.code == 4401
         bystander.send_bytes(msgpack.packb({"prompt": "still here"}))
         assert msgpack.unpackb(bystander.receive_bytes())["prompt"] == "still here"
+
+
+def test_narrowing_a_key_closes_its_sessions_of_apps_it_lost_with_4403(client: TestClient) -> None:
+    key_id, headers = make_key(client)
+    with client.websocket_connect("/framewire/echo/realtime", headers=headers) as ws:
+        ws.send_bytes(msgpack.packb({"prompt": "a"}))
+        ws.receive_bytes()
+        assert client.patch(f"/v1/keys/{key_id}", json={"apps": ["batching"]}, headers=ROOT).status_code == 200
+        assert ws.receive_json()["error"] == "FORBIDDEN"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_bytes()
+        assert closed.value.code == 4403
+    with client.websocket_connect("/test/batching/realtime", headers=headers) as allowed:
+        allowed.send_bytes(msgpack.packb({"n": 3}))
+        assert msgpack.unpackb(allowed.receive_bytes())["n"] == 3
