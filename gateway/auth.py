@@ -3,7 +3,9 @@
 Keys arrive as ``Authorization: Key <id>:<secret>``. Browsers cannot set headers on a
 WebSocket, so they first trade a key for a short-lived token at ``POST /tokens/`` and
 pass it as ``fal_jwt_token``. Tokens are JWTs (HS256) scoped to apps and never wider
-than the key that asked for them.
+than the key that asked for them: when the key store can look keys up by id, a token is
+checked against its key on every use, so revoking the key ends its tokens too, and the
+key's limits and current scope apply to them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import jwt
@@ -37,14 +39,44 @@ class AuthError(Exception):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Per-key limits; None means unlimited.
+
+    ``requests_per_s`` applies to calls that start work (sync run, stream, queue submit),
+    ``max_sessions`` to realtime sessions open at once, ``frames_per_s`` to realtime
+    frames summed over the key's sessions.
+    """
+
+    requests_per_s: float | None = None
+    max_sessions: int | None = None
+    frames_per_s: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.requests_per_s is not None or self.max_sessions is not None or self.frames_per_s is not None
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class Principal:
-    """An authenticated caller. ``apps`` None means every app."""
+    """An authenticated caller. ``apps`` None means every app.
+
+    A token's principal carries the token's scope in ``apps`` and, in ``key_apps``, the
+    scope its key has now: both must allow an app (a token only ever narrows its key).
+    """
 
     key_id: str
     apps: frozenset[str] | None = None
     admin: bool = False
+    limits: Limits = NO_LIMITS
+    key_apps: frozenset[str] | None = None
 
     def may_use(self, names: Iterable[str]) -> bool:
+        names = list(names)
+        if self.key_apps is not None and not scope_matches(self.key_apps, names):
+            return False
         return self.apps is None or scope_matches(self.apps, names)
 
 
@@ -66,6 +98,16 @@ class KeyVerifier(Protocol):
         """The principal for a full ``id:secret`` key, or None if it is not valid."""
 
 
+@runtime_checkable
+class KeyDirectory(Protocol):
+    """A :class:`KeyVerifier` that can also look a key up by id (to check tokens against it)."""
+
+    def verify(self, key: str) -> Principal | None: ...
+
+    def principal(self, key_id: str) -> Principal | None:
+        """The current principal of a key id, or None when the key is unknown or revoked."""
+
+
 class StaticKeys:
     """Keys given on the command line or in the environment (full access each)."""
 
@@ -81,6 +123,9 @@ class StaticKeys:
         if expected is None or not hmac.compare_digest(expected, secret.encode()):
             return None
         return Principal(key_id, admin=True)
+
+    def principal(self, key_id: str) -> Principal | None:
+        return Principal(key_id, admin=True) if key_id in self._secrets else None
 
 
 @dataclass(frozen=True)
@@ -153,8 +198,7 @@ class Authenticator:
                 raise AuthError(401, "invalid API key")
             return principal
         if scheme.lower() == "bearer" and value:
-            claims = self.tokens.verify(value)
-            return Principal(claims.subject, claims.apps)
+            return self.token_principal(self.tokens.verify(value))
         raise AuthError(401, "Authorization header must be 'Key <id>:<secret>' or 'Bearer <token>'")
 
     def request(self, headers: Mapping[str, str], token: str | None = None) -> Principal:
@@ -165,9 +209,24 @@ class Authenticator:
         if principal is not None:
             return principal
         if token:
-            claims = self.tokens.verify(token)
-            return Principal(claims.subject, claims.apps)
+            return self.token_principal(self.tokens.verify(token))
         raise AuthError(401, "missing credentials: send 'Authorization: Key <id>:<secret>' or fal_jwt_token")
+
+    def subject(self, key_id: str) -> Principal | None:
+        """The current principal of the key a token was issued to (None: revoked or unknown).
+
+        With a verifier that cannot look keys up, a token stands on its own signature.
+        """
+        if isinstance(self.keys, KeyDirectory):
+            return self.keys.principal(key_id)
+        return Principal(key_id)
+
+    def token_principal(self, claims: TokenClaims) -> Principal:
+        """A token's principal: the token's scope within its key's current scope and limits."""
+        key = self.subject(claims.subject)
+        if key is None:
+            raise AuthError(401, "the key this token was issued for has been revoked")
+        return Principal(claims.subject, claims.apps, admin=False, limits=key.limits, key_apps=key.apps)
 
     def check_app(self, principal: Principal, app_names: Sequence[str]) -> None:
         if not principal.may_use(app_names):

@@ -12,7 +12,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from engine.api import App, AppRegistry
 from gateway import settings as settings_mod
@@ -91,20 +92,24 @@ def configure_kernels(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the server until SIGINT/SIGTERM."""
+    """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`gateway.drain`)."""
     import uvicorn
 
     from engine.host import LocalEngine
     from gateway.app import create_app
+    from gateway.drain import DrainingServer
+    from gateway.metrics import Metrics
 
     configure_kernels(settings)
     registry = build_registry(settings)
+    metrics = Metrics()  # platform: the engine reports each batch to the metrics
     engine = LocalEngine(
         registry,
         queue_delay_override_ms=settings.max_queue_delay_ms,
         max_batch_size_cap=settings.max_batch_size,
+        on_batch=metrics.on_batch,
     )
-    app = create_app(settings, engine)
+    app = create_app(settings, engine, metrics=metrics)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
@@ -112,7 +117,9 @@ def serve(settings: Settings) -> None:
         ssl_keyfile=settings.ssl_keyfile,
         ws_per_message_deflate=False,  # ~7 ms per 100 KB JPEG frame, for no gain on JPEG
         ws_max_size=4 * settings.max_frame_bytes,  # hard cap (close 1009); the soft cap is per frame
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        log_config=None,  # platform: our JSON formatter (gateway.logs) handles uvicorn's loggers too
+        access_log=False,  # platform: uvicorn's access log prints query strings (tokens); gateway.logs logs requests
     )
     sockets = [_bind(settings.host, settings.port)]
     if settings.queue_port is not None:
@@ -124,13 +131,15 @@ def serve(settings: Settings) -> None:
         + (" with auth" if settings.auth else " without auth"),
         flush=True,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    DrainingServer(config, app.state.framewire, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import logs
+
     try:
         settings = settings_mod.from_sources(args)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure(settings.log_level, settings.log_format)
         serve(settings)
     except ValueError as exc:
         print(f"framewire: {exc}", file=sys.stderr)
@@ -177,6 +186,190 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     return bench_main(argv)
 
 
+# -- platform: keys, usage, health -----------------------------------------------------------
+
+
+def _run_with_db(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    """Open the data dir's store (migrating it), run ``work(db)``, close it."""
+    import asyncio
+    from pathlib import Path
+
+    from gateway.app import MIGRATIONS
+    from gateway.db import Database
+
+    async def main() -> int:
+        db = Database(Path(settings.data_dir) / "framewire.db", MIGRATIONS)
+        await db.open()
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """``framewire keys create|list|revoke``: works on the store directly, with or without a running server."""
+    import json
+
+    from gateway.auth import Limits
+    from gateway.keys import KeyStore, NewKey, parse_apps
+
+    try:
+        settings = settings_mod.from_sources({"data_dir": args.data_dir})
+        new = None
+        if args.keys_command == "create":
+            limits = Limits(args.requests_per_s, args.max_sessions, args.frames_per_s)
+            new = NewKey(args.name or "", parse_apps(args.app), args.admin, limits)
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(db: Any) -> int:
+        store = KeyStore(db)
+        if new is not None:
+            record, key = await store.create(new)
+            if args.json:
+                print(json.dumps({**record.to_json(), "key": key}, indent=2))
+            else:
+                print(key)
+                print(f"  id {record.id}; the secret is shown only now: store it safely", file=sys.stderr)
+            return 0
+        if args.keys_command == "list":
+            records = await store.list(include_revoked=args.all)
+            if args.json:
+                print(json.dumps([r.to_json() for r in records], indent=2))
+                return 0
+            print("ID\tNAME\tAPPS\tADMIN\tREQ/S\tSESSIONS\tFRAMES/S\tCREATED\tREVOKED")
+            for r in records:
+                lim = r.limits
+                cells = [
+                    r.id,
+                    r.name or "-",
+                    ",".join(r.apps) if r.apps is not None else "*",
+                    "yes" if r.admin else "no",
+                    *("-" if v is None else f"{v:g}" for v in (lim.requests_per_s, lim.max_sessions, lim.frames_per_s)),
+                    r.to_json()["created_at"],
+                    r.to_json()["revoked_at"] or "-",
+                ]
+                print("\t".join(cells))
+            return 0
+        record = await store.revoke(args.key_id)
+        if record is None:
+            print(f"framewire: no key with id {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {record.id} (a running server stops accepting it within a second)")
+        return 0
+
+    return _run_with_db(settings, work)
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    """``framewire usage``: usage from the store (a running server writes it every few seconds)."""
+    import json
+    import time
+
+    from gateway.usage import UsageQuery, parse_time, report_json, select
+
+    try:
+        settings = settings_mod.from_sources({"data_dir": args.data_dir})
+        end = parse_time(args.end, "--end") if args.end else None
+        start = parse_time(args.start, "--start") if args.start else (end or time.time()) - 24 * 3600
+        query = UsageQuery(key_id=args.key_id, app=args.app, start=start, end=end, granularity=args.granularity)
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(db: Any) -> int:
+        rows = await db.read(lambda conn: select(conn, query))
+        report = report_json(query, rows)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return 0
+        print("BUCKET\tKEY\tAPP\tREQUESTS\tOUTPUTS\tERRORS\tCOMPUTE_MS")
+        for entry in report["time_series"]:
+            for r in entry["results"]:
+                cells = (entry["bucket"] or "total", r["key_id"], r["app"], r["requests"], r["outputs"], r["errors"])
+                print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}")
+        t = report["totals"]
+        print(f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}")
+        return 0
+
+    return _run_with_db(settings, work)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server answers ``/health`` (or ``/ready`` with ``--ready``) with 200.
+
+    Without ``--url`` it asks this machine's server, on the port and scheme the
+    ``FRAMEWIRE_*`` settings give (a container's health check needs no arguments). It does
+    not verify a TLS certificate: it checks that the server answers, not who it is.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    base = args.url
+    if base is None:
+        names = ("host", "port", "ssl_certfile", "ssl_keyfile")
+        try:
+            settings = settings_mod.from_sources({}, options=[o for o in settings_mod.OPTIONS if o.name in names])
+        except ValueError as exc:
+            print(f"framewire: {exc}", file=sys.stderr)
+            return 2
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        base = f"{'https' if settings.ssl_certfile else 'http'}://{host}:{settings.port}"
+    url = base.rstrip("/") + ("/ready" if args.ready else "/health")
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout_s, context=context) as response:
+            ok = response.status == 200
+    except urllib.error.HTTPError as exc:
+        print(f"framewire: {url} answered {exc.code}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"framewire: {url} did not answer ({exc})", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+def _add_platform_commands(sub: Any) -> None:
+    data_dir = [o for o in settings_mod.OPTIONS if o.name == "data_dir"]
+    p_keys = sub.add_parser("keys", help="create, list and revoke API keys (in the data dir's store)")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key; prints id:secret once")
+    p_create.add_argument("--name", help="a label for the key")
+    p_create.add_argument("--app", action="append", help="app the key may use (repeatable; default: every app)")
+    p_create.add_argument("--admin", action="store_true", help="may manage keys and read every key's usage")
+    p_create.add_argument("--requests-per-s", type=float, help="limit on runs, streams and queue submits per second")
+    p_create.add_argument("--max-sessions", type=int, help="limit on realtime sessions open at once")
+    p_create.add_argument("--frames-per-s", type=float, help="limit on realtime frames per second (all sessions)")
+    p_create.add_argument("--json", action="store_true", help="print the record as JSON")
+    p_list = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    p_list.add_argument("--all", action="store_true", help="include revoked keys")
+    p_list.add_argument("--json", action="store_true")
+    p_revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    p_revoke.add_argument("key_id")
+    for p in (p_create, p_list, p_revoke):
+        settings_mod.add_arguments(p, data_dir)
+    p_keys.set_defaults(func=_cmd_keys)
+    p_usage = sub.add_parser("usage", help="print usage by key and app")
+    p_usage.add_argument("--key-id", help="only this key")
+    p_usage.add_argument("--app", help="only this app id")
+    p_usage.add_argument("--start", help="from (unix seconds or ISO 8601; default: 24 h ago)")
+    p_usage.add_argument("--end", help="until, exclusive (default: now)")
+    p_usage.add_argument("--granularity", default="hour", choices=("minute", "hour", "day", "total"))
+    p_usage.add_argument("--json", action="store_true", help="print the GET /v1/usage document")
+    settings_mod.add_arguments(p_usage, data_dir)
+    p_usage.set_defaults(func=_cmd_usage)
+    p_health = sub.add_parser("health", help="exit 0 when a server answers /health (container health checks)")
+    p_health.add_argument("--url", help="the server's base URL (default: this machine, port from the settings)")
+    p_health.add_argument("--ready", action="store_true", help="check /ready (warm and not draining) instead")
+    p_health.add_argument("--timeout-s", type=float, default=5.0)
+    p_health.set_defaults(func=_cmd_health)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="framewire", description="Self-hosted realtime inference edge.")
     sub = root.add_subparsers(dest="command", required=True)
@@ -193,6 +386,8 @@ def parser() -> argparse.ArgumentParser:
         "bench", help="latency benchmark against baselines (`framewire bench --help`)", add_help=False
     )
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed here; main() hands them over whole
+
+    _add_platform_commands(sub)
     return root
 
 

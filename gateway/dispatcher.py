@@ -30,6 +30,7 @@ from gateway.files import FileStore
 from gateway.inputs import FetchError, InputFetcher
 from gateway.jobs import Job, JobStore, LogEntry, Outcome
 from gateway.outputs import OutputFinaliser, merge_timings
+from gateway.usage import count_outputs
 from gateway.webhooks import webhook_body
 
 log = logging.getLogger("framewire.queue")
@@ -114,6 +115,7 @@ class Dispatcher:
         max_attempts: int = 3,
         retention_s: float = 7 * 24 * 3600.0,
         on_webhook: Callable[[], None] = lambda: None,
+        on_finished: Callable[[Job, Outcome, float, int], None] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -124,6 +126,9 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.retention_s = retention_s
         self.on_webhook = on_webhook
+        # Usage: (job, outcome, engine ms charged to it, outputs), once per completed job.
+        self.on_finished = on_finished
+        self._charged: dict[str, tuple[float, int]] = {}
         self.events = JobEvents()
         self._wake = asyncio.Event()
         self._maybe_queued: set[str] = set()
@@ -230,6 +235,7 @@ class Dispatcher:
 
         def done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(job.id, None)
+            self._charged.pop(job.id, None)
             self._cancel.discard(job.id)
             self._free_slot(job)
 
@@ -310,6 +316,7 @@ class Dispatcher:
                 return cancelled_outcome()
             started = time.time()
             result = await self.engine.call(endpoint, inp, priority=int(job.priority))
+            self._charged[job.id] = (result.inference_ms / max(1, result.batch_size), count_outputs(result.output))
         finally:
             # From here on the job only records its outcome: a cancel must not cut a store write.
             self._interruptible.discard(job.id)
@@ -337,4 +344,10 @@ class Dispatcher:
             self.completed += 1
             if body is not None:
                 self.on_webhook()
+            if self.on_finished is not None:
+                compute_ms, outputs = self._charged.pop(job.id, (0.0, 0))
+                try:
+                    self.on_finished(job, outcome, compute_ms, outputs)
+                except Exception:
+                    log.exception("usage of job %s could not be recorded", job.id)
         self.events.notify(job.id)

@@ -35,6 +35,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4401  # missing, invalid or expired credentials
     FORBIDDEN = 4403  # credentials valid but not for this app
     NOT_FOUND = 4404  # no such app or endpoint
+    TOO_MANY_SESSIONS = 4429  # the key already has its maximum of open sessions
     TRY_AGAIN_LATER = 1013  # engine not ready
 
 
@@ -52,6 +53,8 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_SESSIONS = "TOO_MANY_SESSIONS"
 
 
 TIMEOUT_REASON = "no inputs, reconnect when needed!"

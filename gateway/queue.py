@@ -35,6 +35,7 @@ from gateway import responses
 from gateway.auth import AuthError, Principal
 from gateway.dispatcher import cancelled_outcome
 from gateway.jobs import CancelResult, Job, JobStatus, LogEntry, NewJob, Priority, QueueFull, Snapshot
+from gateway.limits import retry_after_header
 from gateway.resources import Resources
 from gateway.surface import base_url
 from gateway.webhooks import webhook_body
@@ -136,7 +137,17 @@ async def submit(request: Request, path: str) -> Response:
     except (LookupError, ValueError):
         return responses.error(404, f"Path /{path} not found")
     if res.draining or not res.engine.ready:
-        return responses.error(503, "the server is not ready; retry shortly", error_type="engine_unavailable")
+        return responses.error(
+            503, "the server is not ready; retry shortly", error_type="engine_unavailable", headers={"Retry-After": "1"}
+        )
+    wait_s = res.meter.rate_limited(principal, endpoint.app.app_id, "queue")
+    if wait_s is not None:
+        return responses.error(
+            429,
+            f"this key is over its limit of {principal.limits.requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
+            error_type="rate_limited",
+            headers={"Retry-After": retry_after_header(wait_s)},
+        )
     try:
         priority, timeout_s, webhook, limit = _submit_options(request, res)
         data = responses.json_body(await request.body())
@@ -249,6 +260,7 @@ async def _cancel(res: Resources, job: Job) -> Response:
         outcome = cancelled_outcome()
         body = webhook_body(job.id, outcome) if job.webhook_url else None
         if await res.jobs.complete(job.id, None, outcome, body):
+            res.meter.request(job.owner, job.app_key, "queue", error_code=outcome.error_type)
             if body is not None:
                 res.webhooks.wake()
             res.dispatcher.events.notify(job.id)
@@ -271,6 +283,8 @@ def _status_stream(request: Request, res: Resources, first: Snapshot, with_logs:
                 yield {"data": text}
             if snap.job.status == JobStatus.COMPLETED:
                 return
+            if res.queue_stopped:
+                return  # draining and the job stays queued: it runs after the restart, poll it then
             await res.dispatcher.events.wait(job_id, STATUS_POLL_S)
             snap = await res.jobs.snapshot(job_id, with_logs, with_result=False)
 

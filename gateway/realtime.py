@@ -3,22 +3,24 @@
 URL: ``/{owner}/{alias}[/{path}]/realtime`` (and the legacy ``/…/ws``), query
 ``fal_jwt_token`` and ``max_buffering``. The Origin check happens before the handshake
 completes (HTTP 403). Every other refusal is an ``x-fal-error`` text frame followed by
-a close whose code mirrors the HTTP status (4401, 4403, 4404, 4400; 1013 while the
-engine is not ready), so browsers, which never see a refused handshake's status, can
-show the reason too.
+a close whose code mirrors the HTTP status (4401, 4403, 4404, 4400, 4429 when the key
+has its maximum of sessions open; 1013 while the engine is not ready or the server
+drains, with ``retry_after_ms``), so browsers, which never see a refused handshake's
+status, can show the reason too.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import uuid
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from engine.api import DEFAULT_BUFFERING
-from gateway import protocol
-from gateway.auth import AuthError, origin_allowed
+from engine.api import DEFAULT_BUFFERING, Endpoint
+from gateway import logs, protocol
+from gateway.auth import AuthError, Principal, origin_allowed
 from gateway.protocol import CloseCode, ErrorCode, ProtocolError
 from gateway.resources import Resources
 from gateway.session import RealtimeSession
@@ -27,8 +29,14 @@ from gateway.surface import base_url
 log = logging.getLogger("framewire.realtime")
 
 
-async def _refuse(ws: WebSocket, code: str, reason: str, close_code: int) -> None:
-    await ws.send_text(protocol.error_message(code, reason))
+#: The reconnect hint sent with ENGINE_UNAVAILABLE (starting up or draining).
+RETRY_AFTER_MS = 1000
+
+
+async def _refuse(ws: WebSocket, code: str, reason: str, close_code: int, **extra: object) -> None:
+    res: Resources = ws.app.state.framewire
+    res.metrics.sessions_refused.labels(str(code)).inc()
+    await ws.send_text(protocol.error_message(code, reason, **extra))
     await ws.close(close_code, reason[:120])
 
 
@@ -61,11 +69,34 @@ async def realtime_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, exc.code, exc.reason, close)
         return
     if not res.engine.ready or res.draining:
+        reason = "the server is shutting down; reconnect" if res.draining else "the server is not ready; retry shortly"
         await _refuse(
-            ws, ErrorCode.ENGINE_UNAVAILABLE, "the server is not ready; retry shortly", CloseCode.TRY_AGAIN_LATER
+            ws, ErrorCode.ENGINE_UNAVAILABLE, reason, CloseCode.TRY_AGAIN_LATER, retry_after_ms=RETRY_AFTER_MS
         )
         return
+    if not res.limiter.open_session(principal):
+        res.metrics.rate_limited.labels("sessions").inc()
+        limit = principal.limits.max_sessions
+        await _refuse(
+            ws,
+            ErrorCode.TOO_MANY_SESSIONS,
+            f"this key may have {limit} realtime session{'s' if limit != 1 else ''} open at once; close one first",
+            CloseCode.TOO_MANY_SESSIONS,
+        )
+        return
+    try:
+        await _run_session(ws, res, principal, endpoint, max_buffering)
+    finally:
+        res.limiter.close_session(principal)
 
+
+async def _run_session(
+    ws: WebSocket, res: Resources, principal: Principal, endpoint: Endpoint, max_buffering: int | None
+) -> None:
+    settings = res.settings
+    app_id = endpoint.app.app_id
+    session_id = uuid.uuid4().hex
+    logs.session_id.set(session_id)
     capacity = max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
     session = RealtimeSession(
         ws,
@@ -75,14 +106,20 @@ async def realtime_endpoint(ws: WebSocket) -> None:
         session_timeout_s=endpoint.spec.session_timeout_s,
         max_frame_bytes=settings.max_frame_bytes,
         store_files=functools.partial(res.finaliser.for_realtime_blocking, base_url=base_url(ws)),
+        meter=res.meter.session(principal, app_id),
     )
     res.sessions.add(session)
+    open_gauge = res.metrics.sessions_open.labels(app_id)
+    open_gauge.inc()
+    res.metrics.sessions_opened.labels(app_id).inc()
+    log.info("session opened: %s by key %s", endpoint.key, principal.key_id)
     try:
         stats = await session.run()
     finally:
         res.sessions.discard(session)
+        open_gauge.dec()
     log.info(
-        "session %s closed: in=%d out=%d dropped=%d errors=%d",
+        "session closed: %s in=%d out=%d dropped=%d errors=%d",
         endpoint.key,
         stats.frames_in,
         stats.frames_out,

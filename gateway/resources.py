@@ -15,8 +15,13 @@ if TYPE_CHECKING:
     from gateway.files import FileStore, UrlSigner
     from gateway.inputs import InputFetcher
     from gateway.jobs import JobStore
+    from gateway.keys import KeyStore
+    from gateway.limits import Limiter
+    from gateway.metering import Meter
+    from gateway.metrics import Metrics
     from gateway.outputs import OutputFinaliser
     from gateway.session import RealtimeSession
+    from gateway.usage import UsageMeter
     from gateway.webhooks import WebhookDeliverer, WebhookSigner
 
 
@@ -38,3 +43,10 @@ class Resources:
     dispatcher: Dispatcher = field(default=None)  # type: ignore[assignment]
     webhook_signer: WebhookSigner = field(default=None)  # type: ignore[assignment]
     webhooks: WebhookDeliverer = field(default=None)  # type: ignore[assignment]
+    # platform (keys, usage, metrics, limits, drain)
+    keys: KeyStore = field(default=None)  # type: ignore[assignment]
+    usage: UsageMeter = field(default=None)  # type: ignore[assignment]
+    metrics: Metrics = field(default=None)  # type: ignore[assignment]
+    limiter: Limiter = field(default=None)  # type: ignore[assignment]
+    meter: Meter = field(default=None)  # type: ignore[assignment]
+    queue_stopped: bool = False  # set by the drain once queued jobs will not start before the restart

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,9 +28,10 @@ from starlette.responses import JSONResponse, Response
 
 from engine.api import Endpoint, FrameResult
 from gateway import responses
-from gateway.auth import AuthError
+from gateway.auth import AuthError, Principal
 from gateway.dispatcher import EngineGone, run_outcome
 from gateway.inputs import FetchError
+from gateway.limits import retry_after_header
 from gateway.queue import PING_S
 from gateway.resources import Resources
 from gateway.surface import base_url
@@ -67,7 +69,19 @@ async def handle(request: Request, path: str) -> Response | None:
     except AuthError as exc:
         return responses.error(exc.status, exc.reason)
     if res.draining or not res.engine.ready:
-        return responses.error(503, "the server is not ready; retry shortly", error_type="engine_unavailable")
+        return responses.error(
+            503, "the server is not ready; retry shortly", error_type="engine_unavailable", headers={"Retry-After": "1"}
+        )
+    app_id, surface = endpoint.app.app_id, "stream" if streaming else "run"
+    wait_s = res.meter.rate_limited(principal, app_id, surface)
+    if wait_s is not None:
+        return responses.error(
+            429,
+            f"this key is over its limit of {principal.limits.requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
+            error_type="rate_limited",
+            headers={"Retry-After": retry_after_header(wait_s)},
+        )
+    started = time.perf_counter()
     base = base_url(request)
     try:
         if request.method == "GET":
@@ -80,14 +94,22 @@ async def handle(request: Request, path: str) -> Response | None:
         data = await res.fetcher.resolve(data, endpoint.input_model, base)
         inp = endpoint.input_model.model_validate(data)
     except ValidationError as exc:
+        res.meter.request(principal.key_id, app_id, surface, error_code="validation_error")
         return responses.validation_error(exc)
     except FetchError as exc:
+        res.meter.request(principal.key_id, app_id, surface, error_code=exc.error_type)
         return responses.error(422, exc.detail(), error_type=exc.error_type)
     except ValueError as exc:
+        res.meter.request(principal.key_id, app_id, surface, error_code="bad_request")
         return responses.error(400, str(exc))
     if streaming:
-        return _stream(res, endpoint, inp, base)
-    result = await res.engine.call(endpoint, inp, priority=0)
+        return _stream(res, endpoint, inp, base, principal, started)
+    try:
+        result = await res.engine.call(endpoint, inp, priority=0)
+    except asyncio.CancelledError:  # the client left while it waited
+        res.meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
+        raise
+    res.meter.result(principal, app_id, surface, result, started)
     return await _respond(res, result, inp, base)
 
 
@@ -100,8 +122,11 @@ async def _respond(res: Resources, result: FrameResult, inp: BaseModel, base: st
     return JSONResponse(outcome.body, status_code=outcome.http_status, headers=headers)
 
 
-def _stream(res: Resources, endpoint: Endpoint, inp: BaseModel, base: str) -> Response:
+def _stream(
+    res: Resources, endpoint: Endpoint, inp: BaseModel, base: str, principal: Principal, started: float
+) -> Response:
     sync_mode = bool(getattr(inp, "sync_mode", False))
+    app_id = endpoint.app.app_id
 
     async def events() -> AsyncIterator[dict[str, str]]:
         partials: deque[BaseModel] = deque(maxlen=MAX_PENDING_PARTIALS)
@@ -124,6 +149,7 @@ def _stream(res: Resources, endpoint: Endpoint, inp: BaseModel, base: str) -> Re
                 if call.done():
                     break
             result = call.result()
+            res.meter.result(principal, app_id, "stream", result, started)
             try:
                 outcome = await run_outcome(result, inp, res.finaliser, base)
             except EngineGone as exc:
@@ -136,6 +162,7 @@ def _stream(res: Resources, endpoint: Endpoint, inp: BaseModel, base: str) -> Re
         finally:
             if not call.done():
                 call.cancel()  # the client left: drop the queued request or tell the handler
+                res.meter.request(principal.key_id, app_id, "stream", error_code="request_cancelled")
 
     return EventSourceResponse(events(), ping=PING_S)
 

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engine.api import AppError, Endpoint, EngineClient, FrameResult, Stream
 from gateway import protocol
+from gateway.metering import NullSessionMeter, SessionMeter
 from gateway.protocol import CloseCode, ErrorCode, ProtocolError
 
 log = logging.getLogger("framewire.realtime")
@@ -86,8 +87,11 @@ class RealtimeSession:
         session_timeout_s: float | None,
         max_frame_bytes: int,
         store_files: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        meter: SessionMeter | None = None,
     ) -> None:
         self.ws = ws
+        # Usage, metrics and the key's frames/s limit.
+        self.meter: SessionMeter = meter if meter is not None else NullSessionMeter()
         # Stores an output's file objects and returns it with URLs (blocking: runs in a thread).
         self.store_files = store_files
         self.endpoint = endpoint
@@ -106,14 +110,17 @@ class RealtimeSession:
         self._closing = False
         self._connected = True
         self._stream: Stream | None = None
+        self._draining = False  # closing from outside: new frames are refused
+        self._writer: asyncio.Task[None] | None = None
 
     # -- engine side (runs on the event loop) --------------------------------------
 
     def _on_result(self, result: FrameResult) -> None:
         self._frame_done()
+        pending: _Pending = result.tag
+        self.meter.result(result, time.perf_counter() - pending.received_s)  # computed: metered even if nobody reads it
         if not self._connected:
             return
-        pending: _Pending = result.tag
         if result.error is not None:
             self._send_error(result.error.code, result.error.reason, pending.request_id)
             return
@@ -132,6 +139,7 @@ class RealtimeSession:
             payload = protocol.encode_output(output)
         except (TypeError, ValueError) as exc:
             log.exception("cannot encode output of %s", self.endpoint.key)
+            self.meter.session_error(ErrorCode.INTERNAL_ERROR)
             self._send_error(ErrorCode.INTERNAL_ERROR, f"output could not be encoded ({exc})", pending.request_id)
             return
         self.stats.frames_out += 1
@@ -144,6 +152,7 @@ class RealtimeSession:
             return protocol.encode_output(stored)
         except (OSError, TypeError, ValueError) as exc:
             log.exception("cannot store the output files of %s", self.endpoint.key)
+            self.meter.session_error(ErrorCode.INTERNAL_ERROR)
             self.stats.errors += 1
             extra = {} if request_id is None else {"request_id": request_id}
             return protocol.error_message(ErrorCode.INTERNAL_ERROR, f"output could not be stored ({exc})", **extra)
@@ -163,6 +172,7 @@ class RealtimeSession:
                     if isinstance(queued, asyncio.Task):
                         queued.cancel()
                     self.stats.outputs_dropped += 1
+                    self.meter.output_dropped()
                     break
         self._outbox.append(message)
         self._wake.set()
@@ -201,6 +211,14 @@ class RealtimeSession:
     # -- reader ----------------------------------------------------------------------
 
     def _handle_frame(self, message: dict[str, Any]) -> None:
+        self.meter.received()
+        try:
+            self._accept_frame(message)
+        except (ProtocolError, AppError) as exc:
+            self.meter.frame_error(exc.code)
+            raise
+
+    def _accept_frame(self, message: dict[str, Any]) -> None:
         data = message.get("bytes")
         if data is None:
             raise protocol.text_frame_error(message.get("text") or "")
@@ -210,6 +228,18 @@ class RealtimeSession:
             )
         fields = protocol.decode_frame(data)
         request_id = fields.get("request_id")
+        if self._draining:
+            raise ProtocolError(
+                ErrorCode.ENGINE_UNAVAILABLE, "the server is shutting down; reconnect", request_id=request_id
+            )
+        wait_s = self.meter.admit()
+        if wait_s is not None:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"over this key's frames/s limit; the next frame is accepted in {wait_s * 1000:.0f} ms",
+                request_id=request_id,
+                retry_after_ms=max(1, round(wait_s * 1000)),
+            )
         try:
             inp = self.endpoint.input_model.model_validate(fields)
         except ValidationError as exc:
@@ -230,6 +260,7 @@ class RealtimeSession:
             raise
         if dropped is not None:
             self.stats.frames_dropped += 1
+            self.meter.dropped(1, "superseded")
             self._frame_done()
 
     async def _read(self) -> bool:
@@ -267,7 +298,7 @@ class RealtimeSession:
 
     async def run(self) -> SessionStats:
         self._stream = self.engine.open_stream(self.endpoint, self.capacity, self._on_result)
-        writer = asyncio.create_task(self._write())
+        writer = self._writer = asyncio.create_task(self._write())
         close_code: int | None = None
         try:
             timed_out = await self._read()
@@ -278,6 +309,7 @@ class RealtimeSession:
                         await self._idle.wait()
                 except TimeoutError:
                     pass
+                self.meter.session_error(ErrorCode.TIMEOUT)
                 self._send_error(ErrorCode.TIMEOUT, protocol.TIMEOUT_REASON)
                 close_code = CloseCode.NORMAL
         except WebSocketDisconnect:
@@ -285,6 +317,7 @@ class RealtimeSession:
         finally:
             discarded = self.engine.close_stream(self._stream)
             self.stats.frames_dropped += discarded
+            self.meter.dropped(discarded, "closed")
             self._closing = True
             self._wake.set()
             if self._connected:
@@ -302,8 +335,34 @@ class RealtimeSession:
         return self.stats
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close from outside (drain): stop reading, flush, close with ``code``."""
+        """Close from outside at once: stop reading, close with ``code``."""
         self._closing = True
         self._wake.set()
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
+
+    async def shutdown(
+        self, code: int, reason: str, *, wait_s: float = 0.0, error: tuple[str, str] | None = None
+    ) -> None:
+        """Close from outside, gracefully: what a drain or a revoked key does.
+
+        New frames are refused at once (``ENGINE_UNAVAILABLE``); frames already taken get up
+        to ``wait_s`` seconds to come back from the engine; ``error`` (code, reason) is sent
+        last; the outbox is flushed (bounded) and the socket closed with ``code``.
+        """
+        self._draining = True
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._idle.wait()
+        if error is not None:
+            self.meter.session_error(error[0])
+            self._send_error(*error)
+        self._closing = True
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and self._connected:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(1.0, wait_s)):
+                    await asyncio.shield(writer)
+        await self.close(code, reason)

@@ -67,6 +67,11 @@ class Settings:
     webhook_secret: str | None = None
     # batching
     max_batch_size: int | None = None
+    # platform
+    log_format: str = "json"
+    shutdown_timeout_s: float = 30.0
+    usage_flush_interval_s: float = 5.0
+    usage_retention_s: float = 400 * 24 * 3600.0
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -119,6 +124,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("webhook_secret", "whsec_... secret: also sign webhooks with Standard Webhooks v1 (HMAC)"),
     # batching
     Option("max_batch_size", "cap every app's batch size (e.g. for a smaller GPU, or a benchmark sweep)", int),
+    # platform
+    Option("log_format", "log lines as json (one object per line) or text"),
+    Option("shutdown_timeout_s", "longest a SIGTERM drain and shutdown may take, seconds", float),
+    Option("usage_flush_interval_s", "seconds between writes of usage tallies to the store", float),
+    Option("usage_retention_s", "seconds usage records are kept (0 = forever)", float),
 )
 
 _FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
@@ -208,5 +218,10 @@ def validate(settings: Settings) -> None:
         raise ValueError("--webhook-secret must be a Standard Webhooks secret: whsec_ followed by base64")
     if settings.max_batch_size is not None and settings.max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
-    if settings.auth and not settings.api_keys:
-        raise ValueError("--auth needs at least one key (--api-key id:secret or FRAMEWIRE_API_KEYS)")
+    # platform (--auth with keys only in the key store is checked at start, when the store is open)
+    if settings.log_format not in ("json", "text"):
+        raise ValueError(f"--log-format must be json or text, got {settings.log_format!r}")
+    if settings.shutdown_timeout_s < 1:
+        raise ValueError(f"--shutdown-timeout-s must be >= 1, got {settings.shutdown_timeout_s}")
+    if settings.usage_flush_interval_s <= 0 or settings.usage_retention_s < 0:
+        raise ValueError("--usage-flush-interval-s must be > 0 and --usage-retention-s >= 0")

@@ -87,9 +87,13 @@ def _principal(request: Request) -> Principal:
     if res.auth.enabled and scheme.lower() == "bearer" and value.strip():
         try:
             claims = jwt.decode(value.strip(), res.storage_secret, algorithms=["HS256"], audience=STORAGE_AUDIENCE)
-            return Principal(str(claims["sub"]))
         except jwt.InvalidTokenError:
             pass  # maybe a realtime token: let the authenticator decide
+        else:
+            key = res.auth.subject(str(claims["sub"]))
+            if key is None:  # revoking a key ends its storage tokens too
+                raise AuthError(401, "the key this token was issued for has been revoked")
+            return Principal(key.key_id, limits=key.limits)
     return res.auth.request(request.headers)
 
 

@@ -33,11 +33,6 @@ def test_bad_env_value_names_the_variable() -> None:
         s.from_sources(parse([]), {"FRAMEWIRE_AUTH": "maybe"})
 
 
-def test_auth_without_keys_is_a_startup_error_naming_the_fix() -> None:
-    with pytest.raises(ValueError, match="--api-key"):
-        s.from_sources(parse(["--auth"]), {})
-
-
 def test_tls_needs_both_files() -> None:
     with pytest.raises(ValueError, match="together"):
         s.from_sources(parse(["--ssl-certfile", "c.pem"]), {})

@@ -1,0 +1,92 @@
+"""The model catalog and the OpenAPI documents generated from the apps' models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from engine.api import AppRegistry
+from engine.apps.echo import EchoApp
+from engine.host import LocalEngine
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.conftest import BatchingApp
+from tests.gateway.queue_apps import SteppingApp
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    engine = LocalEngine(AppRegistry([EchoApp(), BatchingApp(), SteppingApp()]))
+    with TestClient(create_app(Settings(), engine)) as c:
+        yield c
+
+
+def resolve(document: dict[str, Any], node: Any) -> Any:
+    """Follow every local $ref (failing on a dangling one) and return the expanded node."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"].removeprefix("#/components/schemas/")
+            assert name in document["components"]["schemas"], node["$ref"]
+            return {"$ref": name}
+        return {k: resolve(document, v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve(document, v) for v in node]
+    return node
+
+
+def test_models_lists_every_app_with_its_realtime_settings(client: TestClient) -> None:
+    models = {m["id"]: m for m in client.get("/models").json()["models"]}
+    assert set(models) == {"framewire/echo", "test/batching", "test/stepping"}
+    echo = models["framewire/echo"]
+    assert echo["title"] == "Echo" and echo["tags"] == ["test", "realtime"] and echo["description"]
+    (endpoint,) = echo["endpoints"]
+    assert endpoint["realtime"] and endpoint["buffering"] == 2 and endpoint["session_timeout_s"] == 60.0
+    assert endpoint["max_batch_size"] == 16
+    assert endpoint["urls"] == {
+        "run": "/framewire/echo",
+        "stream": "/framewire/echo/stream",
+        "queue": "/framewire/echo",
+        "realtime": "/framewire/echo/realtime",
+    }
+    assert models["test/batching"]["aliases"] == ["fal-ai/batching-alias"]
+    assert models["test/batching"]["endpoints"][0]["urls"]["realtime"] == "/test/batching/realtime"
+    assert client.get("/models/fal-ai/batching-alias").json()["id"] == "test/batching"
+    assert client.get("/models/nobody/here").status_code == 404
+
+
+def test_openapi_document_describes_inputs_outputs_and_the_realtime_endpoint(client: TestClient) -> None:
+    response = client.get("/models/framewire/echo/openapi.json")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["openapi"].startswith("3.1") and doc["info"]["title"] == "Echo"
+    assert doc["servers"] == [{"url": "http://testserver"}]
+    expanded = resolve(doc, doc["paths"])
+    run = expanded["/framewire/echo"]["post"]
+    assert run["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "EchoInput"}
+    assert run["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "EchoOutput"}
+    assert run["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "HTTPValidationError"}
+    realtime = expanded["/framewire/echo/realtime"]
+    assert realtime["x-fal-protocol"] == {
+        "type": "realtime",
+        "operationId": "framewire_echo_realtime",
+        "config": {"buffering": 2, "sessionTimeout": 60.0, "maxBatchSize": 16},
+        "contentType": "application/msgpack",
+        "realtimeMode": "unary",
+    }
+    assert realtime["post"]["requestBody"]["content"]["application/msgpack"]["schema"] == {"$ref": "EchoInput"}
+    echo_input = doc["components"]["schemas"]["EchoInput"]
+    assert echo_input["properties"]["delay_ms"]["maximum"] == 1000.0
+    assert doc["x-fal-order-paths"] == ["/framewire/echo", "/framewire/echo/realtime"]
+    assert "/framewire/echo/requests/{request_id}/status" in doc["paths"]
+
+
+def test_openapi_of_an_app_with_a_path_and_no_realtime(client: TestClient) -> None:
+    doc = client.get("/models/test/stepping/openapi.json").json()
+    realtime_items = [p for p, item in doc["paths"].items() if "x-fal-protocol" in item]
+    assert realtime_items == []
+    for path in doc["x-fal-order-paths"]:
+        assert "post" in doc["paths"][path]
+    resolve(doc, doc["paths"])  # every $ref lands
