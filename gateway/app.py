@@ -275,7 +275,7 @@ def create_app(
     app = Starlette(
         routes=routes(settings),
         lifespan=lifespan,
-        # AccessLog also sets x-fal-request-id (responses.RequestIdMiddleware's job, one layer less).
+        # AccessLog also sets x-fal-request-id on every response that lacks one.
         middleware=[Middleware(logs_mod.AccessLog, on_status=res.metrics.count_response)],
         exception_handlers={Exception: internal_error},
     )

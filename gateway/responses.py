@@ -8,12 +8,10 @@ pydantic's ``[{loc, msg, type}]`` list; an ``error_type`` in the body (and the
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import AppError
 from gateway import protocol
@@ -61,29 +59,3 @@ def json_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not valid JSON ({exc})") from None
-
-
-class RequestIdMiddleware:
-    """Adds ``x-fal-request-id`` to every HTTP response that lacks one.
-
-    A plain ASGI middleware (not ``BaseHTTPMiddleware``) so streamed responses pass
-    through untouched. Handlers that own an id (queue jobs) set the header themselves.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == REQUEST_ID.encode() for name, _ in headers):
-                    headers.append((REQUEST_ID.encode(), str(uuid.uuid4()).encode()))
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)

@@ -41,6 +41,7 @@ const SESSION_ERRORS = new Set([
   "NOT_FOUND",
   "INVALID_QUERY",
   "ENGINE_UNAVAILABLE",
+  "TOO_MANY_SESSIONS",
 ]);
 
 export const RETRY_BASE_MS = 250;
