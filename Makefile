@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.framewire-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# The CPU build of torch first: installed later as a dependency, pip would pick a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,engine]'
 	touch $@
 
 serve: $(STAMP)
