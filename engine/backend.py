@@ -182,10 +182,11 @@ class CompileBackend(Backend):
         # Inductor reads its cache folder from the environment when it first writes there.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.cache_dir / "inductor"))
         self.graphs = runner.device.type == "cuda"
-        mode = "reduce-overhead" if self.graphs else None
-        self._step = torch.compile(self.step_module, mode=mode, fullgraph=True, dynamic=False)
-        self._decode = torch.compile(self.decode_module, mode=mode, fullgraph=True, dynamic=False)
-        self._encode = torch.compile(self.encode_module, mode=mode, fullgraph=True, dynamic=False)
+        mode = "reduce-overhead" if self.graphs and config.compiler == "inductor" else None
+        options: dict[str, Any] = {"mode": mode, "fullgraph": True, "dynamic": False, "backend": config.compiler}
+        self._step = torch.compile(self.step_module, **options)
+        self._decode = torch.compile(self.decode_module, **options)
+        self._encode = torch.compile(self.encode_module, **options)
         log.info("compile backend: %s", "CUDA graphs per bucket (reduce-overhead)" if self.graphs else "inductor, CPU")
 
     def step(

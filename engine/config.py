@@ -70,6 +70,7 @@ class DiffusionConfig:
     fetch_max_bytes: int = 16 * 1024 * 1024
     jpeg_quality: int = 90
     image_workers: int = 4
+    compiler: str = "inductor"  # torch.compile's backend; tests use "aot_eager" to trace without codegen
 
     def __post_init__(self) -> None:
         if not self.batch_buckets or any(b < 1 for b in self.batch_buckets):

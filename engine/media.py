@@ -101,6 +101,7 @@ def fetch(url: str, *, timeout_s: float, max_bytes: int) -> bytes:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # the scheme was checked above
             data: bytes = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response body open
         raise InputError(f"image_url: fetching the URL failed with HTTP {exc.code}", field="image_url") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
