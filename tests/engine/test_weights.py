@@ -34,13 +34,38 @@ def test_random_weights_are_deterministic_and_load_through_from_pretrained(tmp_p
     assert pipe.unet.config.time_cond_proj_dim == 32
 
 
-def test_the_sd15_and_sdxl_configs_have_the_real_models_shapes() -> None:
-    sd15, sdxl = weights._arch_configs("sd15"), weights._arch_configs("sdxl")
-    assert sd15["unet"]["block_out_channels"] == (320, 640, 1280, 1280) and sd15["unet"]["cross_attention_dim"] == 768
-    assert sdxl["unet"]["transformer_layers_per_block"] == (1, 2, 10)
-    # SDXL's added conditioning: 6 size ints x 256 + text_encoder_2's projection (1280).
-    assert sdxl["unet"]["projection_class_embeddings_input_dim"] == 6 * 256 + sdxl["text2"]["proj"]
-    assert sdxl["unet"]["cross_attention_dim"] == sdxl["text"]["hidden"] + sdxl["text2"]["hidden"]
+@pytest.mark.parametrize(
+    ("arch", "unet_params", "text2_params"),
+    [
+        # The published sizes: SD1.5's UNet (859,520,964) plus LCM's guidance projection (256 x 320).
+        ("sd15", 859_520_964 + 256 * 320, None),
+        ("sdxl", 2_567_463_684, 694_659_840),
+    ],
+)
+def test_the_sd15_and_sdxl_configs_build_the_real_models(arch: str, unet_params: int, text2_params: int | None) -> None:
+    """Built on the meta device (no memory): the parameter counts are the real models', and a
+    512 px latent runs through the UNet with the family's conditioning."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    cfg = weights._arch_configs(arch)
+    tok = weights._tokenizer()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg["unet"])
+        assert count(unet) == unet_params
+        assert count(AutoencoderKL(**cfg["vae"])) == 83_653_863
+        assert count(CLIPTextModel(weights._text_config(tok, **cfg["text"]))) == 123_060_480
+        extra: dict[str, object] = {"timestep_cond": torch.randn(2, 256)}
+        if text2_params is not None:
+            assert count(CLIPTextModelWithProjection(weights._text_config(tok, **cfg["text2"]))) == text2_params
+            extra = {"added_cond_kwargs": {"text_embeds": torch.randn(2, 1280), "time_ids": torch.randn(2, 6)}}
+        hidden = torch.randn(2, 77, cfg["unet"]["cross_attention_dim"])
+        out = unet(torch.randn(2, 4, 64, 64), torch.randn(2), encoder_hidden_states=hidden, **extra).sample
+    assert out.shape == (2, 4, 64, 64)
 
 
 def test_no_weights_means_tiny_random_weights_built_once_into_the_cache(tmp_path: Path) -> None:
