@@ -181,6 +181,12 @@ class CompileBackend(Backend):
             raise BackendUnavailable("--backend compile on the CPU needs a C compiler (cc or gcc) on PATH")
         # Inductor reads its cache folder from the environment when it first writes there.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.cache_dir / "inductor"))
+        # One graph per (image size, bucket, guidance on/off) per stage. Past dynamo's default
+        # limit of 8 it would silently run eager (slower); raise it, and fail loudly if hit.
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        dynamo_config.fail_on_recompile_limit_hit = True
         self.graphs = runner.device.type == "cuda"
         mode = "reduce-overhead" if self.graphs and config.compiler == "inductor" else None
         options: dict[str, Any] = {"mode": mode, "fullgraph": True, "dynamic": False, "backend": config.compiler}

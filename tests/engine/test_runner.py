@@ -239,3 +239,29 @@ def test_previews_are_rgb_at_latent_resolution(lcm_runner: DiffusionRunner) -> N
     latents = torch.randn(3, 4, 8, 8)
     preview = lcm_runner.preview(latents)
     assert preview.shape == (3, 8, 8, 3) and preview.dtype == np.uint8
+
+
+def test_the_tiny_vae_runs_image_to_image_as_the_pipeline_does(lcm_config: Any) -> None:
+    from dataclasses import replace
+
+    from diffusers import AutoencoderTiny
+
+    runner = DiffusionRunner("sd15", replace(lcm_config, tiny_vae=True), app="lcm", scheduler="LCMScheduler")
+    try:
+        assert isinstance(runner.vae, AutoencoderTiny) and not runner.kl
+        _, i2i = lcm_pipes(runner)
+        image = noise_image(64, 64, seed=8)
+        ours = runner.generate(BatchKey("img2img", 64, 64, 2), [Sample("a cat", 6, 2, strength=0.7, image=image)])
+        ref = i2i(
+            "a cat",
+            image=Image.fromarray(image),
+            strength=0.7,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(6),
+            output_type="np",
+        )
+        # TAESD is deterministic (no posterior draw); the pipeline normalises pixels as x/255*2-1,
+        # the runner as x/127.5-1: a rounding apart.
+        assert max_diff(ours, as_uint8(ref.images)) <= 2
+    finally:
+        runner.close()
