@@ -73,7 +73,13 @@ def main() -> int:
 
     def samples(n: int) -> list[Sample]:
         return [
-            Sample(f"a photo of a cat, {i}", i, args.steps, strength=args.strength if img2img else 1.0, image=images[i] if img2img else None)
+            Sample(
+                f"a photo of a cat, {i}",
+                i,
+                args.steps,
+                strength=args.strength if img2img else 1.0,
+                image=images[i] if img2img else None,
+            )
             for i in range(n)
         ]
 
@@ -125,11 +131,10 @@ def main() -> int:
         result["rows"].append(row)
         out.write_text(json.dumps(result, indent=1))
         extra = f"  diffusers {row['diffusers_frame_ms_p50']:.2f} ms/frame (x{row['ratio']:.2f})" if pipe else ""
-        print(
-            f"{args.family} {args.mode} {args.size}px {steps} step(s) {args.backend}{' +tiny-vae' if args.tiny_vae else ''} "
-            f"b{n}: {row['frame_ms_p50']:.2f} ms/frame (call p50 {row['call_ms_p50']:.1f}, p90 {row['call_ms_p90']:.1f}){extra}",
-            flush=True,
-        )
+        label = f"{args.family} {args.mode} {args.size}px {steps} step(s) {args.backend}"
+        label += " +tiny-vae" if args.tiny_vae else ""
+        calls = f"call p50 {row['call_ms_p50']:.1f}, p90 {row['call_ms_p90']:.1f}"
+        print(f"{label} b{n}: {row['frame_ms_p50']:.2f} ms/frame ({calls}){extra}", flush=True)
 
     if args.check and args.backend != "eager":
         eager = DiffusionRunner(args.family, replace(config, backend=Backend.EAGER), app=app, scheduler=scheduler)
