@@ -76,7 +76,7 @@ def resolve(spec: str | None, *, family: str, cache_dir: Path, app: str | None =
     if spec is None:
         folder = cache_dir / "random" / f"{fam.tiny_arch}-v{TINY_VERSION}"
         if not (folder / "model_index.json").is_file():
-            init_weights(fam.tiny_arch, folder)
+            init_weights(fam.tiny_arch, folder, replace=False)  # another process may build it too
         return folder, True
     path = Path(spec).expanduser()
     if path.exists():
@@ -278,12 +278,20 @@ def _arch_configs(arch: str) -> dict[str, Any]:
 
 
 def init_weights(
-    arch: str, folder: Path | str, *, seed: int = 0, dtype: str = "float32", device: str = "cpu", tiny_vae: bool = True
+    arch: str,
+    folder: Path | str,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    tiny_vae: bool = True,
+    replace: bool = True,
 ) -> Path:
     """Write random weights for ``arch`` as a diffusers folder; returns the folder.
 
     Byte-identical for the same arguments on one machine. Built in a temporary folder
     beside ``folder`` and renamed into place, so a half-written folder is never loaded.
+    With ``replace=False`` a folder that appeared meanwhile (another process) is kept.
     """
     import torch
     from diffusers import (
@@ -354,6 +362,9 @@ def init_weights(
             f"arch={arch} seed={seed} dtype={dtype}\nRandom weights built from config: outputs are noise.\n"
         )
         if folder.exists():
+            if not replace:
+                shutil.rmtree(tmp)
+                return folder
             shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
