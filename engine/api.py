@@ -63,6 +63,16 @@ class EngineError(AppError):
     status = 500
 
 
+class EngineFault(EngineError):
+    """The app's state is broken (e.g. a sticky device error): the host restarts the app.
+
+    The frames of the failing batch get this error; later frames run on the rebuilt app.
+    """
+
+    code = "ENGINE_RESTARTING"
+    status = 503
+
+
 class EngineUnavailable(EngineError):
     """The engine is not running (starting, restarting or draining)."""
 

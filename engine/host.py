@@ -25,6 +25,7 @@ from engine.api import (
     AppRegistry,
     Endpoint,
     EngineError,
+    EngineFault,
     EngineUnavailable,
     FrameResult,
     Progress,
@@ -90,6 +91,7 @@ class _Worker:
             batch = ep.max_batch_size if max_batch_size_cap is None else min(ep.max_batch_size, max_batch_size_cap)
             self.schedulers[ep] = BatchScheduler(batch, delay_ms / 1000.0)
         self.stopping = False
+        self.restarting = False
         self.restarts = 0
         self.batches = 0
         self.thread: threading.Thread | None = None
@@ -159,8 +161,12 @@ class _Worker:
         started = time.perf_counter()
         failed = False
         progress = _BatchProgress(self.loop, batch) if ep.takes_progress else Progress()
+        fault: EngineFault | None = None
         try:
             outputs: list[BaseModel | AppError] = ep.call([f.inp for f in batch], progress)
+        except EngineFault as exc:
+            log.error("%s failed on a batch of %d and must restart: %s", ep.key, len(batch), exc.reason)
+            outputs, failed, fault = [exc] * len(batch), True, exc
         except AppError as exc:
             outputs, failed = [exc] * len(batch), True
         except Exception as exc:
@@ -185,6 +191,34 @@ class _Worker:
         if self.on_batch is not None:
             mean_queue = sum(r.queue_ms for _, r in results) / len(results)
             self.on_batch(BatchRecord(ep.key, len(batch), mean_queue, inference_ms, failed))
+        if fault is not None:
+            self._restart()
+
+    def _restart(self) -> None:
+        """Rebuild the app after a fault: teardown, then setup until it works or the engine stops.
+
+        Frames arriving meanwhile wait in their (bounded) buffers; the engine reports not
+        ready until the app is back.
+        """
+        self.restarting = True
+        self.restarts += 1
+        try:
+            self.app.teardown()
+        except Exception:
+            log.exception("teardown of %s failed during its restart", self.app.app_id)
+        delay_s = 1.0
+        while not self.stopping:
+            try:
+                self.app.setup()
+            except Exception:
+                log.exception("restart of %s failed; retrying in %.0f s", self.app.app_id, delay_s)
+                with self.cond:
+                    self.cond.wait_for(lambda: self.stopping, timeout=delay_s)
+                delay_s = min(delay_s * 2, 30.0)
+                continue
+            log.warning("%s restarted (restart %d)", self.app.app_id, self.restarts)
+            break
+        self.restarting = False
 
     def stop(self) -> list[Frame]:
         """Ask the thread to stop after its current batch; returns frames never run."""
@@ -256,7 +290,8 @@ class LocalEngine:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """Started, and no app is restarting after a fault."""
+        return self._ready and not any(w.restarting for w in self._workers.values())
 
     def workers(self) -> list[_Worker]:
         return list(self._workers.values())

@@ -13,9 +13,11 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.api import App, AppRegistry
+from engine.config import Backend, DiffusionConfig, default_cache_dir, parse_size
 from gateway import settings as settings_mod
 from gateway.settings import Settings
 
@@ -24,7 +26,11 @@ log = logging.getLogger("framewire")
 #: Built-in apps by short name: ``module:ClassName``.
 BUILTIN_APPS: dict[str, str] = {
     "echo": "engine.apps.echo:EchoApp",
+    "lcm": "engine.apps.lcm:LcmApp",
+    "sdxl-turbo": "engine.apps.sdxl_turbo:SdxlTurboApp",
 }
+#: The built-in apps that take a :class:`engine.config.DiffusionConfig` (weights, device, backend).
+DIFFUSION_APPS = ("lcm", "sdxl-turbo")
 
 
 def load_object(spec: str) -> object:
@@ -56,13 +62,38 @@ def instantiate_app(obj: object, spec: str) -> App:
     raise ValueError(f"--app {spec!r}: expected an engine.api.App subclass or instance")
 
 
+def diffusion_configs(settings: Settings) -> dict[str, DiffusionConfig]:
+    """The engine settings of each built-in diffusion app, by short name."""
+    weights: dict[str, str] = {}
+    for spec in settings.weights:
+        name, _, where = spec.partition("=")
+        if name not in DIFFUSION_APPS:
+            raise ValueError(f"--weights {spec!r}: no diffusion app {name!r}; choose from {', '.join(DIFFUSION_APPS)}")
+        weights[name] = where
+    cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
+    common = {
+        "device": settings.device,
+        "backend": Backend(settings.backend),
+        "dtype": settings.dtype,
+        "tiny_vae": settings.tiny_vae,
+        "cache_dir": cache_dir,
+        "batch_buckets": settings.batch_buckets,
+        "warmup_sizes": tuple(parse_size(s) for s in settings.warmup_sizes) or None,
+    }
+    return {name: DiffusionConfig(weights=weights.get(name), **common) for name in DIFFUSION_APPS}  # type: ignore[arg-type]
+
+
 def build_registry(settings: Settings) -> AppRegistry:
     registry = AppRegistry()
+    configs = diffusion_configs(settings)
     for name in settings.builtin_apps:
         if name not in BUILTIN_APPS:
             raise ValueError(f"unknown built-in app {name!r}; choose from {', '.join(BUILTIN_APPS)}")
         spec = BUILTIN_APPS[name]
-        registry.add(instantiate_app(load_object(spec), spec))
+        obj = load_object(spec)
+        if name in configs and isinstance(obj, type):
+            obj = obj(configs[name])  # diffusion apps take their engine settings
+        registry.add(instantiate_app(obj, spec))
     for spec in settings.apps:
         registry.add(instantiate_app(load_object(spec), spec))
     if not len(registry):
@@ -370,6 +401,33 @@ def _add_platform_commands(sub: Any) -> None:
     p_health.set_defaults(func=_cmd_health)
 
 
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from engine import weights
+
+    try:
+        folders = weights.pull(args.app, local_dir=Path(args.dir) if args.dir else None, tiny_vae=not args.no_tiny_vae)
+    except weights.WeightsError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.app}: weights in {folders[0]}")
+    print(f"start with: framewire serve --weights {args.app}={folders[0]}")
+    return 0
+
+
+def _cmd_init_weights(args: argparse.Namespace) -> int:
+    from engine import weights
+
+    try:
+        folder = weights.init_weights(args.arch, Path(args.dir), seed=args.seed, dtype=args.dtype, device=args.device)
+    except (weights.WeightsError, ValueError, RuntimeError) as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    app = "sdxl-turbo" if "sdxl" in args.arch else "lcm"
+    print(f"random {args.arch} weights (outputs are noise) in {folder}")
+    print(f"start with: framewire serve --weights {app}={folder}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="framewire", description="Self-hosted realtime inference edge.")
     sub = root.add_subparsers(dest="command", required=True)
@@ -379,6 +437,18 @@ def parser() -> argparse.ArgumentParser:
     p_apps = sub.add_parser("apps", help="list the apps and endpoints a serve would load")
     settings_mod.add_arguments(p_apps, [o for o in settings_mod.OPTIONS if o.name in ("apps", "builtin_apps")])
     p_apps.set_defaults(func=_cmd_apps)
+    p_pull = sub.add_parser("pull", help="download an app's default real weights (needs network)")
+    p_pull.add_argument("app", choices=DIFFUSION_APPS)
+    p_pull.add_argument("--dir", help="download into this folder instead of the hub cache")
+    p_pull.add_argument("--no-tiny-vae", action="store_true", help="skip the tiny VAE (TAESD/TAESDXL)")
+    p_pull.set_defaults(func=_cmd_pull)
+    p_init = sub.add_parser("init-weights", help="write random weights built from a config (outputs are noise)")
+    p_init.add_argument("--arch", required=True, choices=("tiny", "tiny-sdxl", "sd15", "sdxl"))
+    p_init.add_argument("dir", help="folder to write (replaced if it exists)")
+    p_init.add_argument("--seed", type=int, default=0)
+    p_init.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p_init.add_argument("--device", default="cpu", help="build on this device (cuda is much faster for sd15/sdxl)")
+    p_init.set_defaults(func=_cmd_init_weights)
     p_key = sub.add_parser("webhook-key", help="print the public key webhooks are signed with (JWKS and whpk_)")
     settings_mod.add_arguments(p_key, [o for o in settings_mod.OPTIONS if o.name == "data_dir"])
     p_key.set_defaults(func=_cmd_webhook_key)

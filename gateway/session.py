@@ -250,7 +250,10 @@ class RealtimeSession:
                 request_id=request_id,
             ) from None
         assert self._stream is not None
-        pending = _Pending(request_id, time.perf_counter(), getattr(inp, "sync_mode", None))
+        # Realtime frames stay inline unless the client itself says sync_mode: false (a
+        # model default of False must not turn every frame into a stored file).
+        sync_mode = inp.sync_mode if "sync_mode" in inp.model_fields_set else None  # type: ignore[attr-defined]
+        pending = _Pending(request_id, time.perf_counter(), sync_mode)
         self._in_flight += 1
         self._idle.clear()
         try:

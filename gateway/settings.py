@@ -30,6 +30,13 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in _list(value))
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -44,7 +51,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 4 * 1024 * 1024
     apps: tuple[str, ...] = ()
-    builtin_apps: tuple[str, ...] = ("echo",)
+    builtin_apps: tuple[str, ...] = ("echo", "lcm", "sdxl-turbo")
     max_queue_delay_ms: float | None = None
     demo_dir: str | None = None
     log_level: str = "info"
@@ -72,6 +79,15 @@ class Settings:
     shutdown_timeout_s: float = 30.0
     usage_flush_interval_s: float = 5.0
     usage_retention_s: float = 400 * 24 * 3600.0
+    # engine
+    weights: tuple[str, ...] = ()
+    device: str = "auto"
+    backend: str = "eager"
+    dtype: str = "auto"
+    tiny_vae: bool = False
+    cache_dir: str | None = None
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    warmup_sizes: tuple[str, ...] = ()
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -129,7 +145,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown_timeout_s", "longest a SIGTERM drain and shutdown may take, seconds", float),
     Option("usage_flush_interval_s", "seconds between writes of usage tallies to the store", float),
     Option("usage_retention_s", "seconds usage records are kept (0 = forever)", float),
+    # engine
+    Option(
+        "weights",
+        "weights of a diffusion app, APP=FOLDER or APP=OWNER/REPO (repeatable; default: tiny random weights)",
+        _list,
+        repeatable=True,
+    ),
+    Option("device", "device of the diffusion apps: auto, cpu, cuda, cuda:N"),
+    Option("backend", "how the models run: eager, compile (torch.compile, CUDA graphs), tensorrt"),
+    Option("dtype", "model dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
+    Option("tiny_vae", "use the tiny VAE (TAESD/TAESDXL) for speed (1/0)", _bool),
+    Option("cache_dir", "folder for random weights and compile/TensorRT artefacts (default ~/.cache/framewire)"),
+    Option("batch_buckets", "batch sizes to compile and pad to, comma separated", _int_list),
+    Option("warmup_sizes", "image sizes to warm (and compile) before ready, WxH, comma separated", _list),
 )
+
+BACKENDS = ("eager", "compile", "tensorrt")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 _FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
 
@@ -225,3 +258,19 @@ def validate(settings: Settings) -> None:
         raise ValueError(f"--shutdown-timeout-s must be >= 1, got {settings.shutdown_timeout_s}")
     if settings.usage_flush_interval_s <= 0 or settings.usage_retention_s < 0:
         raise ValueError("--usage-flush-interval-s must be > 0 and --usage-retention-s >= 0")
+    for spec in settings.weights:
+        name, sep, where = spec.partition("=")
+        if not sep or not name or not where:
+            raise ValueError(f"--weights {spec!r}: expected APP=FOLDER or APP=OWNER/REPO, e.g. lcm=/models/lcm")
+    if settings.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
+    if settings.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {settings.dtype!r}")
+    if not settings.batch_buckets or min(settings.batch_buckets) < 1 or max(settings.batch_buckets) > 64:
+        raise ValueError(f"--batch-buckets must be integers in 1..64, got {settings.batch_buckets}")
+    for size in settings.warmup_sizes:
+        width, sep, height = size.lower().partition("x")
+        if not (
+            sep and width.isdigit() and height.isdigit() and 64 <= int(width) <= 2048 and 64 <= int(height) <= 2048
+        ):
+            raise ValueError(f"--warmup-sizes: expected WIDTHxHEIGHT with sides in 64..2048, got {size!r}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +25,13 @@ from engine.apps.echo import EchoApp
 from engine.host import LocalEngine
 from gateway.app import create_app
 from gateway.settings import Settings
+
+# Any accidental hub lookup fails fast, and random weights built by servers that tests start
+# go to a throwaway folder (subprocesses inherit both).
+os.environ["HF_HUB_OFFLINE"] = "1"
+_CACHE_DIR = tempfile.mkdtemp(prefix="framewire-test-cache-")
+os.environ["FRAMEWIRE_CACHE_DIR"] = _CACHE_DIR
+atexit.register(shutil.rmtree, _CACHE_DIR, True)
 
 
 class SlowIn(BaseModel):

@@ -56,6 +56,8 @@ def test_kernels_depend_only_on_torch_and_triton(path: Path) -> None:
 def test_importing_the_gateway_loads_no_torch() -> None:
     code = (
         "import sys, gateway.app, gateway.cli, gateway.realtime, gateway.session, engine.host, engine.apps.echo\n"
+        "import engine.apps.lcm, engine.apps.sdxl_turbo, gateway.settings\n"
+        "gateway.cli.build_registry(gateway.settings.Settings())  # constructing the diffusion apps\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -7,7 +7,7 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from engine.api import App, AppRegistry, EngineUnavailable, FrameResult, Progress, endpoint
+from engine.api import App, AppRegistry, EngineFault, EngineUnavailable, FrameResult, Progress, endpoint
 from engine.apps.echo import EchoApp, EchoInput
 from engine.host import BatchRecord, LocalEngine
 from tests.conftest import BatchingApp, SlowIn
@@ -212,3 +212,61 @@ async def test_batch_size_cap_limits_batches_below_the_apps_own_maximum(batching
 def test_batch_size_cap_below_one_is_refused(batching_app: BatchingApp) -> None:
     with pytest.raises(ValueError, match="max_batch_size_cap"):
         LocalEngine(AppRegistry([batching_app]), max_batch_size_cap=0)
+
+
+class FaultyApp(App):
+    """Fails with a fault on n < 0 (as a sticky device error would); counts setups."""
+
+    app_id = "test/faulty"
+
+    def __init__(self) -> None:
+        self.setups = 0
+        self.teardowns = 0
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def teardown(self) -> None:
+        self.teardowns += 1
+
+    @endpoint("/", max_batch_size=4)
+    def run(self, inputs: list[SlowIn]) -> list[SlowIn]:
+        if any(i.n < 0 for i in inputs):
+            raise EngineFault("CUDA error: an illegal memory access was encountered (simulated)")
+        return [SlowIn(n=i.n + self.setups * 100) for i in inputs]
+
+
+async def test_a_faulted_app_is_restarted_and_serves_again() -> None:
+    app = FaultyApp()
+    engine = LocalEngine(AppRegistry([app]))
+    await engine.start()
+    ep = engine.registry.resolve("test/faulty")
+    bad = await engine.call(ep, SlowIn(n=-1))
+    good = await engine.call(ep, SlowIn(n=1))
+    worker = engine.workers()[0]
+    await engine.stop()
+    assert bad.error is not None and bad.error.code == "ENGINE_RESTARTING" and "illegal memory" in bad.error.reason
+    assert good.output is not None and good.output.n == 201  # type: ignore[attr-defined]  # ran on the rebuilt app
+    assert app.setups == 2 and app.teardowns == 2 and worker.restarts == 1
+
+
+async def test_the_engine_is_not_ready_while_an_app_restarts() -> None:
+    release = threading.Event()
+
+    class SlowRestart(FaultyApp):
+        def setup(self) -> None:
+            super().setup()
+            if self.setups > 1:
+                release.wait(5)
+
+    engine = LocalEngine(AppRegistry([SlowRestart()]))
+    await engine.start()
+    ep = engine.registry.resolve("test/faulty")
+    assert engine.ready
+    await engine.call(ep, SlowIn(n=-1))
+    await asyncio.sleep(0.05)
+    during = engine.ready
+    release.set()
+    after = await engine.call(ep, SlowIn(n=2))
+    assert not during and engine.ready and after.output is not None
+    await engine.stop()

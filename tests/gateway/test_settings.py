@@ -87,3 +87,42 @@ def test_max_batch_size_cap_comes_from_flag_or_env_and_must_be_positive() -> Non
     assert s.from_sources(parse(["--max-batch-size", "2"]), {"FRAMEWIRE_MAX_BATCH_SIZE": "4"}).max_batch_size == 2
     with pytest.raises(ValueError, match="--max-batch-size"):
         s.from_sources(parse(["--max-batch-size", "0"]), {})
+
+
+def test_engine_options_parse_and_reach_the_diffusion_apps() -> None:
+    from gateway.cli import build_registry, diffusion_configs
+
+    got = s.from_sources(
+        parse(["--weights", "lcm=/models/lcm", "--backend", "compile", "--batch-buckets", "1,4", "--tiny-vae"]),
+        {"FRAMEWIRE_WARMUP_SIZES": "256x256,512x768", "FRAMEWIRE_DEVICE": "cuda:1"},
+    )
+    configs = diffusion_configs(got)
+    assert configs["lcm"].weights == "/models/lcm" and configs["sdxl-turbo"].weights is None
+    assert configs["lcm"].backend == "compile" and configs["lcm"].batch_buckets == (1, 4)
+    assert configs["lcm"].warmup_sizes == ((256, 256), (512, 768)) and configs["lcm"].device == "cuda:1"
+    assert configs["sdxl-turbo"].tiny_vae
+    registry = build_registry(got)  # constructing the apps loads no model
+    assert {a.app_id for a in registry} == {"framewire/echo", "framewire/lcm", "framewire/sdxl-turbo"}
+    assert registry.get("fal-ai/fast-turbo-diffusion") is registry.get("framewire/sdxl-turbo")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--weights", "lcm"], "APP=FOLDER"),
+        (["--backend", "onnx"], "--backend must be one of eager, compile, tensorrt"),
+        (["--dtype", "int8"], "--dtype"),
+        (["--warmup-sizes", "512"], "WIDTHxHEIGHT"),
+        (["--batch-buckets", "0,2"], "--batch-buckets"),
+    ],
+)
+def test_bad_engine_options_name_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        s.from_sources(parse(argv), {})
+
+
+def test_weights_for_an_unknown_app_are_refused() -> None:
+    from gateway.cli import diffusion_configs
+
+    with pytest.raises(ValueError, match="no diffusion app 'echo'"):
+        diffusion_configs(s.from_sources(parse(["--weights", "echo=/x"]), {}))

@@ -80,7 +80,10 @@ def test_realtime_outputs_store_files_only_when_sync_mode_is_false(client: TestC
         stored = msgpack.unpackb(ws.receive_bytes())
         ws.send_bytes(msgpack.packb({"color": 3, "sync_mode": True}))
         after = msgpack.unpackb(ws.receive_bytes())
+        ws.send_bytes(msgpack.packb({"color": 4}))  # no sync_mode: the model's default False does not store
+        unsaid = msgpack.unpackb(ws.receive_bytes())
     assert inline["images"][0]["content"] == PNG_HEADER + b"\x01" * 32 and inline["images"][0]["url"] is None
+    assert unsaid["images"][0]["content"][-1] == 4 and unsaid["images"][0]["url"] is None
     image = stored["images"][0]
     assert "content" not in image and image["url"].startswith("http://testserver/files/")
     assert stored["request_id"] == "r2" and stored["raw"] == b"\x00\x01"  # other bytes stay inline in msgpack

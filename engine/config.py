@@ -1,0 +1,90 @@
+"""How a diffusion app runs: weights, device, backend, buffers. Torch-free, frozen.
+
+Built once by the composition root from the server settings and handed to each app's
+constructor; apps never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Backend(enum.StrEnum):
+    """How the UNet and VAE run."""
+
+    EAGER = "eager"
+    COMPILE = "compile"  # torch.compile; on CUDA each batch bucket replays a CUDA graph
+    TENSORRT = "tensorrt"  # ONNX export + TensorRT engines, CUDA only
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/framewire``, else ``~/.cache/framewire`` (outside any checkout)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "framewire"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x512"`` → ``(512, 512)`` (width, height); ValueError naming the text otherwise."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        size = int(width), int(height)
+    except ValueError:
+        raise ValueError(f"expected a size WIDTHxHEIGHT such as 512x512, got {text!r}") from None
+    if min(size) < 64 or max(size) > 2048:
+        raise ValueError(f"size {text!r} is outside 64..2048 pixels per side")
+    return size
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Settings of one diffusion app instance.
+
+    ``weights`` is a local diffusers folder or a hub repo id; None means tiny random
+    weights built into ``cache_dir`` (outputs are noise). ``device`` and ``dtype`` may be
+    ``"auto"`` (CUDA and float16 when a GPU is present, else CPU and float32).
+    ``batch_buckets`` are the batch sizes the runner compiles and pads to; a larger batch
+    is split. ``warmup_sizes`` (width, height) are run once per bucket before the app
+    reports ready; None means the app's default size.
+    """
+
+    weights: str | None = None
+    device: str = "auto"
+    backend: Backend = Backend.EAGER
+    dtype: str = "auto"
+    tiny_vae: bool = False
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    warmup_sizes: tuple[tuple[int, int], ...] | None = None
+    prompt_cache_size: int = 256
+    fetch_timeout_s: float = 5.0
+    fetch_max_bytes: int = 16 * 1024 * 1024
+    jpeg_quality: int = 90
+    image_workers: int = 4
+    compiler: str = "inductor"  # torch.compile's backend; tests use "aot_eager" to trace without codegen
+
+    def __post_init__(self) -> None:
+        if not self.batch_buckets or any(b < 1 for b in self.batch_buckets):
+            raise ValueError(f"batch buckets must be positive integers, got {self.batch_buckets}")
+        if tuple(sorted(set(self.batch_buckets))) != self.batch_buckets:
+            object.__setattr__(self, "batch_buckets", tuple(sorted(set(self.batch_buckets))))
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        object.__setattr__(self, "backend", Backend(self.backend))
+        if self.prompt_cache_size < 1:
+            raise ValueError("prompt_cache_size must be >= 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jpeg_quality must be in 1..100")
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch_buckets[-1]

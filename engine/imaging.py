@@ -1,0 +1,69 @@
+"""Pixels in and out of the models: decode, pre/post-process seams, JPEG.
+
+:func:`normalise_into` and :func:`to_uint8` are the two seams fused kernels replace:
+the first turns decoded uint8 HWC images into the models' normalised NCHW input
+(written into a preallocated buffer), the second turns the VAE's float NCHW output
+in [-1, 1] into uint8 HWC for the JPEG encoder.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.api import InputError
+
+#: Larger inputs are refused before decoding (a decompression bomb guard).
+MAX_INPUT_PIXELS = 40_000_000
+
+
+def normalise_into(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``images`` uint8 ``[B, H, W, 3]`` → ``out`` float ``[B, 3, H, W]`` in [-1, 1]; returns ``out``."""
+    out.copy_(images.permute(0, 3, 1, 2))  # [B, 3, H, W], converted to out's dtype
+    return out.div_(127.5).sub_(1.0)
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` float ``[B, 3, H, W]`` in [-1, 1] → uint8 ``[B, H, W, 3]`` (rounded as diffusers does)."""
+    scaled = (pixels.float() / 2 + 0.5).clamp(0, 1) * 255
+    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [B, H, W, 3]
+
+
+def decode_image(data: bytes, width: int, height: int) -> np.ndarray:
+    """Encoded image bytes → uint8 ``[height, width, 3]``, resized (never rejected for its size).
+
+    Transparent pixels become white (sketch canvases); EXIF rotation is applied.
+    Raises :class:`InputError` naming ``image_url`` when the bytes are not an image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_INPUT_PIXELS:
+                raise InputError(
+                    f"image_url: the image is {img.width}x{img.height}; the limit is {MAX_INPUT_PIXELS} pixels",
+                    field="image_url",
+                )
+            img.draft("RGB", (width, height))  # JPEG: decode at a reduced scale when much larger
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+            elif img.mode != "RGB":
+                img = img.convert("RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BICUBIC)
+            return np.asarray(img, dtype=np.uint8)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"image_url: cannot decode the image ({exc})", field="image_url") from None
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    """uint8 ``[H, W, 3]`` → JPEG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

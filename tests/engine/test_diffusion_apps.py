@@ -1,0 +1,305 @@
+"""The LCM and SDXL-turbo apps: inputs, image rules, per-frame errors, previews, memory."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from engine.api import AppError, Progress
+from engine.apps.lcm import LcmApp, LcmInput
+from engine.apps.sdxl_turbo import SdxlTurboApp, TurboInput
+from engine.media import ImageOutput, sniff_size
+from engine.sampler import BatchKey
+from tests.engine.conftest import jpeg, noise_image
+
+
+def decoded(out: Any) -> np.ndarray:
+    assert isinstance(out, ImageOutput), out
+    data = out.images[0].content
+    assert data is not None and data[:2] == b"\xff\xd8"
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def run(app: Any, *inputs: BaseModel, progress: Progress | None = None) -> list[Any]:
+    return list(app.generate(list(inputs), progress or Progress()))
+
+
+def png(width: int, height: int, alpha: bool = False) -> bytes:
+    mode = "RGBA" if alpha else "RGB"
+    img = Image.new(mode, (width, height), (20, 40, 60, 0) if alpha else (20, 40, 60))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_text_to_image_returns_a_jpeg_of_the_requested_size_with_fal_fields(lcm_app: LcmApp) -> None:
+    (out,) = run(
+        lcm_app, LcmInput(prompt="a cat", image_size={"width": 96, "height": 64}, seed=5, num_inference_steps=2)
+    )
+    assert decoded(out).shape == (64, 96, 3)
+    assert out.seed == 5 and out.prompt == "a cat" and out.has_nsfw_concepts == [False]
+    assert out.images[0].width == 96 and out.images[0].height == 64 and out.images[0].content_type == "image/jpeg"
+    assert {"prepare_ms", "generate_ms", "jpeg_ms"} <= set(out.timings)
+
+
+def test_strength_zero_returns_the_input_image_resized(lcm_app: LcmApp) -> None:
+    source = noise_image(128, 128, seed=3)
+    blurred = np.asarray(Image.fromarray(source).resize((64, 64), Image.Resampling.BICUBIC))
+    data = io.BytesIO()
+    Image.fromarray(source).save(data, format="PNG")
+    (out,) = run(lcm_app, LcmInput(prompt="x", image_url=data.getvalue(), strength=0.0, image_size="square", seed=1))
+    got = decoded(out)
+    assert got.shape == (512, 512, 3)
+    small = np.asarray(Image.fromarray(got).resize((64, 64), Image.Resampling.BICUBIC)).astype(int)
+    assert np.abs(small - blurred.astype(int)).mean() < 12  # the input, through two resizes and JPEG
+    assert "generate_ms" not in out.timings  # no model ran
+
+
+def test_strength_one_ignores_the_image_and_equals_text_to_image(lcm_app: LcmApp) -> None:
+    common = {"prompt": "a dog", "seed": 9, "num_inference_steps": 2, "image_size": {"width": 64, "height": 64}}
+    with_image, without = run(lcm_app, LcmInput(**common, image_url=jpeg(64, 64), strength=1.0), LcmInput(**common))
+    assert with_image.images[0].content == without.images[0].content
+
+
+def test_partial_strength_changes_the_output_with_the_image(lcm_app: LcmApp) -> None:
+    common = {"prompt": "a dog", "seed": 9, "num_inference_steps": 2, "strength": 0.5}
+    a, b = run(lcm_app, LcmInput(**common, image_url=jpeg(64, 64, 1)), LcmInput(**common, image_url=jpeg(64, 64, 2)))
+    assert a.images[0].content != b.images[0].content
+
+
+def test_a_sketch_of_the_wrong_size_is_resized_not_rejected(lcm_app: LcmApp) -> None:
+    sketch = png(100, 37, alpha=True)
+    (out,) = run(lcm_app, LcmInput(prompt="a house", image_url=sketch, image_size={"width": 64, "height": 64}))
+    assert decoded(out).shape == (64, 64, 3)
+
+
+def test_without_image_size_the_output_follows_the_input_image(lcm_app: LcmApp) -> None:
+    (out,) = run(lcm_app, LcmInput(prompt="x", image_url=jpeg(96, 64), num_inference_steps=1))
+    assert decoded(out).shape == (64, 96, 3)
+    large = LcmInput(prompt="x", image_url=png(2000, 1000))
+    assert lcm_app.key_for(large) == BatchKey("img2img", 768, 384, 4)  # scaled down to max_auto_side
+    assert lcm_app.key_for(LcmInput(prompt="x")) == BatchKey("txt2img", 512, 512, 4)
+
+
+def test_undecodable_image_bytes_fail_only_their_own_frame(lcm_app: LcmApp) -> None:
+    size = {"width": 64, "height": 64}
+    bad, good = run(
+        lcm_app,
+        LcmInput(prompt="x", image_url=b"\xff\xd8 this is not a jpeg", image_size=size),
+        LcmInput(prompt="x", image_url=jpeg(64, 64), image_size=size, num_inference_steps=1),
+    )
+    assert isinstance(bad, AppError) and bad.code == "INVALID_INPUT" and bad.field == "image_url"
+    assert "cannot decode" in bad.reason
+    assert decoded(good).shape == (64, 64, 3)
+
+
+def test_images_arrive_as_bytes_data_uris_or_urls(lcm_app: LcmApp) -> None:
+    body = jpeg(64, 64, 7)
+    handler = type(
+        "Handler",
+        (http.server.BaseHTTPRequestHandler,),
+        {
+            "do_GET": lambda self: (
+                self.send_response(200 if self.path == "/img.jpg" else 404),
+                self.end_headers(),
+                self.wfile.write(body if self.path == "/img.jpg" else b""),
+            ),
+            "log_message": lambda self, *args: None,
+        },
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        common = {"prompt": "x", "seed": 2, "num_inference_steps": 1, "image_size": {"width": 64, "height": 64}}
+        raw, uri, url, missing = run(
+            lcm_app,
+            LcmInput(**common, image_url=body),
+            LcmInput(**common, image_url="data:image/jpeg;base64," + base64.b64encode(body).decode()),
+            LcmInput(**common, image_url=f"{base}/img.jpg"),
+            LcmInput(**common, image_url=f"{base}/nope.jpg"),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert raw.images[0].content == uri.images[0].content == url.images[0].content
+    assert isinstance(missing, AppError) and "HTTP 404" in missing.reason
+
+
+def test_num_images_use_consecutive_seeds_and_a_missing_seed_is_returned(lcm_app: LcmApp) -> None:
+    size = {"width": 64, "height": 64}
+    pair, second, unseeded = run(
+        lcm_app,
+        LcmInput(prompt="x", seed=20, num_images=2, image_size=size, num_inference_steps=1),
+        LcmInput(prompt="x", seed=21, image_size=size, num_inference_steps=1),
+        LcmInput(prompt="x", image_size=size, num_inference_steps=1),
+    )
+    assert len(pair.images) == 2 and pair.has_nsfw_concepts == [False, False]
+    assert pair.images[1].content == second.images[0].content
+    assert isinstance(unseeded.seed, int) and 0 <= unseeded.seed < 2**32
+
+
+def test_batch_keys_separate_size_steps_mode_and_guidance(lcm_app: LcmApp, turbo_app: SdxlTurboApp) -> None:
+    key = lcm_app.key_for
+    base = key(LcmInput(prompt="a"))
+    assert key(LcmInput(prompt="b", seed=3, guidance_scale=4.0)) == base  # per-frame settings share a batch
+    assert key(LcmInput(prompt="a", num_inference_steps=2)) != base
+    assert key(LcmInput(prompt="a", image_size="square_hd")) != base
+    assert key(LcmInput(prompt="a", image_url=jpeg(512, 512), strength=0.4)).mode == "img2img"
+    assert key(LcmInput(prompt="a", image_url=jpeg(512, 512), strength=0.0)).mode == "copy"
+    turbo = turbo_app.key_for
+    assert turbo(TurboInput(prompt="a", image_url=jpeg(512, 512), num_inference_steps=4, strength=0.5)).steps == 2
+    assert turbo(TurboInput(prompt="a", guidance_scale=3.0)).cfg and not turbo(TurboInput(prompt="a")).cfg
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"strength": 1.5}, "strength"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"image_size": "huge"}, "image_size"),
+        ({"image_size": {"width": 32, "height": 512}}, "image_size"),
+        ({"seed": -1}, "seed"),
+        ({"num_images": 9}, "num_images"),
+    ],
+)
+def test_validation_errors_name_the_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        LcmInput(prompt="x", **fields)
+    assert {str(err["loc"][0]) for err in info.value.errors()} == {field}
+
+
+def test_a_missing_prompt_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="prompt"):
+        TurboInput.model_validate({"image_url": b"x"})
+
+
+class RecordingProgress(Progress):
+    def __init__(self, wanted: set[int], cancelled: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self._wanted, self._cancelled = wanted, cancelled
+        self.partials: list[tuple[int, ImageOutput]] = []
+
+    def wanted(self, index: int) -> bool:
+        return index in self._wanted
+
+    def cancelled(self, index: int) -> bool:
+        return index in self._cancelled
+
+    def __call__(self, index: int, partial: BaseModel) -> None:
+        assert isinstance(partial, ImageOutput)
+        self.partials.append((index, partial))
+
+
+def test_previews_go_once_per_step_to_the_inputs_that_want_them(lcm_app: LcmApp) -> None:
+    progress = RecordingProgress(wanted={1})
+    size = {"width": 64, "height": 64}
+    outs = run(
+        lcm_app,
+        LcmInput(prompt="a", image_size=size, num_inference_steps=3),
+        LcmInput(prompt="b", image_size=size, num_inference_steps=3, seed=4),
+        progress=progress,
+    )
+    assert all(isinstance(o, ImageOutput) for o in outs)
+    assert [i for i, _ in progress.partials] == [1, 1, 1]
+    assert [p.timings["step"] for _, p in progress.partials] == [1, 2, 3]
+    preview = progress.partials[0][1].images[0]
+    assert (
+        (preview.width, preview.height) == (8, 8) and preview.content is not None and preview.content[:2] == b"\xff\xd8"
+    )
+
+
+def test_a_batch_whose_callers_all_gave_up_stops_early(lcm_app: LcmApp) -> None:
+    seen: list[int] = []
+    assert lcm_app.runner is not None
+    handle = lcm_app.runner.unet.register_forward_pre_hook(lambda module, args: seen.append(1))
+    try:
+        outs = run(
+            lcm_app,
+            LcmInput(prompt="a", image_size={"width": 64, "height": 64}, num_inference_steps=4),
+            progress=RecordingProgress(wanted=set(), cancelled={0}),
+        )
+    finally:
+        handle.remove()
+    assert seen == []
+    assert isinstance(outs[0], AppError) and outs[0].code == "CANCELLED"
+
+
+def test_sdxl_turbo_makes_text_and_image_to_image_jpegs(turbo_app: SdxlTurboApp) -> None:
+    size = {"width": 64, "height": 64}
+    t2i, i2i, cfg = run(
+        turbo_app,
+        TurboInput(prompt="a cat", image_size=size, num_inference_steps=1, seed=1),
+        TurboInput(prompt="a cat", image_url=jpeg(80, 80), strength=0.5, image_size=size, seed=1),
+        TurboInput(prompt="a cat", negative_prompt="blurry", guidance_scale=2.0, image_size=size, seed=1),
+    )
+    for out in (t2i, i2i, cfg):
+        assert decoded(out).shape == (64, 64, 3)
+    assert len({t2i.images[0].content, i2i.images[0].content, cfg.images[0].content}) == 3
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_memory_stays_flat_over_300_frames(lcm_app: LcmApp) -> None:
+    size = {"width": 64, "height": 64}
+    image = jpeg(64, 64)
+
+    def frames(start: int, count: int) -> None:
+        for first in range(start, start + count, 4):
+            batch = [
+                LcmInput(
+                    prompt=f"prompt {n}", image_url=image, strength=0.5, image_size=size, seed=n, num_inference_steps=1
+                )
+                for n in range(first, first + 4)
+            ]
+            assert all(isinstance(o, ImageOutput) for o in run(lcm_app, *batch))
+
+    frames(0, 40)  # warm: buffers, allocator pools, prompt cache churn
+    gc.collect()
+    before = _rss_bytes()
+    frames(40, 300)
+    gc.collect()
+    grown_mb = (_rss_bytes() - before) / 2**20
+    assert grown_mb < 24, f"resident memory grew {grown_mb:.1f} MiB over 300 frames"
+    assert lcm_app.runner is not None and len(lcm_app.runner.prompts) <= lcm_app.config.prompt_cache_size
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (png(123, 45), (123, 45)),
+        (jpeg(96, 64), (96, 64)),
+        (
+            b"RIFF\x00\x00\x00\x00WEBPVP8X" + bytes(8) + (99).to_bytes(3, "little") + (49).to_bytes(3, "little"),
+            (100, 50),
+        ),
+        (b"not an image", None),
+    ],
+)
+def test_image_sizes_are_read_from_headers(data: bytes, size: tuple[int, int] | None) -> None:
+    assert sniff_size(data) == size
+
+
+@pytest.fixture
+def cold_app(lcm_config: Any) -> Iterator[LcmApp]:
+    app = LcmApp(lcm_config)
+    yield app
+    app.teardown()
+
+
+def test_apps_import_and_key_frames_without_setup(cold_app: LcmApp) -> None:
+    assert cold_app.runner is None
+    assert cold_app.batch_key("", LcmInput(prompt="x", num_inference_steps=2)) == BatchKey("txt2img", 512, 512, 2)
