@@ -162,6 +162,19 @@ def serve(settings: Settings) -> None:
         + (" with auth" if settings.auth else " without auth"),
         flush=True,
     )
+    random_weights = [
+        name
+        for name, cfg in diffusion_configs(settings).items()
+        if name in settings.builtin_apps and cfg.weights is None
+    ]
+    if random_weights:
+        print(
+            f"\n  !! {', '.join(random_weights)}: no --weights given, serving TINY RANDOM weights."
+            "\n  !! Their outputs are noise. For real images: framewire pull lcm (or sdxl-turbo),"
+            "\n  !! then framewire serve --weights lcm=DIR  (see README, 'Diffusion apps').\n",
+            file=sys.stderr,
+            flush=True,
+        )
     DrainingServer(config, app.state.framewire, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
