@@ -35,7 +35,6 @@ from gateway import responses
 from gateway.auth import AuthError, Principal
 from gateway.dispatcher import cancelled_outcome
 from gateway.jobs import CancelResult, Job, JobStatus, LogEntry, NewJob, Priority, QueueFull, Snapshot
-from gateway.limits import retry_after_header
 from gateway.resources import Resources
 from gateway.surface import base_url
 from gateway.webhooks import webhook_body
@@ -142,12 +141,7 @@ async def submit(request: Request, path: str) -> Response:
         )
     wait_s = res.meter.rate_limited(principal, endpoint.app.app_id, "queue")
     if wait_s is not None:
-        return responses.error(
-            429,
-            f"this key is over its limit of {principal.limits.requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
-            error_type="rate_limited",
-            headers={"Retry-After": retry_after_header(wait_s)},
-        )
+        return responses.rate_limited(principal.limits.requests_per_s, wait_s)
     try:
         priority, timeout_s, webhook, limit = _submit_options(request, res)
         data = responses.json_body(await request.body())

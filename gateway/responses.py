@@ -1,4 +1,4 @@
-"""HTTP error shapes (fal protocol §11) and the ``x-fal-request-id`` middleware.
+"""HTTP error shapes (fal protocol §11).
 
 Every error body is ``{"detail": <string | list>}``; validation errors are 422 with
 pydantic's ``[{loc, msg, type}]`` list; an ``error_type`` in the body (and the
@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 
 from engine.api import AppError
 from gateway import protocol
+from gateway.limits import retry_after_header
 
 REQUEST_ID = "x-fal-request-id"
 
@@ -28,6 +29,16 @@ def error(
         body["error_type"] = error_type
         hdrs["x-fal-error-type"] = error_type
     return JSONResponse(body, status_code=status_code, headers=hdrs)
+
+
+def rate_limited(requests_per_s: float | None, wait_s: float) -> JSONResponse:
+    """429 for a key over its requests/s limit, with a ``Retry-After`` a client can obey."""
+    return error(
+        429,
+        f"this key is over its limit of {requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
+        error_type="rate_limited",
+        headers={"Retry-After": retry_after_header(wait_s)},
+    )
 
 
 def validation_error(exc: ValidationError) -> JSONResponse:

@@ -31,7 +31,6 @@ from gateway import responses
 from gateway.auth import AuthError, Principal
 from gateway.dispatcher import EngineGone, run_outcome
 from gateway.inputs import FetchError
-from gateway.limits import retry_after_header
 from gateway.queue import PING_S
 from gateway.resources import Resources
 from gateway.surface import base_url
@@ -75,12 +74,7 @@ async def handle(request: Request, path: str) -> Response | None:
     app_id, surface = endpoint.app.app_id, "stream" if streaming else "run"
     wait_s = res.meter.rate_limited(principal, app_id, surface)
     if wait_s is not None:
-        return responses.error(
-            429,
-            f"this key is over its limit of {principal.limits.requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
-            error_type="rate_limited",
-            headers={"Retry-After": retry_after_header(wait_s)},
-        )
+        return responses.rate_limited(principal.limits.requests_per_s, wait_s)
     started = time.perf_counter()
     base = base_url(request)
     try:
