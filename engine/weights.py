@@ -183,6 +183,10 @@ _SD_SCHEDULER = {
 }
 
 
+#: CLIP ViT-L/14's text tower: SD1.5's text encoder and SDXL's first.
+CLIP_VIT_L = {"hidden": 768, "inter": 3072, "heads": 12, "layers": 12, "proj": 768, "act": "quick_gelu", "vocab": 49408}
+
+
 def _arch_configs(arch: str) -> dict[str, Any]:
     """UNet, VAE, text and tiny-VAE configs per architecture (real ones follow SD1.5/SDXL)."""
     if arch in ("tiny", "tiny-sdxl"):
@@ -226,15 +230,7 @@ def _arch_configs(arch: str) -> dict[str, Any]:
             "time_cond_proj_dim": 256,
         }
         vae = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32}
-        text = {
-            "hidden": 768,
-            "inter": 3072,
-            "heads": 12,
-            "layers": 12,
-            "proj": 768,
-            "act": "quick_gelu",
-            "vocab": 49408,
-        }
+        text = dict(CLIP_VIT_L)
         text2 = {}
         taesd = {}  # the default AutoencoderTiny config is the TAESD architecture
     elif arch == "sdxl":
@@ -253,15 +249,7 @@ def _arch_configs(arch: str) -> dict[str, Any]:
             "projection_class_embeddings_input_dim": 2816,
         }
         vae = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32}
-        text = {
-            "hidden": 768,
-            "inter": 3072,
-            "heads": 12,
-            "layers": 12,
-            "proj": 768,
-            "act": "quick_gelu",
-            "vocab": 49408,
-        }
+        text = dict(CLIP_VIT_L)
         text2 = {"hidden": 1280, "inter": 5120, "heads": 20, "layers": 32, "proj": 1280, "act": "gelu", "vocab": 49408}
         taesd = {}
     else:

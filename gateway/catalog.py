@@ -254,7 +254,13 @@ def _visible(res: Resources, principal: Principal) -> list[App]:
     return [app for app in registry if principal.may_use(registry.names_of(app))]
 
 
-def _find(res: Resources, request: Request, principal: Principal) -> App | Response:
+def _requested_app(request: Request) -> App | Response:
+    """The app named in the path, if the caller's credentials may use it; else the error response."""
+    res: Resources = request.app.state.framewire
+    try:
+        principal = _principal(request, res)
+    except AuthError as exc:
+        return responses.error(exc.status, exc.reason)
     name = request.path_params["app_id"].strip("/")
     registry = res.engine.registry
     try:
@@ -280,24 +286,15 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    res: Resources = request.app.state.framewire
-    try:
-        principal = _principal(request, res)
-    except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
-    found = _find(res, request, principal)
+    found = _requested_app(request)
     if isinstance(found, Response):
         return found
-    return JSONResponse(describe(found, res.engine.registry))
+    return JSONResponse(describe(found, request.app.state.framewire.engine.registry))
 
 
 async def openapi(request: Request) -> Response:
     res: Resources = request.app.state.framewire
-    try:
-        principal = _principal(request, res)
-    except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
-    found = _find(res, request, principal)
+    found = _requested_app(request)
     if isinstance(found, Response):
         return found
     document = _documents.get(found)

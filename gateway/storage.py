@@ -302,7 +302,8 @@ async def auth_token(request: Request) -> Response:
     )
 
 
-async def direct_upload(request: Request) -> Response:
+def _direct_start(request: Request, default_name: str | None) -> tuple[str, str, str, float | None] | Response:
+    """A direct upload's new file id, safe name, content type and lifetime; or the error response."""
     try:
         _principal(request)
         ttl = _lifecycle_ttl(request)
@@ -311,7 +312,15 @@ async def direct_upload(request: Request) -> Response:
     except ValueError as exc:
         return responses.error(400, str(exc))
     content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
-    file_id, name = new_id(), safe_name(request.headers.get("x-fal-file-name"), content_type)
+    name = safe_name(request.headers.get("x-fal-file-name") or default_name, content_type)
+    return new_id(), name, content_type, ttl
+
+
+async def direct_upload(request: Request) -> Response:
+    started = _direct_start(request, None)
+    if isinstance(started, Response):
+        return started
+    file_id, name, content_type, ttl = started
     failed = await _store_body(request, file_id, name, content_type, ttl)
     if failed is not None:
         return failed
@@ -319,18 +328,11 @@ async def direct_upload(request: Request) -> Response:
 
 
 async def direct_multipart(request: Request) -> Response:
-    res = _res(request)
-    try:
-        _principal(request)
-        ttl = _lifecycle_ttl(request)
-    except AuthError as exc:
-        return _auth_error(exc)
-    except ValueError as exc:
-        return responses.error(400, str(exc))
-    content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
-    file_id = new_id()
-    name = safe_name(request.headers.get("x-fal-file-name") or "upload.bin", content_type)
-    await asyncio.to_thread(res.files.begin_multipart, file_id, name, content_type, ttl)
+    started = _direct_start(request, "upload.bin")
+    if isinstance(started, Response):
+        return started
+    file_id, name, content_type, ttl = started
+    await asyncio.to_thread(_res(request).files.begin_multipart, file_id, name, content_type, ttl)
     return JSONResponse({"access_url": f"{base_url(request)}/files/{file_id}/{name}", "uploadId": file_id})
 
 
