@@ -63,6 +63,14 @@ class EngineError(AppError):
     status = 500
 
 
+class StartTimeout(Exception):
+    """A request did not start within its start timeout, and was taken out of the line unrun."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"Request timed out (it did not start within {timeout_s:g} s)")
+        self.timeout_s = timeout_s
+
+
 class EngineFault(EngineError):
     """The app's state is broken (e.g. a sticky device error): the host restarts the app.
 
@@ -445,11 +453,14 @@ class EngineClient(Protocol):
         *,
         priority: int = 0,
         on_progress: ProgressCallback | None = None,
+        start_timeout_s: float | None = None,
     ) -> FrameResult:
         """Run one request (sync run, queue job) through the same batcher as frames.
 
         Lower ``priority`` runs first; realtime frames always go before requests.
         ``on_progress`` receives partial outputs on the event loop. Cancelling the
         awaiting task removes a request still queued, or tells the handler (through
-        :meth:`Progress.cancelled`) that nobody waits for it any more.
+        :meth:`Progress.cancelled`) that nobody waits for it any more. A request still
+        queued after ``start_timeout_s`` is removed and raises :class:`StartTimeout`;
+        one that started in time runs to its end.
         """

@@ -31,6 +31,7 @@ from engine.api import (
     Progress,
     ProgressCallback,
     ResultCallback,
+    StartTimeout,
 )
 from engine.scheduler import BatchScheduler, Frame, FrameBuffer
 
@@ -370,6 +371,7 @@ class LocalEngine:
         *,
         priority: int = 0,
         on_progress: ProgressCallback | None = None,
+        start_timeout_s: float | None = None,
     ) -> FrameResult:
         worker = self._worker(endpoint)
         future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
@@ -385,6 +387,12 @@ class LocalEngine:
             scheduler.push_request(frame, priority)
             worker.cond.notify()
         try:
+            if start_timeout_s is not None:
+                await asyncio.wait((future,), timeout=start_timeout_s)
+                if not future.done():
+                    with worker.cond:
+                        if scheduler.remove_request(frame):
+                            raise StartTimeout(start_timeout_s)
             return await future
         except asyncio.CancelledError:
             with worker.cond:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import re
 import time
 import uuid
@@ -36,7 +35,7 @@ from gateway.auth import AuthError, Principal
 from gateway.dispatcher import cancelled_outcome
 from gateway.jobs import CancelResult, Job, JobStatus, LogEntry, NewJob, Priority, QueueFull, Snapshot
 from gateway.resources import Resources
-from gateway.surface import base_url
+from gateway.surface import base_url, start_timeout_s
 from gateway.webhooks import webhook_body
 
 _REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?:/(?P<op>status/stream|status|cancel))?/?$")
@@ -102,15 +101,7 @@ def _submit_options(request: Request, res: Resources) -> tuple[Priority, float |
     if raw_priority not in ("normal", "low"):
         raise ValueError(f"x-fal-queue-priority must be 'normal' or 'low', got {raw_priority!r}")
     priority = Priority.LOW if raw_priority == "low" else Priority.NORMAL
-    timeout_s = None
-    raw_timeout = request.headers.get("x-fal-request-timeout")
-    if raw_timeout is not None:
-        try:
-            timeout_s = float(raw_timeout)
-        except ValueError:
-            raise ValueError(f"x-fal-request-timeout must be a number of seconds, got {raw_timeout!r}") from None
-        if not math.isfinite(timeout_s) or timeout_s <= 0:
-            raise ValueError(f"x-fal-request-timeout must be > 0 seconds, got {raw_timeout!r}")
+    timeout_s = start_timeout_s(request)
     webhook = request.query_params.get("fal_webhook")
     if webhook is not None:
         parts = urlsplit(webhook)

@@ -10,6 +10,9 @@
   :data:`gateway.queue.PING_S` seconds.
 
 Sync runs go to the engine with priority 0: before queue jobs, after realtime frames.
+``x-fal-request-timeout: <s>`` bounds the wait before a run starts: one still waiting then
+is dropped and answered 504 with ``x-fal-request-timeout-type: user`` (on a stream, an
+error event with the same body).
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from engine.api import Endpoint, FrameResult
+from engine.api import Endpoint, FrameResult, StartTimeout
 from gateway import responses
 from gateway.auth import AuthError, Principal
-from gateway.dispatcher import EngineGone, run_outcome
+from gateway.dispatcher import EngineGone, run_outcome, timeout_outcome
 from gateway.inputs import FetchError
 from gateway.queue import PING_S
 from gateway.resources import Resources
-from gateway.surface import base_url
+from gateway.surface import base_url, start_timeout_s
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
 MAX_PENDING_PARTIALS = 4
@@ -78,6 +81,7 @@ async def handle(request: Request, path: str) -> Response | None:
     started = time.perf_counter()
     base = base_url(request)
     try:
+        timeout_s = start_timeout_s(request)
         if request.method == "GET":
             data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
         else:
@@ -97,12 +101,17 @@ async def handle(request: Request, path: str) -> Response | None:
         res.meter.request(principal.key_id, app_id, surface, error_code="bad_request")
         return responses.error(400, str(exc))
     if streaming:
-        return _stream(res, endpoint, inp, base, principal, started)
+        return _stream(res, endpoint, inp, base, principal, started, timeout_s)
     try:
-        result = await res.engine.call(endpoint, inp, priority=0)
+        result = await res.engine.call(endpoint, inp, priority=0, start_timeout_s=timeout_s)
     except asyncio.CancelledError:  # the client left while it waited
         res.meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
         raise
+    except StartTimeout as exc:
+        res.meter.request(principal.key_id, app_id, surface, error_code="request_timeout")
+        outcome = timeout_outcome(exc.timeout_s)
+        headers = {"x-fal-error-type": "request_timeout", "x-fal-request-timeout-type": "user"}
+        return JSONResponse(outcome.body, status_code=outcome.http_status, headers=headers)
     res.meter.result(principal, app_id, surface, result, started)
     return await _respond(res, result, inp, base)
 
@@ -117,7 +126,13 @@ async def _respond(res: Resources, result: FrameResult, inp: BaseModel, base: st
 
 
 def _stream(
-    res: Resources, endpoint: Endpoint, inp: BaseModel, base: str, principal: Principal, started: float
+    res: Resources,
+    endpoint: Endpoint,
+    inp: BaseModel,
+    base: str,
+    principal: Principal,
+    started: float,
+    timeout_s: float | None,
 ) -> Response:
     sync_mode = bool(getattr(inp, "sync_mode", False))
     app_id = endpoint.app.app_id
@@ -130,7 +145,9 @@ def _stream(
             partials.append(partial)
             wake.set()
 
-        call = asyncio.create_task(res.engine.call(endpoint, inp, priority=0, on_progress=on_progress))
+        call = asyncio.create_task(
+            res.engine.call(endpoint, inp, priority=0, on_progress=on_progress, start_timeout_s=timeout_s)
+        )
         call.add_done_callback(lambda _: wake.set())
         try:
             while True:
@@ -142,7 +159,12 @@ def _stream(
                     yield {"data": _dumps(body)}
                 if call.done():
                     break
-            result = call.result()
+            try:
+                result = call.result()
+            except StartTimeout as exc:
+                res.meter.request(principal.key_id, app_id, "stream", error_code="request_timeout")
+                yield {"event": "error", "data": _dumps(timeout_outcome(exc.timeout_s).body)}
+                return
             res.meter.result(principal, app_id, "stream", result, started)
             try:
                 outcome = await run_outcome(result, inp, res.finaliser, base)

@@ -10,6 +10,8 @@ scheme and host the client used, so they work behind TLS terminators and proxies
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
@@ -36,3 +38,20 @@ def base_url(conn: HTTPConnection) -> str:
     if scheme in ("ws", "wss"):
         scheme = "https" if scheme == "wss" else "http"
     return f"{scheme}://{host}"
+
+
+def start_timeout_s(conn: HTTPConnection) -> float | None:
+    """``x-fal-request-timeout``: seconds a request may wait before it starts (None: no bound).
+
+    It bounds the wait in line and for the app, not the processing (protocol §2.8).
+    ValueError names a value that is not a positive number of seconds."""
+    raw = conn.headers.get("x-fal-request-timeout")
+    if raw is None:
+        return None
+    try:
+        timeout_s = float(raw)
+    except ValueError:
+        raise ValueError(f"x-fal-request-timeout must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ValueError(f"x-fal-request-timeout must be > 0 seconds, got {raw!r}")
+    return timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -31,9 +32,15 @@ async def client(server: str) -> AsyncIterator[httpx.AsyncClient]:
 
 async def sse(client: httpx.AsyncClient, path: str, body: Any) -> tuple[httpx.Response, list[tuple[str, Any]]]:
     """POST and collect (event name, JSON data) pairs until the server ends the stream."""
+    return await sse_with(client, path, body, {})
+
+
+async def sse_with(
+    client: httpx.AsyncClient, path: str, body: Any, headers: dict[str, str]
+) -> tuple[httpx.Response, list[tuple[str, Any]]]:
     events: list[tuple[str, Any]] = []
     name = "message"
-    async with client.stream("POST", path, json=body, headers={"accept": "text/event-stream"}) as res:
+    async with client.stream("POST", path, json=body, headers={"accept": "text/event-stream", **headers}) as res:
         async for line in res.aiter_lines():
             if line.startswith("event:"):
                 name = line[6:].strip()
@@ -87,6 +94,26 @@ async def test_stream_reports_a_failure_as_an_error_event(client: httpx.AsyncCli
 async def test_stream_refuses_a_bad_input_before_streaming(client: httpx.AsyncClient) -> None:
     res = await client.post("/test/stepping/stream", json={"steps": "many"})
     assert res.status_code == 422 and res.headers["content-type"] == "application/json"
+
+
+async def test_a_run_that_cannot_start_within_its_request_timeout_is_dropped_with_a_user_504(
+    client: httpx.AsyncClient,
+) -> None:
+    busy = asyncio.create_task(client.post("/test/stepping", json={"steps": 1, "delay_ms": 1500}))
+    await asyncio.sleep(0.3)  # the app is now busy with that batch; a new run waits for it
+    waited = time.perf_counter()
+    late = await client.post("/test/stepping", json={"steps": 1}, headers={"x-fal-request-timeout": "0.3"})
+    assert late.status_code == 504 and time.perf_counter() - waited < 1.0
+    assert late.headers["x-fal-request-timeout-type"] == "user"  # clients do not retry these
+    assert late.headers["x-fal-error-type"] == "request_timeout" and late.headers["x-fal-request-id"]
+    assert late.json()["error_type"] == "request_timeout" and "0.3 s" in late.json()["detail"]
+    _, events = await sse_with(client, "/test/stepping/stream", {"steps": 1}, {"x-fal-request-timeout": "0.2"})
+    assert events[-1][0] == "error" and events[-1][1]["error_type"] == "request_timeout"
+    patient = await client.post("/test/stepping", json={"steps": 2}, headers={"x-fal-request-timeout": "30"})
+    assert patient.status_code == 200 and patient.json()["done"] == 2  # started in time: runs to its end
+    assert (await busy).status_code == 200
+    assert (await client.post("/test/stepping", json={}, headers={"x-fal-request-timeout": "soon"})).status_code == 400
+    assert (await client.post("/test/stepping", json={}, headers={"x-fal-request-timeout": "-1"})).status_code == 400
 
 
 async def test_file_outputs_are_data_uris_in_sync_mode_and_stored_files_otherwise(client: httpx.AsyncClient) -> None:
