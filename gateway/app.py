@@ -221,7 +221,12 @@ def create_app(
         res.signer = UrlSigner(res.storage_secret)
         key = await asyncio.to_thread(webhooks.load_signing_key, data_dir / "webhook_ed25519.pem")
         res.webhook_signer = webhooks.WebhookSigner(key, settings.webhook_secret)
-        res.fetcher = InputFetcher(res.files, timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_fetch_bytes)
+        res.fetcher = InputFetcher(
+            res.files,
+            timeout_s=settings.fetch_timeout_s,
+            max_bytes=settings.max_fetch_bytes,
+            private_networks=settings.fetch_private_networks,
+        )
         res.webhooks = webhooks.WebhookDeliverer(
             res.jobs,
             res.webhook_signer,

@@ -6,15 +6,24 @@ worker never waits on the network. URLs of this server's own ``/files/…`` are 
 disk. ``data:`` URIs and non-URL values pass through untouched. A top-level field whose
 type accepts ``bytes`` receives the bytes; any other field receives a ``data:`` URI.
 Failures raise :class:`FetchError` naming the field (fal's ``file_download_error``).
+
+Only public addresses are fetched unless ``--fetch-private-networks`` is on: every host
+name, and every redirect's target, is resolved first and refused when any of its addresses
+is loopback, private, link-local or otherwise not global, so an input cannot make the server
+read its own network (cloud metadata, admin ports). The connection resolves the name again;
+a name whose answer changes in between (DNS rebinding) is not caught here: an egress
+firewall is the complete answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import types
 import typing
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel
@@ -58,15 +67,24 @@ def _is_http(value: Any) -> bool:
 class InputFetcher:
     """Downloads input URLs; one shared HTTP client, created by the lifespan."""
 
-    def __init__(self, files: FileStore, *, timeout_s: float, max_bytes: int) -> None:
+    def __init__(
+        self,
+        files: FileStore,
+        *,
+        timeout_s: float,
+        max_bytes: int,
+        private_networks: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.files = files
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
+        self.private_networks = private_networks
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
-            follow_redirects=True,
-            max_redirects=_MAX_REDIRECTS,
+            follow_redirects=False,  # followed here, each target checked
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -105,37 +123,87 @@ class InputFetcher:
     async def _fetch(self, loc: list[str | int], url: str, own_host: str) -> tuple[bytes, str | None]:
         where = ".".join(str(p) for p in loc)
         parts = urlsplit(url)
-        if parts.netloc.lower() == own_host and parts.path.startswith("/files/"):
-            pieces = parts.path.split("/")
-            if len(pieces) == 4:
+        pieces = parts.path.split("/")
+        if parts.path.startswith("/files/") and len(pieces) == 4:
+            same_host = parts.netloc.lower() == own_host
+            # The run and queue surfaces of this server: another port (--queue-port) or queue.HOST.
+            sibling = (parts.hostname or "") in _hostnames(own_host)
+            if same_host or sibling:
                 found = await asyncio.to_thread(self.files.read, pieces[2], pieces[3])
-                if found is None:
+                if found is not None:
+                    return found
+                if same_host:
                     raise FetchError(loc, f"{where}: {url} is not a stored file (or it expired)")
-                return found
         try:
-            async with self._client.stream("GET", url) as response:
-                if response.status_code >= 400:
-                    raise FetchError(loc, f"{where}: fetching {url} returned HTTP {response.status_code}")
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FetchError(
-                        loc, f"{where}: {url} is {declared} bytes; the limit is {self.max_bytes}", "file_too_large"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise FetchError(
-                            loc, f"{where}: {url} exceeds the limit of {self.max_bytes} bytes", "file_too_large"
-                        )
-                    chunks.append(chunk)
-                content_type = response.headers.get("content-type")
+            for _ in range(_MAX_REDIRECTS + 1):
+                if not self.private_networks:
+                    await self._check_public(loc, url)
+                async with self._client.stream("GET", url) as response:
+                    location = response.headers.get("location")
+                    if response.is_redirect and location:
+                        url = urljoin(url, location)
+                        if not _is_http(url):
+                            raise FetchError(loc, f"{where}: redirected to {url}, not an http(s) URL")
+                        continue
+                    return await self._read(loc, url, response)
         except httpx.TimeoutException:
             raise FetchError(loc, f"{where}: fetching {url} timed out after {self.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise FetchError(loc, f"{where}: fetching {url} failed ({type(exc).__name__}: {exc})") from None
+        raise FetchError(loc, f"{where}: fetching {url}: more than {_MAX_REDIRECTS} redirects")
+
+    async def _read(self, loc: list[str | int], url: str, response: httpx.Response) -> tuple[bytes, str | None]:
+        where = ".".join(str(p) for p in loc)
+        if response.status_code >= 400:
+            raise FetchError(loc, f"{where}: fetching {url} returned HTTP {response.status_code}")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            limit = self.max_bytes
+            raise FetchError(loc, f"{where}: {url} is {declared} bytes; the limit is {limit}", "file_too_large")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise FetchError(loc, f"{where}: {url} exceeds the limit of {self.max_bytes} bytes", "file_too_large")
+            chunks.append(chunk)
+        content_type = response.headers.get("content-type")
         return b"".join(chunks), (content_type.split(";")[0].strip() if content_type else None)
+
+    async def _check_public(self, loc: list[str | int], url: str) -> None:
+        """Refuse ``url`` unless every address its host resolves to is public."""
+        where = ".".join(str(p) for p in loc)
+        parts = urlsplit(url)
+        host = parts.hostname
+        if not host:
+            raise FetchError(loc, f"{where}: {url} has no host")
+        try:
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as exc:  # gaierror is an OSError; a bad port a ValueError
+            raise FetchError(loc, f"{where}: cannot resolve the host of {url} ({exc})") from None
+        for info in infos:
+            address = not_public(str(info[4][0]))
+            if address is not None:
+                raise FetchError(
+                    loc,
+                    f"{where}: {url} resolves to {address}, which is not a public address; this server "
+                    "fetches inputs from public addresses only (start it with --fetch-private-networks to allow)",
+                )
+
+
+def _hostnames(netloc: str) -> set[str]:
+    """The host names one of this server's surfaces answers as, from the ``netloc`` a request used."""
+    host = urlsplit(f"//{netloc}").hostname or ""
+    return {host, host.removeprefix("queue."), f"queue.{host}"}
+
+
+def not_public(address: str) -> str | None:
+    """``address`` (an IP, IPv6 scope allowed) when it is not a public unicast address, else None."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return None if ip.is_global and not ip.is_multicast else str(ip)
 
 
 def _copy(value: Any) -> Any:

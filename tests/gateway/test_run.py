@@ -20,7 +20,8 @@ from tests.gateway.queue_apps import PNG_HEADER, ImageApp, NanApp, SteppingApp
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    with live_server(Settings(max_fetch_bytes=4096, fetch_timeout_s=2), [EchoApp(), SteppingApp(), ImageApp()]) as a:
+    settings = Settings(max_fetch_bytes=4096, fetch_timeout_s=2, fetch_private_networks=True)  # URLs on 127.0.0.1
+    with live_server(settings, [EchoApp(), SteppingApp(), ImageApp()]) as a:
         yield a
 
 
@@ -154,6 +155,19 @@ async def test_input_url_failures_name_the_field(server: str, client: httpx.Asyn
     assert too_big.status_code == 422 and too_big.json()["detail"][0]["type"] == "file_too_large"
     refused = await client.post("/test/image", json={"image_url": "http://127.0.0.1:9/nothing"})
     assert refused.status_code == 422 and refused.json()["error_type"] == "file_download_error"
+
+
+async def test_by_default_input_urls_may_not_reach_this_machine_or_its_network() -> None:
+    with live_server(Settings(), [ImageApp()]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as client:
+            upload = (await client.post("/files/upload", content=b"x" * 10)).json()["access_url"]
+            own = await client.post("/test/image", json={"image_url": upload})
+            assert own.status_code == 200 and own.json()["input_size"] == 10  # this server's own files: from disk
+            port = address.rsplit(":", 1)[1]
+            for url in (f"http://localhost:{port}/v1/usage", "http://169.254.169.254/latest/meta-data/"):
+                refused = await client.post("/test/image", json={"image_url": url})
+                assert refused.status_code == 422 and refused.json()["error_type"] == "file_download_error"
+                assert "not a public address" in refused.json()["detail"][0]["msg"]
 
 
 async def test_a_client_leaving_the_stream_stops_the_work() -> None:
