@@ -9,6 +9,10 @@ reused; a batch makes one host sync, when its uint8 images are copied back. With
 static-shape backend (``compile``, ``tensorrt``) batches are padded to a bucket, so each
 bucket replays its own captured graph.
 
+The fused kernels of :mod:`kernels` run on the frame path: ``preprocess`` and
+``postprocess`` around the models (:mod:`engine.imaging`), and ``group_norm_silu`` swapped
+into the UNet and VAE at load, before anything is compiled or captured.
+
 CUDA out-of-memory halves the batch and retries; other CUDA errors raise
 :class:`engine.api.EngineFault`, on which the host restarts the app.
 """
@@ -31,9 +35,10 @@ import torch
 from engine import weights as weights_mod
 from engine.api import EngineError, EngineFault
 from engine.backend import build_backend
-from engine.config import DiffusionConfig
+from engine.config import Backend, DiffusionConfig
 from engine.imaging import normalise_into
 from engine.sampler import BatchKey, Plan, Sampler
+from kernels.group_norm_silu import swap_group_norm_silu
 
 log = logging.getLogger("framewire.engine")
 
@@ -199,6 +204,7 @@ class DiffusionRunner:
         if self.device.type == "cuda":  # NHWC convolutions are faster on tensor cores
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        self.fused_norms = self._fuse_norms(config.backend)
         self.scale = float(self.vae.config.scaling_factor)
         self.shift = float(self.vae.config.get("shift_factor") or 0.0)
         self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -221,6 +227,18 @@ class DiffusionRunner:
         )
         log.info("%s: tiny VAE from %s", app, source)
         return AutoencoderTiny.from_pretrained(source, dtype=self.dtype)
+
+    def _fuse_norms(self, backend: Backend) -> int:
+        """Swap GroupNorm+SiLU pairs for the fused kernel (before any compile or capture); how many.
+
+        The swap leaves the models as they are where the kernels cannot run (switched off, no
+        Triton, not CUDA) and logs why. TensorRT fuses these pairs itself and cannot take the
+        custom op in an ONNX export, so with it only the VAE encoder, which stays in torch, is swapped.
+        """
+        if backend == Backend.TENSORRT:
+            encoder = getattr(self.vae, "encoder", None)
+            return 0 if encoder is None else swap_group_norm_silu(encoder)
+        return swap_group_norm_silu(self.unet) + swap_group_norm_silu(self.vae)
 
     def _encode_prompts(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         with torch.inference_mode():
