@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.api import InputError
-from kernels.postprocess import postprocess
+from kernels.postprocess import postprocess, postprocess_reference
 from kernels.preprocess import preprocess
 
 #: Larger inputs are refused before decoding (a decompression bomb guard).
@@ -33,15 +33,18 @@ def normalise_into(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return preprocess(images.unbind(0), out)
 
 
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+def to_uint8(pixels: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
     """``pixels`` float ``[B, 3, H, W]`` in [-1, 1] → a new uint8 ``[B, H, W, 3]`` (rounded as diffusers does).
 
     The output is allocated here, so inside ``torch.compile`` it is the graph's own output
     (with CUDA graphs, a buffer of the graph's pool, valid until the graph's next replay).
+    ``fused=False`` runs the op's torch reference as plain torch operations, for a caller
+    that knows the kernel cannot run on its device: a compiler then fuses them into the
+    VAE's last layer rather than calling out to the op (the same values either way).
     """
     batch, _, height, width = pixels.shape
     out = torch.empty((batch, height, width, 3), dtype=torch.uint8, device=pixels.device)  # [B, H, W, 3]
-    return postprocess(pixels, out)
+    return postprocess(pixels, out) if fused else postprocess_reference(pixels, out)
 
 
 def decode_image(data: bytes, width: int, height: int) -> np.ndarray:
