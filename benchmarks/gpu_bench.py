@@ -49,6 +49,7 @@ def main() -> int:
 
     from engine.config import Backend, DiffusionConfig
     from engine.runner import BatchKey, DiffusionRunner, Sample
+    from kernels import runtime
 
     batches = [int(b) for b in args.batches.split(",")]
     config = DiffusionConfig(
@@ -100,6 +101,8 @@ def main() -> int:
         "backend": args.backend,
         "dtype": args.dtype,
         "tiny_vae": args.tiny_vae,
+        "kernels": runtime.enabled(),  # FRAMEWIRE_KERNELS: the fused Triton kernels on the frame path
+        "fused_norms": runner.fused_norms,
         "load_s": round(load_s, 1),
         "warm_s": round(warm_s, 1),
         "rows": [],
@@ -153,11 +156,27 @@ def _pipeline(runner: Any, family: str, img2img: bool) -> Any:
         name = "LatentConsistencyModelImg2ImgPipeline" if img2img else "LatentConsistencyModelPipeline"
     else:
         name = "StableDiffusionXLImg2ImgPipeline" if img2img else "StableDiffusionXLPipeline"
+    # The runner's text encoders, tokenizers and scheduler, but the UNet and VAE as diffusers
+    # loads them: the runner's may hold the fused GroupNorm+SiLU, which is not diffusers' own code.
     components = dict(runner.pipe.components)
-    components["vae"] = runner.vae
+    components["unet"] = _plain(runner.unet, diffusers.UNet2DConditionModel, "unet", runner)
+    components["vae"] = _plain(runner.vae, type(runner.vae), "vae", runner)
     pipe = getattr(diffusers, name)(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _plain(module: Any, cls: Any, subfolder: str, runner: Any) -> Any:
+    """``module`` itself if the kernels swapped nothing into it, else a fresh copy from the weights."""
+    import torch
+
+    from kernels.group_norm_silu import GroupNormSiLU
+
+    if not any(isinstance(m, GroupNormSiLU) for m in module.modules()):
+        return module
+    folder = runner.folder / "tiny_vae" if subfolder == "vae" and runner.config.tiny_vae else runner.folder / subfolder
+    fresh = cls.from_pretrained(folder, dtype=module.dtype).to(runner.device).eval().requires_grad_(False)
+    return fresh.to(memory_format=torch.channels_last)  # as the runner lays out its own (CUDA)
 
 
 def _time_pipeline(pipe: Any, batch: list[Any], args: argparse.Namespace, img2img: bool, repeat: int) -> float:

@@ -10,18 +10,24 @@
 # with the real SD1.5 and SDXL configs on the GPU (fp16), checks that the compiled path
 # matches eager, and times LCM 4-step 512px image-to-image and SDXL-turbo 1-step 512px
 # text-to-image at batch 1/4/8, eager vs compiled (CUDA graphs), with the tiny VAE, plus
-# the diffusers pipeline __call__ as the baseline for the eager runs.
+# the diffusers pipeline __call__ as the baseline for the eager runs; then the fused kernels'
+# own GPU check (benchmarks/gpu_check_kernels.sh: their tests on CUDA and their benchmark), and
+# the LCM eager run again with the kernels off (FRAMEWIRE_KERNELS=0) to show what they bring.
 #
 # Phases run in priority order while the time budget lasts (GPU_CHECK_BUDGET_S, default
 # 540 s); each phase writes its JSON as it goes, so an interrupted run keeps its numbers.
 # Pick phases with: bash benchmarks/gpu_check.sh run weights lcm-eager sdxl-eager ...
-# Results: $OUT (the device tool's folder) or benchmarks/out/gpu/, and a summary table.
+# (the kernels phase needs no weights: `run env kernels` checks the kernels alone).
+# Results: $OUT (the device tool's folder) or benchmarks/out/gpu/: summary.txt, one JSON per
+# engine phase, kernels_bench.json, and every log packed into logs.tar.gz at exit. That is 8
+# files at most, in one folder: what comes back from a device call is limited to 8 files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=.whl
 PY_VERSION=3.12
 RESULTS=${OUT:-benchmarks/out/gpu}
+LOGS=$RESULTS/logs  # packed into $RESULTS/logs.tar.gz at exit
 BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
 WEIGHTS=${GPU_CHECK_WEIGHTS:-/tmp/framewire-weights}
 PACKAGES=(
@@ -33,7 +39,7 @@ PACKAGES=(
     typing-extensions==4.16.0
     importlib-metadata==10.2.0
 )
-ALL_PHASES=(env weights lcm-eager sdxl-eager lcm-compile sdxl-compile kernels)
+ALL_PHASES=(env weights lcm-eager sdxl-eager lcm-compile sdxl-compile kernels lcm-eager-nokernels)
 
 prepare() {
     mkdir -p "$WHEELS"
@@ -57,10 +63,10 @@ phase() {  # phase NAME MIN_SECONDS COMMAND...: run COMMAND if MIN_SECONDS remai
         return 0
     fi
     echo "== $name ($(date +%T), ${remaining}s left)"
-    # stdout (one line per result) goes to the summary, stderr (logs) to NAME.log
-    if ! timeout "$remaining" "$@" 2>"$RESULTS/$name.log" | tee -a "$RESULTS/summary.txt"; then
+    # stdout (one line per result) goes to the summary, stderr (logs) to logs/NAME.log
+    if ! timeout "$remaining" "$@" 2>"$LOGS/$name.log" | tee -a "$RESULTS/summary.txt"; then
         echo "== $name: FAILED or timed out; last log lines:" | tee -a "$RESULTS/summary.txt"
-        tail -n 5 "$RESULTS/$name.log" | tee -a "$RESULTS/summary.txt"
+        tail -n 5 "$LOGS/$name.log" | tee -a "$RESULTS/summary.txt"
     fi
 }
 
@@ -69,7 +75,7 @@ BENCH=(python3 benchmarks/gpu_bench.py)
 run_phase() {
     case $1 in
     env)
-        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$RESULTS/summary.txt"
+        { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"; } | tee -a "$RESULTS/summary.txt"
         python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "cuda", torch.version.cuda)' | tee -a "$RESULTS/summary.txt"
         ;;
     weights)
@@ -89,12 +95,15 @@ run_phase() {
         phase sdxl-compile 240 "${BENCH[@]}" --out "$RESULTS/sdxl-compile.json" --family sdxl --weights "$WEIGHTS/sdxl" --mode txt2img --steps 1 --size 512 --tiny-vae --backend compile --check
         ;;
     kernels)
-        # ---- KERNELS BENCHMARK GOES HERE ---------------------------------------------------
-        # The fused pre/post-processing kernels (kernels/) replace engine.imaging's
-        # normalise_into and to_uint8. Add their benchmark call here, e.g.
-        #   phase kernels 60 python3 benchmarks/kernels_bench.py --out "$RESULTS/kernels.json"
-        # ------------------------------------------------------------------------------------
-        echo "== kernels: no kernels benchmark yet"
+        # The kernels' tests against the compiled kernels on CUDA, then their benchmark (a few
+        # minutes). Its three files go with the logs; its JSON also comes back on its own.
+        phase kernels 150 bash benchmarks/gpu_check_kernels.sh "$LOGS/kernels"
+        if [[ -f $LOGS/kernels/kernels_bench.json ]]; then
+            cp "$LOGS/kernels/kernels_bench.json" "$RESULTS/kernels_bench.json"
+        fi
+        ;;
+    lcm-eager-nokernels)
+        phase lcm-eager-nokernels 60 env FRAMEWIRE_KERNELS=0 "${BENCH[@]}" --out "$RESULTS/lcm-eager-nokernels.json" --family sd15 --weights "$WEIGHTS/sd15" --mode img2img --steps 4 --strength 0.5 --size 512 --tiny-vae --backend eager
         ;;
     *)
         echo "unknown phase $1; phases: ${ALL_PHASES[*]}" >&2
@@ -103,9 +112,17 @@ run_phase() {
     esac
 }
 
+pack_logs() {
+    if [[ -d $LOGS ]]; then
+        tar -czf "$RESULTS/logs.tar.gz" -C "$RESULTS" logs && rm -rf "$LOGS"
+    fi
+}
+
 run() {
-    mkdir -p "$RESULTS"
+    mkdir -p "$RESULTS" "$LOGS"
     : >"$RESULTS/summary.txt"
+    trap pack_logs EXIT
+    trap 'exit 143' TERM INT  # so that the EXIT trap packs the logs
     if [[ -d $WHEELS ]]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

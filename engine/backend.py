@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -91,15 +92,19 @@ class StepModule(nn.Module):
 
 
 class DecodeModule(nn.Module):
-    """Latents ``[B, 4, h, w]`` → uint8 images ``[B, H, W, 3]`` (VAE decode + post-processing)."""
+    """Latents ``[B, 4, h, w]`` → uint8 images ``[B, H, W, 3]`` (VAE decode + post-processing).
 
-    def __init__(self, vae: Any, scale: float, shift: float) -> None:
+    ``fused_post``: the fused post-processing kernel runs on this device (else its torch
+    reference is part of the stage, see :func:`engine.imaging.to_uint8`)."""
+
+    def __init__(self, vae: Any, scale: float, shift: float, fused_post: bool = True) -> None:
         super().__init__()
-        self.vae, self.scale, self.shift = vae, scale, shift
+        self.vae, self.scale, self.shift, self.fused_post = vae, scale, shift, fused_post
+        self.dtype = vae.dtype
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        z = (latents / self.scale + self.shift).to(self.vae.dtype)
-        return to_uint8(self.vae.decode(z, return_dict=False)[0])
+        z = (latents / self.scale + self.shift).to(self.dtype)
+        return to_uint8(self.vae.decode(z, return_dict=False)[0], fused=self.fused_post)
 
 
 class EncodeModule(nn.Module):
@@ -145,7 +150,7 @@ class Backend:
 
     def __init__(self, runner: DiffusionRunner) -> None:
         self.step_module = StepModule(runner.unet, runner.dtype)
-        self.decode_module = DecodeModule(runner.vae, runner.scale, runner.shift)
+        self.decode_module = DecodeModule(runner.vae, runner.scale, runner.shift, runner.fused_post)
         self.encode_module = EncodeModule(runner.vae, runner.scale, runner.shift, runner.kl)
         self._step: Any = self.step_module
         self._decode: Any = self.decode_module
@@ -170,7 +175,8 @@ class Backend:
 
 
 class CompileBackend(Backend):
-    """``torch.compile`` per stage; on CUDA, CUDA graphs per (size, bucket) via reduce-overhead."""
+    """Compiled stages: on CUDA ``torch.compile`` with a CUDA graph per (size, bucket) via
+    reduce-overhead; on the CPU ahead-of-time compiled packages (:mod:`engine.aot`)."""
 
     name = BackendName.COMPILE
     static_shapes = True
@@ -181,6 +187,10 @@ class CompileBackend(Backend):
             raise BackendUnavailable("--backend compile on the CPU needs a C compiler (cc or gcc) on PATH")
         # Inductor reads its cache folder from the environment when it first writes there.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.cache_dir / "inductor"))
+        self.graphs = False
+        if runner.device.type == "cpu":
+            self._compile_ahead(runner, config)
+            return
         # One graph per (image size, bucket, guidance on/off) per stage. Past dynamo's default
         # limit of 8 it would silently run eager (slower); raise it, and fail loudly if hit.
         import torch._dynamo.config as dynamo_config
@@ -193,7 +203,28 @@ class CompileBackend(Backend):
         self._step = torch.compile(self.step_module, **options)
         self._decode = torch.compile(self.decode_module, **options)
         self._encode = torch.compile(self.encode_module, **options)
-        log.info("compile backend: %s", "CUDA graphs per bucket (reduce-overhead)" if self.graphs else "inductor, CPU")
+        log.info("compile backend: %s", "CUDA graphs per bucket (reduce-overhead)" if self.graphs else "torch.compile")
+
+    def _compile_ahead(self, runner: DiffusionRunner, config: DiffusionConfig) -> None:
+        from engine.aot import AotStage, model_files
+
+        model = {
+            "files": model_files([Path(runner.folder) / "unet", runner.vae_folder]),
+            "vae": type(runner.vae).__name__,
+            "dtype": str(runner.dtype),
+            "vae_dtype": str(runner.vae_dtype),
+            "fused_norms": runner.fused_norms,
+        }
+        root = Path(config.cache_dir) / "aot"
+        codegen = config.compiler == "inductor"
+        self._step = AotStage(self.step_module, "step", root=root, model=model, codegen=codegen)
+        self._decode = AotStage(self.decode_module, "decode", root=root, model=model, codegen=codegen)
+        self._encode = AotStage(self.encode_module, "encode", root=root, model=model, codegen=codegen)
+        log.info(
+            "compile backend: ahead-of-time compiled stages per image size and bucket (CPU)%s, cached in %s",
+            "" if codegen else f" (compiler {config.compiler!r}: exported graphs run without code generation)",
+            root,
+        )
 
     def step(
         self, x: torch.Tensor, t: torch.Tensor, coefs: torch.Tensor, noise: torch.Tensor, cond: dict[str, Any]

@@ -1,9 +1,11 @@
-"""Pixels in and out of the models: decode, pre/post-process seams, JPEG.
+"""Pixels in and out of the models: decode, pre/post-process, JPEG.
 
-:func:`normalise_into` and :func:`to_uint8` are the two seams fused kernels replace:
-the first turns decoded uint8 HWC images into the models' normalised NCHW input
-(written into a preallocated buffer), the second turns the VAE's float NCHW output
-in [-1, 1] into uint8 HWC for the JPEG encoder.
+:func:`normalise_into` and :func:`to_uint8` run the fused kernels of :mod:`kernels`
+(``preprocess`` and ``postprocess``, torch custom ops): the first turns decoded uint8 HWC
+images into the models' normalised NCHW input, written into the runner's preallocated
+buffer; the second turns the VAE's float NCHW output in [-1, 1] into uint8 HWC for the
+JPEG encoder. Where Triton cannot run (no CUDA, ``--no-kernels``) the ops run their torch
+references, which compute the same values, and say so once in the log.
 """
 
 from __future__ import annotations
@@ -15,21 +17,34 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.api import InputError
+from kernels.postprocess import postprocess, postprocess_reference
+from kernels.preprocess import preprocess
 
 #: Larger inputs are refused before decoding (a decompression bomb guard).
 MAX_INPUT_PIXELS = 40_000_000
 
 
 def normalise_into(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``images`` uint8 ``[B, H, W, 3]`` → ``out`` float ``[B, 3, H, W]`` in [-1, 1]; returns ``out``."""
-    out.copy_(images.permute(0, 3, 1, 2))  # [B, 3, H, W], converted to out's dtype
-    return out.div_(127.5).sub_(1.0)
+    """``images`` uint8 ``[B, H, W, 3]`` → ``out`` float ``[B, 3, H, W]`` in [-1, 1]; returns ``out``.
+
+    ``out`` may have more rows than ``images`` (a padded bucket); those are left as they were.
+    Images of another height or width than ``out`` are resized (bilinear).
+    """
+    return preprocess(images.unbind(0), out)
 
 
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """``pixels`` float ``[B, 3, H, W]`` in [-1, 1] → uint8 ``[B, H, W, 3]`` (rounded as diffusers does)."""
-    scaled = (pixels.float() / 2 + 0.5).clamp(0, 1) * 255
-    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [B, H, W, 3]
+def to_uint8(pixels: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
+    """``pixels`` float ``[B, 3, H, W]`` in [-1, 1] → a new uint8 ``[B, H, W, 3]`` (rounded as diffusers does).
+
+    The output is allocated here, so inside ``torch.compile`` it is the graph's own output
+    (with CUDA graphs, a buffer of the graph's pool, valid until the graph's next replay).
+    ``fused=False`` runs the op's torch reference as plain torch operations, for a caller
+    that knows the kernel cannot run on its device: a compiler then fuses them into the
+    VAE's last layer rather than calling out to the op (the same values either way).
+    """
+    batch, _, height, width = pixels.shape
+    out = torch.empty((batch, height, width, 3), dtype=torch.uint8, device=pixels.device)  # [B, H, W, 3]
+    return postprocess(pixels, out) if fused else postprocess_reference(pixels, out)
 
 
 def decode_image(data: bytes, width: int, height: int) -> np.ndarray:

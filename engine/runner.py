@@ -9,6 +9,10 @@ reused; a batch makes one host sync, when its uint8 images are copied back. With
 static-shape backend (``compile``, ``tensorrt``) batches are padded to a bucket, so each
 bucket replays its own captured graph.
 
+The fused kernels of :mod:`kernels` run on the frame path: ``preprocess`` and
+``postprocess`` around the models (:mod:`engine.imaging`), and ``group_norm_silu`` swapped
+into the UNet and VAE at load, before anything is compiled or captured.
+
 CUDA out-of-memory halves the batch and retries; other CUDA errors raise
 :class:`engine.api.EngineFault`, on which the host restarts the app.
 """
@@ -31,9 +35,11 @@ import torch
 from engine import weights as weights_mod
 from engine.api import EngineError, EngineFault
 from engine.backend import build_backend
-from engine.config import DiffusionConfig
+from engine.config import Backend, DiffusionConfig
 from engine.imaging import normalise_into
 from engine.sampler import BatchKey, Plan, Sampler
+from kernels import postprocess, runtime
+from kernels.group_norm_silu import swap_group_norm_silu
 
 log = logging.getLogger("framewire.engine")
 
@@ -175,6 +181,7 @@ class DiffusionRunner:
 
             pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
         self.sampler = Sampler(pipe.scheduler)
+        self.vae_folder = folder / "vae"
         if config.tiny_vae:
             pipe.vae = self._tiny_vae(folder, family, app)
         self.pipe = pipe
@@ -191,6 +198,7 @@ class DiffusionRunner:
             )
         vae = vae.to(self.device) if vae_dtype == vae.dtype else vae.to(self.device, vae_dtype)
         self.vae = vae.eval().requires_grad_(False)
+        self.vae_dtype = vae_dtype  # diffusers' Module.dtype walks every parameter: read it once
         assert isinstance(self.vae, AutoencoderKL | AutoencoderTiny)
         for encoder in ("text_encoder", "text_encoder_2"):
             module = getattr(pipe, encoder, None)
@@ -199,11 +207,17 @@ class DiffusionRunner:
         if self.device.type == "cuda":  # NHWC convolutions are faster on tensor cores
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        self.fused_norms = self._fuse_norms(config.backend)
+        post_blocker = postprocess.unavailable(self.device)
+        self.fused_post = post_blocker is None
+        if post_blocker is not None:
+            runtime.report_fallback(postprocess.OP, post_blocker)
         self.scale = float(self.vae.config.scaling_factor)
         self.shift = float(self.vae.config.get("shift_factor") or 0.0)
         self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.w_dim = self.unet.config.time_cond_proj_dim  # LCM-distilled UNets take guidance as an embedding
         self.prompts = PromptCache(self._encode_prompts, config.prompt_cache_size)
+        self._w_embeddings: dict[float, torch.Tensor] = {}
         self.backend = build_backend(self, config)
         self._buffers: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = OrderedDict()
         self._preview_map = self._fit_preview()
@@ -220,7 +234,20 @@ class DiffusionRunner:
             else weights_mod.download(weights_mod.FAMILIES[family].tiny_vae_repo, app=app)
         )
         log.info("%s: tiny VAE from %s", app, source)
+        self.vae_folder = Path(source)
         return AutoencoderTiny.from_pretrained(source, dtype=self.dtype)
+
+    def _fuse_norms(self, backend: Backend) -> int:
+        """Swap GroupNorm+SiLU pairs for the fused kernel (before any compile or capture); how many.
+
+        The swap leaves the models as they are where the kernels cannot run (switched off, no
+        Triton, not CUDA) and logs why. TensorRT fuses these pairs itself and cannot take the
+        custom op in an ONNX export, so with it only the VAE encoder, which stays in torch, is swapped.
+        """
+        if backend == Backend.TENSORRT:
+            encoder = getattr(self.vae, "encoder", None)
+            return 0 if encoder is None else swap_group_norm_silu(encoder)
+        return swap_group_norm_silu(self.unet) + swap_group_norm_silu(self.vae)
 
     def _encode_prompts(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         with torch.inference_mode():
@@ -240,7 +267,7 @@ class DiffusionRunner:
         gen = torch.Generator(self.device).manual_seed(0)
         latents = torch.randn((4, 4, 8, 8), generator=gen, device=self.device)
         with torch.inference_mode():
-            rgb = self.vae.decode((latents / self.scale + self.shift).to(self.vae.dtype), return_dict=False)[0]
+            rgb = self.vae.decode((latents / self.scale + self.shift).to(self.vae_dtype), return_dict=False)[0]
         rgb = torch.nn.functional.avg_pool2d(rgb.float(), self.vae_factor)  # [4, 3, 8, 8]
         x = torch.cat([latents, torch.ones_like(latents[:, :1])], 1).permute(0, 2, 3, 1).reshape(-1, 5)
         y = rgb.permute(0, 2, 3, 1).reshape(-1, 3)
@@ -365,11 +392,15 @@ class DiffusionRunner:
         dev = self.device
 
         with torch.inference_mode():
-            # Per-frame noise from per-frame generators, in the pipelines' draw order.
-            noise = self._buf(bufs, f"noise{draws}", (batch, draws, 4, h, w), torch.float32)
+            # Per-frame noise from per-frame generators, in the pipelines' draw order; then laid
+            # out draw-major, so that each draw is one contiguous [B, 4, h, w] tensor whatever the
+            # step count (a compiled step is specialised on its inputs' strides).
+            drawn = self._buf(bufs, f"drawn{draws}", (batch, draws, 4, h, w), torch.float32)
             for i, sample in enumerate(rows):
                 gen = torch.Generator(dev).manual_seed(sample.seed)
-                torch.randn((draws, 4, h, w), generator=gen, device=dev, out=noise[i])
+                torch.randn((draws, 4, h, w), generator=gen, device=dev, out=drawn[i])
+            noise = self._buf(bufs, f"noise{draws}", (draws, batch, 4, h, w), torch.float32)
+            noise.copy_(drawn.transpose(0, 1))
             coef_host = torch.tensor([[p.coefs[k] for p in plans] for k in range(steps)], dtype=torch.float32)
             coefs = self._buf(bufs, f"coefs{steps}", (steps, batch, 6), torch.float32)
             coefs.copy_(coef_host, non_blocking=True)
@@ -388,18 +419,18 @@ class DiffusionRunner:
                     images[i].numpy()[...] = sample.image
                 images_dev = self._buf(bufs, "images", images.shape, torch.uint8)
                 images_dev.copy_(images, non_blocking=True)
-                pixels = self._buf(bufs, "pixels", (batch, 3, key.height, key.width), self.vae.dtype)
+                pixels = self._buf(bufs, "pixels", (batch, 3, key.height, key.width), self.vae_dtype)
                 mean, std = self.backend.encode(normalise_into(images_dev, pixels))
-                z = mean.float() + std.float() * noise[:, 0] if posterior else mean.float()
-                torch.add(inits[:, 0] * z, inits[:, 1] * noise[:, posterior], out=x)
+                z = mean.float() + std.float() * noise[0] if posterior else mean.float()
+                torch.add(inits[:, 0] * z, inits[:, 1] * noise[posterior], out=x)
             else:
-                torch.mul(inits[:, 1], noise[:, 0], out=x)
+                torch.mul(inits[:, 1], noise[0], out=x)
 
             first_step_noise = posterior + 1
             for k in range(steps):
                 if should_stop is not None and should_stop():
                     raise Cancelled()
-                step_noise = noise[:, min(first_step_noise + k, draws - 1)]  # the last LCM step draws none (c = 0)
+                step_noise = noise[min(first_step_noise + k, draws - 1)]  # the last LCM step draws none (c = 0)
                 x_next, x0 = self.backend.step(x, ts[k], coefs[k], step_noise, cond)
                 x.copy_(x_next)
                 if on_step is not None:
@@ -421,9 +452,9 @@ class DiffusionRunner:
         torch.stack([e for e, _ in found], out=emb)
         cond: dict[str, torch.Tensor | None] = {"emb": emb, "w": None, "text_embeds": None, "time_ids": None, "g": None}
         if self.w_dim is not None:
-            w = torch.tensor([s.guidance_scale - 1.0 for s in rows], dtype=torch.float32)
-            w_emb = self.pipe.get_guidance_scale_embedding(w, embedding_dim=self.w_dim)  # [B, w_dim]
-            cond["w"] = self._buf(bufs, "w", tuple(w_emb.shape), self.dtype).copy_(w_emb, non_blocking=True)
+            w = self._buf(bufs, "w", (batch, self.w_dim), self.dtype)
+            torch.stack([self._guidance_embedding(s.guidance_scale) for s in rows], out=w)  # [B, w_dim]
+            cond["w"] = w
         if self.sdxl:
             pooled0 = found[0][1]
             assert pooled0 is not None
@@ -438,6 +469,17 @@ class DiffusionRunner:
             g = torch.tensor([s.guidance_scale for s in rows], dtype=torch.float32).view(batch, 1, 1, 1)
             cond["g"] = self._buf(bufs, "g", (batch, 1, 1, 1), torch.float32).copy_(g, non_blocking=True)
         return cond
+
+    def _guidance_embedding(self, scale: float) -> torch.Tensor:
+        """An LCM UNet's guidance input ``[w_dim]`` on the device, cached per scale (bounded)."""
+        found = self._w_embeddings.get(scale)
+        if found is None:
+            if len(self._w_embeddings) >= 1024:
+                self._w_embeddings.clear()
+            w = torch.tensor([scale - 1.0], dtype=torch.float32)
+            emb = self.pipe.get_guidance_scale_embedding(w, embedding_dim=self.w_dim)[0]
+            found = self._w_embeddings[scale] = emb.to(self.device, self.dtype)
+        return found
 
     def _negatives(self, bufs: dict[str, torch.Tensor], rows: list[Sample]) -> dict[str, torch.Tensor | None]:
         """Unconditional embeddings for classifier-free guidance (empty → zeros, as SDXL does)."""

@@ -135,6 +135,14 @@ def _(x: torch.Tensor, out: torch.Tensor) -> None:
     validate(x, out)
 
 
+def unavailable(device: torch.device) -> str | None:
+    """Why the kernel cannot run on ``device`` (switched off, no Triton, not CUDA), or None when it can.
+
+    For callers that decide once, at load, between the op and :func:`postprocess_reference`
+    inlined into a graph that a compiler then fuses (what the op would run anyway)."""
+    return runtime.triton_blocker(_postprocess_kernel, [torch.empty(0, device=device)])
+
+
 def postprocess(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Write ``x`` (float NCHW in [-1, 1]) into ``out`` (uint8 NHWC); returns ``out``.
 

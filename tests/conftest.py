@@ -16,6 +16,13 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+# Triton decides when a kernel is defined whether it is compiled or interpreted, and the engine
+# defines the kernels when it is imported: set the interpreter here, before any test module
+# imports the engine, so that the kernels' tests (and the engine's kernels-on test) can run
+# them on the CPU. Engines elsewhere still run the torch references on the CPU unless a test
+# calls kernels.runtime.allow_cpu_interpreter(True); a GPU run sets TRITON_INTERPRET=0.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import uvicorn
 from pydantic import BaseModel

@@ -1,7 +1,8 @@
 """Kernel tests: Triton's interpreter on the CPU by default, compiled kernels on a GPU.
 
 ``TRITON_INTERPRET=1`` must be set before Triton decorates a kernel, so it is set here,
-when pytest collects this folder, before any test module imports ``kernels``. On a GPU
+when pytest collects this folder, before any test module imports ``kernels`` (and, since the
+engine imports the kernels too, by ``tests/conftest.py`` for the whole suite). On a GPU
 machine, ``FRAMEWIRE_TEST_DEVICE=cuda TRITON_INTERPRET=0`` runs the same tests against the
 compiled kernels.
 """
