@@ -5,12 +5,12 @@ import threading
 import time
 
 import pytest
-from pydantic import BaseModel
 
-from engine.api import App, AppRegistry, EngineFault, EngineUnavailable, FrameResult, Progress, endpoint
+from engine.api import App, AppRegistry, EngineFault, EngineUnavailable, FrameResult, endpoint
 from engine.apps.echo import EchoApp, EchoInput
 from engine.host import BatchRecord, LocalEngine
 from tests.conftest import BatchingApp, SlowIn
+from tests.gateway.queue_apps import StepIn, SteppingApp
 
 
 async def test_frames_from_many_streams_share_batches_and_keep_order(batching_app: BatchingApp) -> None:
@@ -117,42 +117,6 @@ async def test_batch_observer_sees_every_batch(batching_app: BatchingApp) -> Non
     await engine.call(ep, SlowIn(n=1))
     await engine.stop()
     assert [(r.endpoint_key, r.size, r.failed) for r in records] == [("test/batching/realtime", 1, False)]
-
-
-class StepIn(BaseModel):
-    steps: int = 3
-    delay_ms: float = 0.0
-
-
-class StepOut(BaseModel):
-    done: int
-    preview: bool = False
-
-
-class SteppingApp(App):
-    """Emits one partial output per step, and stops early once its caller is gone."""
-
-    app_id = "test/stepping"
-
-    def __init__(self) -> None:
-        self.wanted: list[bool] = []
-        self.stopped_early = threading.Event()
-
-    @endpoint("/", max_batch_size=4)
-    def run(self, inputs: list[StepIn], progress: Progress) -> list[StepOut]:
-        self.wanted += [progress.wanted(i) for i in range(len(inputs))]
-        done = [0] * len(inputs)
-        for step in range(max(i.steps for i in inputs)):
-            time.sleep(max(i.delay_ms for i in inputs) / 1000)
-            for i, inp in enumerate(inputs):
-                if progress.cancelled(i):
-                    self.stopped_early.set()
-                    continue
-                if step < inp.steps:
-                    done[i] = step + 1
-                    if progress.wanted(i):
-                        progress(i, StepOut(done=step + 1, preview=True))
-        return [StepOut(done=d) for d in done]
 
 
 async def test_progress_reaches_only_callers_who_listen() -> None:

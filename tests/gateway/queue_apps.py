@@ -31,11 +31,13 @@ class SteppingApp(App):
 
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.wanted: list[bool] = []  # per input: whether its caller listens for partial outputs
         self.stopped_early = threading.Event()
 
     @endpoint("/", max_batch_size=8, max_queue_delay_ms=5)
     def run(self, inputs: list[StepIn], progress: Progress) -> list[StepOut]:
         self.batches.append(len(inputs))
+        self.wanted += [progress.wanted(i) for i in range(len(inputs))]
         done = [0] * len(inputs)
         for step in range(max(i.steps for i in inputs)):
             if all(progress.cancelled(i) for i in range(len(inputs))):
