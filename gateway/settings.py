@@ -159,7 +159,7 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option("device", "device of the diffusion apps: auto, cpu, cuda, cuda:N"),
-    Option("backend", "how the models run: eager, compile (torch.compile, CUDA graphs), tensorrt"),
+    Option("backend", "how the models run: eager, compile (CUDA: torch.compile + graphs; CPU: AOTInductor), tensorrt"),
     Option("dtype", "model dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
     Option("tiny_vae", "use the tiny VAE (TAESD/TAESDXL) for speed (1/0)", _bool),
     Option("cache_dir", "folder for random weights and compile/TensorRT artefacts (default ~/.cache/framewire)"),
