@@ -178,10 +178,14 @@ class AotStage:
         package, manifest = folder / "model.pt2", folder / "manifest.json"
         if package.is_file() and manifest.is_file() and manifest.read_text() == blob:
             started = time.perf_counter()
-            fn = _Package(torch._inductor.aoti_load_package(str(package)))
-            self.reused += 1
-            log.info("%s graph for %s loaded from %s in %.2f s", self.stage, _shapes(sig), folder, _since(started))
-            return fn
+            try:
+                fn = _Package(torch._inductor.aoti_load_package(str(package)))
+            except Exception as exc:  # a damaged package (disk, interrupted copy) is rebuilt, not fatal
+                log.warning("cannot load %s (%s: %s); compiling it again", package, type(exc).__name__, exc)
+            else:
+                self.reused += 1
+                log.info("%s graph for %s loaded from %s in %.2f s", self.stage, _shapes(sig), folder, _since(started))
+                return fn
         log.warning("compiling the %s graph for %s (once; cached in %s)", self.stage, _shapes(sig), folder)
         started = time.perf_counter()
         exported = self._export(args)

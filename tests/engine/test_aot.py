@@ -61,6 +61,11 @@ def test_a_compiled_stage_matches_eager_is_reused_from_disk_and_rebuilt_when_its
     manifest = json.loads((packages[0] / "manifest.json").read_text())
     assert manifest["stage"] == "block" and manifest["inputs"][2] is None
 
+    (packages[0] / "model.pt2").write_bytes(b"damaged")  # a package that cannot load is rebuilt
+    repaired = _stage(tmp_path)
+    torch.testing.assert_close(repaired(x, scale, None)[0], expected[0], rtol=1e-4, atol=1e-5)
+    assert (repaired.built, repaired.reused) == (1, 0)
+
     manifest_file = packages[0] / "manifest.json"  # a package whose key does not match is rebuilt
     manifest_file.write_text(manifest_file.read_text().replace('"block"', '"tampered"'))
     rebuilt = _stage(tmp_path)
