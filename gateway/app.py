@@ -225,7 +225,7 @@ def create_app(
             res.files,
             timeout_s=settings.fetch_timeout_s,
             max_bytes=settings.max_fetch_bytes,
-            private_networks=settings.fetch_private_networks,
+            private_networks=settings.private_networks,
         )
         res.webhooks = webhooks.WebhookDeliverer(
             res.jobs,
@@ -233,6 +233,7 @@ def create_app(
             timeout_s=settings.webhook_timeout_s,
             max_attempts=settings.webhook_max_attempts,
             retry_base_s=settings.webhook_retry_base_s,
+            private_networks=settings.private_networks,
         )
         res.dispatcher = Dispatcher(
             res.jobs,

@@ -7,19 +7,13 @@ disk. ``data:`` URIs and non-URL values pass through untouched. A top-level fiel
 type accepts ``bytes`` receives the bytes; any other field receives a ``data:`` URI.
 Failures raise :class:`FetchError` naming the field (fal's ``file_download_error``).
 
-Only public addresses are fetched unless ``--fetch-private-networks`` is on: every host
-name, and every redirect's target, is resolved first and refused when any of its addresses
-is loopback, private, link-local or otherwise not global, so an input cannot make the server
-read its own network (cloud metadata, admin ports). The connection resolves the name again;
-a name whose answer changes in between (DNS rebinding) is not caught here: an egress
-firewall is the complete answer.
+Only public addresses are fetched unless ``--private-networks`` is on: every host, and every
+redirect's target, is checked first (:mod:`gateway.addresses`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import types
 import typing
 from typing import Any
@@ -28,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel
 
+from gateway.addresses import PrivateAddress, check_public
 from gateway.files import FileStore
 from gateway.outputs import data_uri
 
@@ -137,7 +132,12 @@ class InputFetcher:
         try:
             for _ in range(_MAX_REDIRECTS + 1):
                 if not self.private_networks:
-                    await self._check_public(loc, url)
+                    try:
+                        await check_public(url)
+                    except PrivateAddress as exc:
+                        raise FetchError(loc, f"{where}: {exc}") from None
+                    except (OSError, ValueError) as exc:  # gaierror is an OSError
+                        raise FetchError(loc, f"{where}: cannot resolve the host of {url} ({exc})") from None
                 async with self._client.stream("GET", url) as response:
                     location = response.headers.get("location")
                     if response.is_redirect and location:
@@ -170,40 +170,11 @@ class InputFetcher:
         content_type = response.headers.get("content-type")
         return b"".join(chunks), (content_type.split(";")[0].strip() if content_type else None)
 
-    async def _check_public(self, loc: list[str | int], url: str) -> None:
-        """Refuse ``url`` unless every address its host resolves to is public."""
-        where = ".".join(str(p) for p in loc)
-        parts = urlsplit(url)
-        host = parts.hostname
-        if not host:
-            raise FetchError(loc, f"{where}: {url} has no host")
-        try:
-            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, ValueError) as exc:  # gaierror is an OSError; a bad port a ValueError
-            raise FetchError(loc, f"{where}: cannot resolve the host of {url} ({exc})") from None
-        for info in infos:
-            address = not_public(str(info[4][0]))
-            if address is not None:
-                raise FetchError(
-                    loc,
-                    f"{where}: {url} resolves to {address}, which is not a public address; this server "
-                    "fetches inputs from public addresses only (start it with --fetch-private-networks to allow)",
-                )
-
 
 def _hostnames(netloc: str) -> set[str]:
     """The host names one of this server's surfaces answers as, from the ``netloc`` a request used."""
     host = urlsplit(f"//{netloc}").hostname or ""
     return {host, host.removeprefix("queue."), f"queue.{host}"}
-
-
-def not_public(address: str) -> str | None:
-    """``address`` (an IP, IPv6 scope allowed) when it is not a public unicast address, else None."""
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return None if ip.is_global and not ip.is_multicast else str(ip)
 
 
 def _copy(value: Any) -> Any:

@@ -64,7 +64,7 @@ class Settings:
     upload_url_expiration_s: int = 3600
     fetch_timeout_s: float = 30.0
     max_fetch_bytes: int = 64 * 1024 * 1024
-    fetch_private_networks: bool = False
+    private_networks: bool = False
     max_queue_length: int = 10_000
     queue_jobs_in_flight: int = 0
     max_job_attempts: int = 3
@@ -132,8 +132,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("fetch_timeout_s", "timeout for fetching an input's http(s) *_url, seconds", float),
     Option("max_fetch_bytes", "largest file fetched for an input's *_url, bytes", int),
     Option(
-        "fetch_private_networks",
-        "let an input's *_url reach loopback, private and link-local addresses (1/0; off: public ones only)",
+        "private_networks",
+        "let input URLs and webhooks reach loopback, private and link-local addresses (1/0; off: public only)",
         _bool,
     ),
     Option("max_queue_length", "queued jobs per app before submits get 429", int),

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.addresses import PrivateAddress, check_public
 from gateway.jobs import Delivery, JobStore, Outcome
 
 log = logging.getLogger("framewire.webhooks")
@@ -150,8 +151,10 @@ class WebhookDeliverer:
         timeout_s: float,
         max_attempts: int,
         retry_base_s: float,
+        private_networks: bool = False,
     ) -> None:
         self.store = store
+        self.private_networks = private_networks
         self.signer = signer
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
@@ -222,6 +225,13 @@ class WebhookDeliverer:
     async def _post(self, delivery: Delivery) -> str | None:
         """One try; returns None on success, else why it failed."""
         headers = self.signer.headers(delivery, int(time.time()))
+        if not self.private_networks:
+            try:
+                await check_public(delivery.url)  # again at each try: the name's answer may have changed
+            except PrivateAddress as exc:
+                return str(exc)
+            except (OSError, ValueError) as exc:
+                return f"cannot resolve the host ({exc})"
         try:
             response = await self._client.post(delivery.url, content=delivery.body, headers=headers)
         except httpx.TimeoutException:

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
+from gateway.addresses import not_public
 from gateway.files import FileStore
-from gateway.inputs import FetchError, InputFetcher, not_public
+from gateway.inputs import FetchError, InputFetcher
 
 ADDRESSES = {
     "cdn.example": "93.184.215.14",
@@ -90,7 +91,7 @@ async def test_private_addresses_are_refused_naming_the_address_and_the_switch(
 ) -> None:
     with pytest.raises(FetchError) as caught:
         await fetch(fetcher(tmp_path), url)
-    assert f"resolves to {address}" in caught.value.reason and "--fetch-private-networks" in caught.value.reason
+    assert f"resolves to {address}" in caught.value.reason and "--private-networks" in caught.value.reason
     assert caught.value.loc == ["image_url"] and caught.value.error_type == "file_download_error"
 
 

@@ -20,7 +20,7 @@ from tests.gateway.queue_apps import PNG_HEADER, ImageApp, NanApp, SteppingApp
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    settings = Settings(max_fetch_bytes=4096, fetch_timeout_s=2, fetch_private_networks=True)  # URLs on 127.0.0.1
+    settings = Settings(max_fetch_bytes=4096, fetch_timeout_s=2, private_networks=True)  # URLs on 127.0.0.1
     with live_server(settings, [EchoApp(), SteppingApp(), ImageApp()]) as a:
         yield a
 

@@ -69,7 +69,9 @@ class Receiver:
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    settings = Settings(webhook_retry_base_s=0.15, webhook_secret=SECRET, webhook_max_attempts=4)
+    settings = Settings(  # the receivers listen on 127.0.0.1
+        webhook_retry_base_s=0.15, webhook_secret=SECRET, webhook_max_attempts=4, private_networks=True
+    )
     with live_server(settings, [SteppingApp()]) as address:
         yield address
 
@@ -188,3 +190,32 @@ def test_webhook_key_command_prints_the_key_the_server_signs_with(tmp_path: Path
     signer = WebhookSigner(load_signing_key(tmp_path / "webhook_ed25519.pem"))  # the same file the server uses
     assert printed["jwks"] == signer.jwks()
     assert printed["standard_webhooks_public_key"] == "whpk_" + base64.b64encode(signer.public_raw).decode()
+
+
+async def test_webhooks_to_private_addresses_are_refused_unless_allowed(tmp_path: Path) -> None:
+    with live_server(Settings(), [SteppingApp()]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", headers={"host": "queue.local"}) as client:
+            for hook in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://[::1]/x"):
+                res = await client.post("/test/stepping", params={"fal_webhook": hook}, json={"steps": 1})
+                assert res.status_code == 400, hook
+                assert res.json()["detail"].startswith("fal_webhook: ") and "--private-networks" in res.json()["detail"]
+            unknown = await client.post(
+                "/test/stepping", params={"fal_webhook": "http://no-such-host.invalid/x"}, json={"steps": 1}
+            )
+            assert unknown.status_code == 400 and "cannot resolve" in unknown.json()["detail"]
+
+    # Delivery checks again (a name's answer may change after the submit): no request is sent.
+    from gateway.jobs import Delivery
+    from gateway.webhooks import WebhookDeliverer, WebhookSigner, load_signing_key
+
+    signer = WebhookSigner(load_signing_key(tmp_path / "webhook_ed25519.pem"))
+    deliverer = WebhookDeliverer(None, signer, timeout_s=1, max_attempts=1, retry_base_s=1)  # type: ignore[arg-type]
+    try:
+        with Receiver(failures=0) as receiver:
+            delivery = Delivery(1, "job", "owner", receiver.url, b"{}", 0)
+            error = await deliverer._post(delivery)
+            assert error is not None and "not a public address" in error and receiver.received == []
+            deliverer.private_networks = True
+            assert await deliverer._post(delivery) is None and len(receiver.received) == 1
+    finally:
+        await deliverer.stop()
