@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,6 +49,9 @@ log = logging.getLogger("framewire.engine")
 FORMAT = 1
 #: Input signatures one stage compiles at most (each a package and a copy of the weights).
 MAX_SIGNATURES = 64
+#: Packages not loaded for this long are deleted when a compile backend starts (they belong
+#: to old weights, code or library versions); each holds a copy of its model's weights.
+UNUSED_PACKAGE_TTL_S = 30 * 24 * 3600.0
 #: One package's compile; the real SDXL UNet takes minutes on a small machine.
 COMPILE_TIMEOUT_S = 3600.0
 #: A UNet step on latents with fewer pixels than this runs faster without oneDNN weight
@@ -184,6 +188,7 @@ class AotStage:
                 log.warning("cannot load %s (%s: %s); compiling it again", package, type(exc).__name__, exc)
             else:
                 self.reused += 1
+                os.utime(manifest)  # last use, for prune_unused
                 log.info("%s graph for %s loaded from %s in %.2f s", self.stage, _shapes(sig), folder, _since(started))
                 return fn
         log.warning("compiling the %s graph for %s (once; cached in %s)", self.stage, _shapes(sig), folder)
@@ -209,6 +214,29 @@ class AotStage:
             return torch.export.export(self.module, tuple(args))
         except Exception as exc:  # any capture failure is a start-up error that names the stage
             raise EngineError(f"the compile backend cannot capture the {self.stage} stage as one graph: {exc}") from exc
+
+
+def prune_unused(root: Path, max_age_s: float = UNUSED_PACKAGE_TTL_S, now: float | None = None) -> int:
+    """Delete the packages under ``root`` last built or loaded more than ``max_age_s`` ago; returns how many.
+
+    A package's last use is its manifest's modification time; folders without one (an
+    interrupted build) count from the folder's own."""
+    now = time.time() if now is None else now
+    removed = 0
+    for folder in Path(root).glob("*-*"):
+        if not folder.is_dir():
+            continue
+        manifest = folder / "manifest.json"
+        try:
+            used = (manifest if manifest.exists() else folder).stat().st_mtime
+        except FileNotFoundError:  # another process pruned it first
+            continue
+        if now - used > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.info("removed %d compiled packages unused for %.0f days from %s", removed, max_age_s / 86400, root)
+    return removed
 
 
 def compile_in_child(graph: Path, package: Path, options: Mapping[str, Any]) -> None:

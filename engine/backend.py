@@ -206,7 +206,7 @@ class CompileBackend(Backend):
         log.info("compile backend: %s", "CUDA graphs per bucket (reduce-overhead)" if self.graphs else "torch.compile")
 
     def _compile_ahead(self, runner: DiffusionRunner, config: DiffusionConfig) -> None:
-        from engine.aot import AotStage, model_files
+        from engine.aot import AotStage, model_files, prune_unused
 
         model = {
             "files": model_files([Path(runner.folder) / "unet", runner.vae_folder]),
@@ -216,6 +216,7 @@ class CompileBackend(Backend):
             "fused_norms": runner.fused_norms,
         }
         root = Path(config.cache_dir) / "aot"
+        prune_unused(root)
         codegen = config.compiler == "inductor"
         self._step = AotStage(self.step_module, "step", root=root, model=model, codegen=codegen)
         self._decode = AotStage(self.decode_module, "decode", root=root, model=model, codegen=codegen)

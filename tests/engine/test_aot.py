@@ -6,14 +6,16 @@ blocks) in a child process: a few seconds, unlike the tiny UNet's minutes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from engine.aot import AotStage, compile_in_child, signature
+from engine.aot import AotStage, compile_in_child, prune_unused, signature
 from engine.api import EngineError
 
 pytestmark = pytest.mark.skipif(
@@ -53,11 +55,13 @@ def test_a_compiled_stage_matches_eager_is_reused_from_disk_and_rebuilt_when_its
     stage(torch.randn(2, 4, 8, 8), scale, None)  # same signature: the loaded package, no new build
     assert stage.built == 1
 
+    packages = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(packages) == 1
+    os.utime(packages[0] / "manifest.json", (1.0, 1.0))
     again = _stage(tmp_path)  # a restart: loaded from the cache, not compiled
     torch.testing.assert_close(again(x, scale, None)[0], expected[0], rtol=1e-4, atol=1e-5)
     assert (again.built, again.reused) == (0, 1)
-    packages = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(packages) == 1
+    assert time.time() - (packages[0] / "manifest.json").stat().st_mtime < 60  # its last use, for pruning
     manifest = json.loads((packages[0] / "manifest.json").read_text())
     assert manifest["stage"] == "block" and manifest["inputs"][2] is None
 
@@ -106,3 +110,19 @@ def test_the_signature_tells_shapes_strides_dtypes_and_absent_inputs_apart() -> 
     assert signature([x]) != signature([x.half()])
     assert signature([x]) != signature([x.to(memory_format=torch.channels_last)])
     assert signature([x]) != signature([torch.zeros(1, 4, 8, 8)])
+
+
+def test_packages_unused_for_a_month_are_pruned(tmp_path: Path) -> None:
+    now = time.time()
+    for name, age_days in (("step-old", 45), ("step-recent", 2), ("decode-old", 31)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.pt2").write_bytes(b"x")
+        (folder / "manifest.json").write_text("{}")
+        os.utime(folder / "manifest.json", (now - age_days * 86400, now - age_days * 86400))
+    interrupted = tmp_path / "encode-partial"  # no manifest: its folder's own time counts
+    interrupted.mkdir()
+    os.utime(interrupted, (now - 40 * 86400, now - 40 * 86400))
+    assert prune_unused(tmp_path, now=now) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-recent"]
+    assert prune_unused(tmp_path / "missing", now=now) == 0
