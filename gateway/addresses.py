@@ -31,6 +31,17 @@ def not_public(address: str) -> str | None:
     return None if ip.is_global and not ip.is_multicast else str(ip)
 
 
+async def refusal(url: str) -> str | None:
+    """Why ``url`` may not be reached (its host is not public, or cannot be resolved), or None."""
+    try:
+        await check_public(url)
+    except PrivateAddress as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:  # gaierror is an OSError; a malformed host a ValueError
+        return f"cannot resolve the host of {url} ({exc})"
+    return None
+
+
 async def check_public(url: str) -> None:
     """Raise :class:`PrivateAddress` unless every address of ``url``'s host is public.
 

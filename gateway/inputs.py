@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel
 
-from gateway.addresses import PrivateAddress, check_public
+from gateway.addresses import refusal
 from gateway.files import FileStore
 from gateway.outputs import data_uri
 
@@ -131,13 +131,9 @@ class InputFetcher:
                     raise FetchError(loc, f"{where}: {url} is not a stored file (or it expired)")
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                if not self.private_networks:
-                    try:
-                        await check_public(url)
-                    except PrivateAddress as exc:
-                        raise FetchError(loc, f"{where}: {exc}") from None
-                    except (OSError, ValueError) as exc:  # gaierror is an OSError
-                        raise FetchError(loc, f"{where}: cannot resolve the host of {url} ({exc})") from None
+                refused = None if self.private_networks else await refusal(url)
+                if refused is not None:
+                    raise FetchError(loc, f"{where}: {refused}")
                 async with self._client.stream("GET", url) as response:
                     location = response.headers.get("location")
                     if response.is_redirect and location:

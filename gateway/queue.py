@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from engine.api import split_app_id
 from gateway import responses
-from gateway.addresses import check_public
+from gateway.addresses import refusal
 from gateway.auth import AuthError, Principal
 from gateway.dispatcher import cancelled_outcome
 from gateway.jobs import CancelResult, Job, JobStatus, LogEntry, NewJob, Priority, QueueFull, Snapshot
@@ -96,16 +96,6 @@ def _with_id(response: Response, job_id: str) -> Response:
 # -- submit ----------------------------------------------------------------------------------
 
 
-async def _check_webhook(url: str) -> None:
-    """ValueError naming ``fal_webhook`` when its host is not a public address, or cannot be resolved."""
-    try:
-        await check_public(url)
-    except ValueError as exc:  # PrivateAddress included
-        raise ValueError(f"fal_webhook: {exc}") from None
-    except OSError as exc:
-        raise ValueError(f"fal_webhook: cannot resolve the host of {url} ({exc})") from None
-
-
 def _submit_options(request: Request, res: Resources) -> tuple[Priority, float | None, str | None, int]:
     """Parse the platform headers and query of a submit; ValueError names the culprit."""
     raw_priority = request.headers.get("x-fal-queue-priority", "normal").strip().lower()
@@ -150,8 +140,9 @@ async def submit(request: Request, path: str) -> Response:
         if not isinstance(data, dict):
             raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
         endpoint.input_model.model_validate(data)
-        if webhook is not None and not res.settings.private_networks:
-            await _check_webhook(webhook)
+        refused = None if webhook is None or res.settings.private_networks else await refusal(webhook)
+        if refused is not None:
+            raise ValueError(f"fal_webhook: {refused}")
     except ValidationError as exc:
         return responses.validation_error(exc)
     except ValueError as exc:

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.addresses import PrivateAddress, check_public
+from gateway.addresses import refusal
 from gateway.jobs import Delivery, JobStore, Outcome
 
 log = logging.getLogger("framewire.webhooks")
@@ -226,12 +226,9 @@ class WebhookDeliverer:
         """One try; returns None on success, else why it failed."""
         headers = self.signer.headers(delivery, int(time.time()))
         if not self.private_networks:
-            try:
-                await check_public(delivery.url)  # again at each try: the name's answer may have changed
-            except PrivateAddress as exc:
-                return str(exc)
-            except (OSError, ValueError) as exc:
-                return f"cannot resolve the host ({exc})"
+            refused = await refusal(delivery.url)  # again at each try: the name's answer may have changed
+            if refused is not None:
+                return refused
         try:
             response = await self._client.post(delivery.url, content=delivery.body, headers=headers)
         except httpx.TimeoutException:
