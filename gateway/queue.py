@@ -230,13 +230,7 @@ def _result(job: Job) -> Response:
     if job.status != JobStatus.COMPLETED or job.outcome is None:
         where = "in the queue" if job.status == JobStatus.IN_QUEUE else "in progress"
         return responses.error(400, f"Request is still {where}", status=str(job.status))
-    outcome = job.outcome
-    headers = {}
-    if outcome.error_type is not None:
-        headers["x-fal-error-type"] = outcome.error_type
-    if outcome.error_type == "request_timeout":
-        headers["x-fal-request-timeout-type"] = "user"
-    return JSONResponse(outcome.body, status_code=outcome.http_status, headers=headers)
+    return responses.outcome(job.outcome)
 
 
 async def _cancel(res: Resources, job: Job) -> Response:

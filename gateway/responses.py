@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 
 from engine.api import AppError
 from gateway import protocol
+from gateway.jobs import Outcome
 from gateway.limits import retry_after_header
 
 REQUEST_ID = "x-fal-request-id"
@@ -70,3 +71,15 @@ def json_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not valid JSON ({exc})") from None
+
+
+def outcome(result: Outcome) -> JSONResponse:
+    """A finished request's answer (run surface, or a queue job's result) with its error headers.
+
+    A start timeout says ``x-fal-request-timeout-type: user``: clients do not retry those."""
+    headers = {}
+    if result.error_type is not None:
+        headers["x-fal-error-type"] = result.error_type
+    if result.error_type == "request_timeout":
+        headers["x-fal-request-timeout-type"] = "user"
+    return JSONResponse(result.body, status_code=result.http_status, headers=headers)

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from engine.api import Endpoint, FrameResult, StartTimeout
 from gateway import responses
@@ -109,9 +109,7 @@ async def handle(request: Request, path: str) -> Response | None:
         raise
     except StartTimeout as exc:
         res.meter.request(principal.key_id, app_id, surface, error_code="request_timeout")
-        outcome = timeout_outcome(exc.timeout_s)
-        headers = {"x-fal-error-type": "request_timeout", "x-fal-request-timeout-type": "user"}
-        return JSONResponse(outcome.body, status_code=outcome.http_status, headers=headers)
+        return responses.outcome(timeout_outcome(exc.timeout_s))
     res.meter.result(principal, app_id, surface, result, started)
     return await _respond(res, result, inp, base)
 
@@ -121,8 +119,7 @@ async def _respond(res: Resources, result: FrameResult, inp: BaseModel, base: st
         outcome = await run_outcome(result, inp, res.finaliser, base)
     except EngineGone as exc:
         return responses.error(503, exc.args[0], error_type="engine_unavailable")
-    headers = {"x-fal-error-type": outcome.error_type} if outcome.error_type else {}
-    return JSONResponse(outcome.body, status_code=outcome.http_status, headers=headers)
+    return responses.outcome(outcome)
 
 
 def _stream(
