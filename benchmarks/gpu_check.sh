@@ -70,7 +70,7 @@ phase() {  # phase NAME MIN_SECONDS COMMAND...: run COMMAND if MIN_SECONDS remai
     fi
 }
 
-BENCH=(python3 benchmarks/gpu_bench.py)
+BENCH=(python3 -m framewire.bench.gpu_bench)
 
 run_phase() {
     case $1 in
@@ -79,8 +79,8 @@ run_phase() {
         python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "cuda", torch.version.cuda)' | tee -a "$RESULTS/summary.txt"
         ;;
     weights)
-        phase weights-sd15 60 python3 -m gateway.cli init-weights --arch sd15 "$WEIGHTS/sd15" --device cuda --dtype float16
-        phase weights-sdxl 120 python3 -m gateway.cli init-weights --arch sdxl "$WEIGHTS/sdxl" --device cuda --dtype float16
+        phase weights-sd15 60 python3 -m framewire.cli init-weights --arch sd15 "$WEIGHTS/sd15" --device cuda --dtype float16
+        phase weights-sdxl 120 python3 -m framewire.cli init-weights --arch sdxl "$WEIGHTS/sdxl" --device cuda --dtype float16
         ;;
     lcm-eager)
         phase lcm-eager 60 "${BENCH[@]}" --out "$RESULTS/lcm-eager.json" --family sd15 --weights "$WEIGHTS/sd15" --mode img2img --steps 4 --strength 0.5 --size 512 --tiny-vae --backend eager --baseline

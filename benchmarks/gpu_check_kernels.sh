@@ -6,7 +6,7 @@
 # 1. tests/kernels against the compiled kernels on CUDA (FRAMEWIRE_TEST_DEVICE=cuda, no
 #    interpreter), CUDA graph and inductor tests included; tests needing diffusers skip
 #    where it is not installed. Only torch, triton and pytest are needed.
-# 2. benchmarks/kernels_bench.py: each kernel vs its eager and compiled reference, achieved
+# 2. framewire/bench/kernels_bench.py: each kernel vs its eager and compiled reference, achieved
 #    bandwidth against a device copy, and the goals.
 # Writes OUT_DIR/kernels_tests.log, kernels_bench.txt and kernels_bench.json; exits non-zero
 # if either step fails (the second still runs after a failed first).
@@ -31,6 +31,6 @@ status=0
 FRAMEWIRE_TEST_DEVICE=cuda TRITON_INTERPRET=0 PYTHONUNBUFFERED=1 timeout 300 \
     "$python" -m pytest -c "$ini" --rootdir=. --confcutdir=tests/kernels tests/kernels 2>&1 |
     tee "$out/kernels_tests.log" || status=1
-PYTHONUNBUFFERED=1 timeout 300 "$python" benchmarks/kernels_bench.py --out "$out/kernels_bench.json" 2>&1 |
+PYTHONUNBUFFERED=1 timeout 300 "$python" -m framewire.bench.kernels_bench --out "$out/kernels_bench.json" 2>&1 |
     tee "$out/kernels_bench.txt" || status=1
 exit "$status"

@@ -20,18 +20,18 @@ from pathlib import Path
 # defines the kernels when it is imported: set the interpreter here, before any test module
 # imports the engine, so that the kernels' tests (and the engine's kernels-on test) can run
 # them on the CPU. Engines elsewhere still run the torch references on the CPU unless a test
-# calls kernels.runtime.allow_cpu_interpreter(True); a GPU run sets TRITON_INTERPRET=0.
+# calls framewire.kernels.runtime.allow_cpu_interpreter(True); a GPU run sets TRITON_INTERPRET=0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import uvicorn
 from pydantic import BaseModel
 
-from engine.api import App, AppRegistry, realtime
-from engine.apps.echo import EchoApp
-from engine.host import LocalEngine
-from gateway.app import create_app
-from gateway.settings import Settings
+from framewire.engine.api import App, AppRegistry, realtime
+from framewire.engine.apps.echo import EchoApp
+from framewire.engine.host import LocalEngine
+from framewire.gateway.app import create_app
+from framewire.gateway.settings import Settings
 
 # Any accidental hub lookup fails fast, and random weights built by servers that tests start
 # go to a throwaway folder (subprocesses inherit both).
@@ -152,7 +152,7 @@ def serve_process(*args: str, env: dict[str, str] | None = None, port: int | Non
     Without a ``--data-dir`` in ``args`` the server gets a fresh temporary one.
     """
     port = free_port() if port is None else port
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
+    cmd = [sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
     if "--data-dir" not in args:
         cmd += ["--data-dir", tempfile.mkdtemp(prefix="framewire-test-")]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:

@@ -1,4 +1,4 @@
-"""The layers of DESIGN §2: gateway → engine.api → engine → kernels, never upwards."""
+"""The layers of DESIGN §2: gateway → framewire.engine.api → engine → kernels, never upwards."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "transformers", "triton", "numpy")
-WEB = ("starlette", "uvicorn", "fastapi", "websockets", "httpx", "gateway")
+WEB = ("starlette", "uvicorn", "fastapi", "websockets", "httpx", "sse_starlette", "framewire.gateway")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -25,39 +25,49 @@ def imports_of(path: Path) -> set[str]:
 
 
 def modules(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+    return sorted((ROOT / "framewire" / package).rglob("*.py"))
 
 
 def top(name: str) -> str:
     return name.split(".")[0]
 
 
+def within(name: str, package: str) -> bool:
+    """``name`` is ``package`` or one of its modules (``package`` may be dotted)."""
+    return name == package or name.startswith(package + ".")
+
+
 @pytest.mark.parametrize("path", modules("gateway"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_gateway_imports_only_the_torch_free_engine_api(path: Path) -> None:
     found = imports_of(path)
     assert not {n for n in found if top(n) in HEAVY}, f"{path.name} imports a heavy library"
-    if path.name != "cli.py":  # the composition root wires the engine in
-        engine_imports = {n for n in found if top(n) == "engine"}
-        assert engine_imports <= {"engine.api"}, f"{path.name} imports {engine_imports}"
+    engine_imports = {n for n in found if within(n, "framewire.engine") or within(n, "framewire.kernels")}
+    assert engine_imports <= {"framewire.engine.api"}, f"{path.name} imports {engine_imports}"
 
 
 @pytest.mark.parametrize("path", modules("engine"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_engine_imports_no_web_framework(path: Path) -> None:
-    assert not {n for n in imports_of(path) if top(n) in WEB}
+    found = imports_of(path)
+    assert not {n for n in found if any(within(n, web) for web in WEB)}
+    assert not {n for n in found if within(n, "framewire.bench") or within(n, "framewire.cli")}
 
 
 @pytest.mark.parametrize("path", modules("kernels"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_kernels_depend_only_on_torch_and_triton(path: Path) -> None:
-    allowed = {"torch", "triton", "kernels", "__future__"}
+    allowed = {"torch", "triton", "__future__"}
     stdlib = set(sys.stdlib_module_names)
-    assert {top(n) for n in imports_of(path)} <= allowed | stdlib
+    found = imports_of(path)
+    own = {n for n in found if top(n) == "framewire"}
+    assert all(within(n, "framewire.kernels") for n in own), f"{path.name} imports {own}"
+    assert {top(n) for n in found - own} <= allowed | stdlib
 
 
 def test_importing_the_gateway_loads_no_torch() -> None:
     code = (
-        "import sys, gateway.app, gateway.cli, gateway.realtime, gateway.session, engine.host, engine.apps.echo\n"
-        "import engine.apps.lcm, engine.apps.sdxl_turbo, gateway.settings\n"
-        "gateway.cli.build_registry(gateway.settings.Settings())  # constructing the diffusion apps\n"
+        "import sys, framewire.gateway.app, framewire.cli, framewire.gateway.realtime.endpoint\n"
+        "import framewire.gateway.realtime.session, framewire.engine.host, framewire.engine.apps.echo\n"
+        "import framewire.engine.apps.lcm, framewire.engine.apps.sdxl_turbo, framewire.gateway.settings\n"
+        "framewire.cli.build_registry(framewire.gateway.settings.Settings())  # constructing the diffusion apps\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -6,7 +6,7 @@ import os
 
 from pydantic import BaseModel
 
-from engine.api import App, realtime
+from framewire.engine.api import App, realtime
 
 
 class AnyInput(BaseModel):

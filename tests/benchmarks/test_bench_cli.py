@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 def bench(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "bench", *args],
+        [sys.executable, "-m", "framewire.cli", "bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -46,8 +46,12 @@ def test_smoke_run_measures_framewire_and_both_baselines(tmp_path: Path) -> None
         assert summary["latency_ms"]["p50"] > 0 and summary["server"]["rss_start_mb"] > 10
     assert sum(by_target["framewire"]["batch_sizes"].values()) == by_target["framewire"]["tally"]["ok"]
     fw_settings = by_target["framewire"]["server_settings"]
-    assert fw_settings["builtin_apps"] == ["echo"] and fw_settings["command"][:3] == ["-m", "gateway.cli", "serve"]
-    assert by_target["websockets"]["server_settings"]["command"][:3] == ["-m", "benchmarks.baselines", "websockets"]
+    assert fw_settings["builtin_apps"] == ["echo"] and fw_settings["command"][:3] == ["-m", "framewire.cli", "serve"]
+    assert by_target["websockets"]["server_settings"]["command"][:3] == [
+        "-m",
+        "framewire.bench.baselines",
+        "websockets",
+    ]
     assert doc["generator"]["event_loop"] in ("uvloop", "asyncio")
     ratios = doc["ratios"][doc["results"][0]["scenario"]]
     assert set(ratios) == {"starlette", "websockets"} and ratios["starlette"]["throughput"] > 0

@@ -12,8 +12,8 @@ import msgpack
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from benchmarks.loadgen import LoadSpec, Mode, generate, require_loopback
-from benchmarks.payload import FrameMaker
+from framewire.bench.loadgen import LoadSpec, Mode, generate, require_loopback
+from framewire.bench.payload import FrameMaker
 
 Behaviour = Callable[[ServerConnection, dict], "asyncio.Future[None] | None"]
 
@@ -147,8 +147,8 @@ async def test_one_frame_maker_is_needed_per_session() -> None:
 
 
 async def test_sessions_split_over_generator_processes_add_up(server: str) -> None:
-    from benchmarks.loadgen import generate_in_processes
-    from benchmarks.payload import _echo_check
+    from framewire.bench.loadgen import generate_in_processes
+    from framewire.bench.payload import _echo_check
 
     inputs = [{"image_url": b"\xff\xd8" + bytes(1000), "prompt": "p"} for _ in range(4)]
     result = await generate_in_processes(spec(f"{server}/echo", sessions=4), inputs, 2, check=_echo_check)
@@ -163,8 +163,8 @@ async def test_sessions_split_over_generator_processes_add_up(server: str) -> No
 def test_merging_per_process_results_adds_counts_and_pools_latencies() -> None:
     from collections import Counter
 
-    from benchmarks.loadgen import LoadResult, merge
-    from benchmarks.stats import Tally
+    from framewire.bench.loadgen import LoadResult, merge
+    from framewire.bench.stats import Tally
 
     def part(latency: float, errors: Counter[str]) -> LoadResult:
         return LoadResult(
@@ -192,7 +192,7 @@ def test_merging_per_process_results_adds_counts_and_pools_latencies() -> None:
 
 
 async def test_more_generator_processes_than_sessions_is_refused() -> None:
-    from benchmarks.loadgen import generate_in_processes
+    from framewire.bench.loadgen import generate_in_processes
 
     with pytest.raises(ValueError, match="processes"):
         await generate_in_processes(spec("ws://127.0.0.1:1/x", sessions=2), [{}, {}], 3)

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from PIL import Image
 
-from benchmarks.payload import (
+from framewire.bench.payload import (
     FrameMaker,
     _pad_with_comments,
     jpeg_dimensions,

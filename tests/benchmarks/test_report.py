@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.loadgen import LoadResult, LoadSpec
-from benchmarks.report import (
+from framewire.bench.loadgen import LoadResult, LoadSpec
+from framewire.bench.report import (
     BEGIN,
     END,
     Run,
@@ -17,8 +17,8 @@ from benchmarks.report import (
     summarize_runs,
     update_results_md,
 )
-from benchmarks.scenario import Scenario
-from benchmarks.stats import Tally
+from framewire.bench.scenario import Scenario
+from framewire.bench.stats import Tally
 
 
 def load_result(latencies: list[float], received: int, *, cpu_s: float = 1.0, lost: int = 0) -> LoadResult:

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.loadgen import Mode
-from benchmarks.scenario import (
+from framewire.bench.loadgen import Mode
+from framewire.bench.scenario import (
     CLOSED_16,
     HOLD_256,
     OPEN_64,
@@ -31,7 +31,7 @@ def test_expand_runs_a_repeated_value_once() -> None:
 
 
 def test_repeats_rotate_which_target_runs_first() -> None:
-    from benchmarks.bench import run_plan
+    from framewire.bench.bench import run_plan
 
     a, b = Scenario("a"), Scenario("b", targets=("framewire",))
     got = [(sc.name, target, rep) for sc, target, rep in run_plan([a, b], 2)]

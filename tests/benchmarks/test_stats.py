@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from benchmarks.stats import (
+from framewire.bench.stats import (
     SessionLedger,
     Tally,
     Window,

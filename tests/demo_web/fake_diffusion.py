@@ -11,7 +11,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from engine.api import App, realtime
+from framewire.engine.api import App, realtime
 
 DELAY_MS = 250.0
 

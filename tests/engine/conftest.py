@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config import DiffusionConfig
+from framewire.engine.config import DiffusionConfig
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from engine.weights import init_weights
+    from framewire.engine.weights import init_weights
 
     root = tmp_path_factory.mktemp("weights")
     return {arch: init_weights(arch, root / arch) for arch in ("tiny", "tiny-sdxl")}
@@ -43,7 +43,7 @@ def turbo_config(tiny_weights: dict[str, Path], lcm_config: DiffusionConfig) -> 
 
 @pytest.fixture(scope="session")
 def lcm_runner(lcm_config: DiffusionConfig) -> Iterator[object]:
-    from engine.runner import DiffusionRunner
+    from framewire.engine.runner import DiffusionRunner
 
     runner = DiffusionRunner("sd15", lcm_config, app="lcm", scheduler="LCMScheduler")
     yield runner
@@ -52,7 +52,7 @@ def lcm_runner(lcm_config: DiffusionConfig) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def turbo_runner(turbo_config: DiffusionConfig) -> Iterator[object]:
-    from engine.runner import DiffusionRunner
+    from framewire.engine.runner import DiffusionRunner
 
     runner = DiffusionRunner("sdxl", turbo_config, app="sdxl-turbo")
     yield runner
@@ -61,7 +61,7 @@ def turbo_runner(turbo_config: DiffusionConfig) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def lcm_app(lcm_config: DiffusionConfig) -> Iterator[object]:
-    from engine.apps.lcm import LcmApp
+    from framewire.engine.apps.lcm import LcmApp
 
     app = LcmApp(lcm_config)
     app.setup()
@@ -71,7 +71,7 @@ def lcm_app(lcm_config: DiffusionConfig) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def turbo_app(turbo_config: DiffusionConfig) -> Iterator[object]:
-    from engine.apps.sdxl_turbo import SdxlTurboApp
+    from framewire.engine.apps.sdxl_turbo import SdxlTurboApp
 
     app = SdxlTurboApp(turbo_config)
     app.setup()
@@ -84,6 +84,6 @@ def noise_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 
 def jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    from engine.imaging import encode_jpeg
+    from framewire.engine.imaging import encode_jpeg
 
     return encode_jpeg(noise_image(width, height, seed))

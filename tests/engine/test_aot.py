@@ -1,4 +1,4 @@
-"""Ahead-of-time compiled stages on the CPU (engine.aot): build, reuse, rebuild, fail clearly.
+"""Ahead-of-time compiled stages on the CPU (framewire.engine.aot): build, reuse, rebuild, fail clearly.
 
 A real AOTInductor compile of a small module (a convolution and a GroupNorm, as the UNet's
 blocks) in a child process: a few seconds, unlike the tiny UNet's minutes."""
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.aot import AotStage, compile_in_child, prune_unused, signature
-from engine.api import EngineError
+from framewire.engine.aot import AotStage, compile_in_child, prune_unused, signature
+from framewire.engine.api import EngineError
 
 pytestmark = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="AOTInductor needs a C compiler"

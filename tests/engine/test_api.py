@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from engine.api import App, AppRegistry, endpoint, realtime, split_app_id
-from engine.apps.echo import EchoApp
+from framewire.engine.api import App, AppRegistry, endpoint, realtime, split_app_id
+from framewire.engine.apps.echo import EchoApp
 from tests.conftest import BatchingApp
 
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine.config import Backend, DiffusionConfig
-from engine.runner import BatchKey, DiffusionRunner, Sample
+from framewire.engine.config import Backend, DiffusionConfig
+from framewire.engine.runner import BatchKey, DiffusionRunner, Sample
 
 
 @pytest.mark.parametrize(

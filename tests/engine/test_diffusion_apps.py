@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from engine.api import AppError, Progress
-from engine.apps.lcm import LcmApp, LcmInput
-from engine.apps.sdxl_turbo import SdxlTurboApp, TurboInput
-from engine.media import ImageOutput, sniff_size
-from engine.sampler import BatchKey
+from framewire.engine.api import AppError, Progress
+from framewire.engine.apps.lcm import LcmApp, LcmInput
+from framewire.engine.apps.sdxl_turbo import SdxlTurboApp, TurboInput
+from framewire.engine.media import ImageOutput, sniff_size
+from framewire.engine.sampler import BatchKey
 from tests.engine.conftest import jpeg, noise_image
 
 

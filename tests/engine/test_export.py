@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from engine.export import UNetForExport, export
-from engine.runner import DiffusionRunner
+from framewire.engine.export import UNetForExport, export
+from framewire.engine.runner import DiffusionRunner
 
 
 def test_the_tiny_unet_exports_to_onnx_and_onnxruntime_matches_torch(

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from engine.api import App, AppRegistry, EngineFault, EngineUnavailable, FrameResult, endpoint
-from engine.apps.echo import EchoApp, EchoInput
-from engine.host import BatchRecord, LocalEngine
+from framewire.engine.api import App, AppRegistry, EngineFault, EngineUnavailable, FrameResult, endpoint
+from framewire.engine.apps.echo import EchoApp, EchoInput
+from framewire.engine.host import BatchRecord, LocalEngine
 from tests.conftest import BatchingApp, SlowIn
 from tests.gateway.queue_apps import StepIn, SteppingApp
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import DiffusionConfig
-from engine.runner import BatchKey, DiffusionRunner, Sample
-from kernels import group_norm_silu as gns
-from kernels import postprocess as post
-from kernels import preprocess as pre
-from kernels import runtime
+from framewire.engine.config import DiffusionConfig
+from framewire.engine.runner import BatchKey, DiffusionRunner, Sample
+from framewire.kernels import group_norm_silu as gns
+from framewire.kernels import postprocess as post
+from framewire.kernels import preprocess as pre
+from framewire.kernels import runtime
 from tests.engine.conftest import noise_image
 
 pytest.importorskip("triton")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.api import EngineError, EngineFault
-from engine.runner import BatchKey, DiffusionRunner, PromptCache, Sample
+from framewire.engine.api import EngineError, EngineFault
+from framewire.engine.runner import BatchKey, DiffusionRunner, PromptCache, Sample
 from tests.engine.conftest import noise_image
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.scheduler import BatchScheduler, Frame, FrameBuffer
+from framewire.engine.scheduler import BatchScheduler, Frame, FrameBuffer
 
 
 def frame(name: str, t: float = 0.0, key: object = None) -> Frame:

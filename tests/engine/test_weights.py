@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import weights
-from engine.config import Backend, DiffusionConfig
+from framewire.engine import weights
+from framewire.engine.config import Backend, DiffusionConfig
 from tests.conftest import ROOT
 
 
@@ -93,7 +93,7 @@ def test_a_hub_id_offline_fails_with_what_to_do(tmp_path: Path, monkeypatch: pyt
 def test_framewire_pull_offline_exits_with_a_clear_message(tmp_path: Path) -> None:
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "pull", "lcm"],
+        [sys.executable, "-m", "framewire.cli", "pull", "lcm"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -106,7 +106,7 @@ def test_framewire_pull_offline_exits_with_a_clear_message(tmp_path: Path) -> No
 
 def test_framewire_init_weights_writes_a_loadable_folder(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "init-weights", "--arch", "tiny-sdxl", str(tmp_path / "w")],
+        [sys.executable, "-m", "framewire.cli", "init-weights", "--arch", "tiny-sdxl", str(tmp_path / "w")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -117,7 +117,7 @@ def test_framewire_init_weights_writes_a_loadable_folder(tmp_path: Path) -> None
 
 
 def test_weights_of_the_wrong_family_are_refused(tmp_path: Path) -> None:
-    from engine.runner import DiffusionRunner
+    from framewire.engine.runner import DiffusionRunner
 
     folder = weights.init_weights("tiny-sdxl", tmp_path / "xl")
     with pytest.raises(ValueError, match="SDXL pipeline; lcm needs a sd15 pipeline"):
@@ -125,8 +125,8 @@ def test_weights_of_the_wrong_family_are_refused(tmp_path: Path) -> None:
 
 
 def test_an_unavailable_backend_is_a_start_up_error_not_a_fallback(tmp_path: Path) -> None:
-    from engine.backend import BackendUnavailable
-    from engine.runner import DiffusionRunner
+    from framewire.engine.backend import BackendUnavailable
+    from framewire.engine.runner import DiffusionRunner
 
     folder = weights.init_weights("tiny", tmp_path / "t")
     config = DiffusionConfig(weights=str(folder), device="cpu", backend=Backend.TENSORRT, cache_dir=tmp_path)
@@ -135,7 +135,7 @@ def test_an_unavailable_backend_is_a_start_up_error_not_a_fallback(tmp_path: Pat
 
 
 def test_a_missing_gpu_is_a_start_up_error(tmp_path: Path) -> None:
-    from engine.runner import resolve_device
+    from framewire.engine.runner import resolve_device
 
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda:1")

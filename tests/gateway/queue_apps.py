@@ -8,7 +8,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from engine.api import App, InputError, Progress, endpoint
+from framewire.engine.api import App, InputError, Progress, endpoint
 
 
 class StepIn(BaseModel):

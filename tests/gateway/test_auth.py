@@ -5,7 +5,7 @@ import time
 import jwt
 import pytest
 
-from gateway.auth import (
+from framewire.gateway.platform.auth import (
     Authenticator,
     AuthError,
     Principal,

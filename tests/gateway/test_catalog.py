@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from engine.api import AppRegistry
-from engine.apps.echo import EchoApp
-from engine.host import LocalEngine
-from gateway.app import create_app
-from gateway.settings import Settings
+from framewire.engine.api import AppRegistry
+from framewire.engine.apps.echo import EchoApp
+from framewire.engine.host import LocalEngine
+from framewire.gateway.app import create_app
+from framewire.gateway.settings import Settings
 from tests.conftest import BatchingApp
 from tests.gateway.queue_apps import SteppingApp
 

@@ -14,15 +14,15 @@ import pytest
 import websockets
 from PIL import Image
 
-from engine.apps.lcm import LcmApp
-from engine.config import DiffusionConfig
-from gateway.settings import Settings
+from framewire.engine.apps.lcm import LcmApp
+from framewire.engine.config import DiffusionConfig
+from framewire.gateway.settings import Settings
 from tests.conftest import live_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from engine.weights import init_weights
+    from framewire.engine.weights import init_weights
 
     folder = init_weights("tiny", tmp_path_factory.mktemp("weights") / "tiny")
     config = DiffusionConfig(weights=str(folder), device="cpu", warmup_sizes=((64, 64),), cache_dir=Path(folder).parent)

@@ -21,7 +21,7 @@ from tests.conftest import ROOT, free_port, wait_ready
 
 def start(data_dir: Path, port: int, queue_port: int, log_path: Path) -> subprocess.Popen[bytes]:
     cmd = [
-        *(sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--queue-port", str(queue_port)),
+        *(sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--queue-port", str(queue_port)),
         *("--data-dir", str(data_dir), "--queue-jobs-in-flight", "1", "--shutdown-timeout-s", "20"),
         *("--log-level", "info"),
     ]

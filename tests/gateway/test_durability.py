@@ -20,7 +20,7 @@ JOBS = 24
 
 def start(data_dir: Path, port: int, count_file: Path) -> subprocess.Popen[str]:
     cmd = [
-        sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning",
+        sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--log-level", "warning",
         "--data-dir", str(data_dir), "--app", "tests.gateway.queue_apps:CountingApp",
     ]  # fmt: skip
     env = {**os.environ, "FRAMEWIRE_TEST_COUNT_FILE": str(count_file)}

@@ -154,7 +154,7 @@ def test_only_the_hosts_changed_over_tls_queue_and_run(tmp_path: Path) -> None:
     cert, key = make_self_signed_cert(tmp_path)
     port, queue_port = free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--queue-port", str(queue_port),
+        sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--queue-port", str(queue_port),
         "--ssl-certfile", cert, "--ssl-keyfile", key, "--data-dir", str(tmp_path / "data"), "--log-level", "warning",
         "--app", APP,
     ]  # fmt: skip

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from gateway.addresses import not_public
-from gateway.files import FileStore
-from gateway.inputs import FetchError, InputFetcher
+from framewire.gateway.requests.addresses import not_public
+from framewire.gateway.requests.inputs import FetchError, InputFetcher
+from framewire.gateway.storage.store import FileStore
 
 ADDRESSES = {
     "cdn.example": "93.184.215.14",

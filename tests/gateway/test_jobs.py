@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.db import Database, DatabaseClosed, Migration
-from gateway.jobs import MIGRATIONS, CancelResult, JobStatus, NewJob, Outcome, Priority, QueueFull, SqliteJobStore
+from framewire.gateway.db import Database, DatabaseClosed, Migration
+from framewire.gateway.requests.jobs import (
+    MIGRATIONS,
+    CancelResult,
+    JobStatus,
+    NewJob,
+    Outcome,
+    Priority,
+    QueueFull,
+    SqliteJobStore,
+)
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
-from gateway.app import MIGRATIONS
-from gateway.auth import Authenticator, AuthError, Limits, StaticKeys, TokenIssuer
-from gateway.db import Database
-from gateway.keys import KeyChain, KeyStore, NewKey
+from framewire import cli
+from framewire.gateway.app import MIGRATIONS
+from framewire.gateway.db import Database
+from framewire.gateway.platform.auth import Authenticator, AuthError, Limits, StaticKeys, TokenIssuer
+from framewire.gateway.platform.keys import KeyChain, KeyStore, NewKey
 
 SECRET = "token-secret-0123456789abcdef0123456789"
 

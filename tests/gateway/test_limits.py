@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth import Limits, Principal
-from gateway.limits import Limiter, RateLimiter, retry_after_header
+from framewire.gateway.platform.auth import Limits, Principal
+from framewire.gateway.platform.limits import Limiter, RateLimiter, retry_after_header
 
 
 class Clock:

@@ -18,8 +18,8 @@ import msgpack
 import pytest
 import websockets
 
-from engine.apps.echo import EchoApp
-from gateway.settings import Settings
+from framewire.engine.apps.echo import EchoApp
+from framewire.gateway.settings import Settings
 from tests.conftest import ROOT, BatchingApp, live_server, serve_process
 
 KEY = "k1:s3cret"

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import websockets
 
-from gateway import logs
+from framewire.gateway.platform import logs
 from tests.conftest import ROOT, free_port, wait_ready
 
 KEY = "k1:supersecretvalue-0123456789"
@@ -59,7 +59,7 @@ def test_a_real_server_logs_requests_and_sessions_without_credentials(tmp_path: 
     port = free_port()
     log_path = tmp_path / "server.log"
     cmd = [
-        *(sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+        *(sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
         *("--auth", "--api-key", KEY, "--log-level", "info", "--token-secret", "s" * 40),
     ]
     with log_path.open("w") as log_file, subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=log_file) as proc:

@@ -10,12 +10,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from engine.api import AppRegistry
-from engine.apps.echo import EchoApp
-from engine.host import LocalEngine
-from gateway.app import create_app
-from gateway.metrics import Metrics
-from gateway.settings import Settings
+from framewire.engine.api import AppRegistry
+from framewire.engine.apps.echo import EchoApp
+from framewire.engine.host import LocalEngine
+from framewire.gateway.app import create_app
+from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.settings import Settings
 from tests.conftest import BatchingApp
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

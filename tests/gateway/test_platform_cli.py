@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
-from gateway import settings as s
-from gateway.app import MIGRATIONS
-from gateway.db import Database
-from gateway.usage import UsageMeter
+from framewire import cli
+from framewire.gateway import settings as s
+from framewire.gateway.app import MIGRATIONS
+from framewire.gateway.db import Database
+from framewire.gateway.platform.usage import UsageMeter
 from tests.conftest import ROOT, free_port, serve_process
 
 
 def test_auth_without_any_key_is_a_startup_error_naming_both_fixes(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--auth", "--port", str(free_port())]
+    cmd = [sys.executable, "-m", "framewire.cli", "serve", "--auth", "--port", str(free_port())]
     done = subprocess.run([*cmd, "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "--api-key" in done.stderr and "framewire keys create" in done.stderr

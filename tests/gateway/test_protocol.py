@@ -6,8 +6,8 @@ import msgpack
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from gateway import protocol
-from gateway.protocol import ErrorCode, ProtocolError
+from framewire.gateway.realtime import protocol
+from framewire.gateway.realtime.protocol import ErrorCode, ProtocolError
 
 
 def test_error_message_is_compact_json_text_as_fal_clients_expect() -> None:

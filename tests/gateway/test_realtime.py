@@ -12,11 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from engine.api import AppRegistry
-from engine.apps.echo import EchoApp
-from engine.host import LocalEngine
-from gateway.app import create_app
-from gateway.settings import Settings
+from framewire.engine.api import AppRegistry
+from framewire.engine.apps.echo import EchoApp
+from framewire.engine.host import LocalEngine
+from framewire.gateway.app import create_app
+from framewire.gateway.settings import Settings
 from tests.conftest import BatchingApp
 
 KEY = "k1:s3cret"

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.apps.echo import EchoApp
-from gateway.settings import Settings
+from framewire.engine.apps.echo import EchoApp
+from framewire.gateway.settings import Settings
 from tests.conftest import live_server
 from tests.gateway.queue_apps import PNG_HEADER, ImageApp, NanApp, SteppingApp
 

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from gateway import settings as s
+from framewire.gateway import settings as s
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -57,8 +57,8 @@ def test_kernels_are_on_by_default_and_switch_off_by_flag_or_env() -> None:
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_serve_hands_the_kernels_setting_to_the_kernels_package(flag: bool) -> None:
-    from gateway import cli
-    from kernels import runtime
+    from framewire import cli
+    from framewire.kernels import runtime
 
     before = runtime.enabled()
     try:
@@ -90,7 +90,7 @@ def test_max_batch_size_cap_comes_from_flag_or_env_and_must_be_positive() -> Non
 
 
 def test_engine_options_parse_and_reach_the_diffusion_apps() -> None:
-    from gateway.cli import build_registry, diffusion_configs
+    from framewire.cli import build_registry, diffusion_configs
 
     got = s.from_sources(
         parse(["--weights", "lcm=/models/lcm", "--backend", "compile", "--batch-buckets", "1,4", "--tiny-vae"]),
@@ -122,7 +122,7 @@ def test_bad_engine_options_name_the_flag(argv: list[str], message: str) -> None
 
 
 def test_weights_for_an_unknown_app_are_refused() -> None:
-    from gateway.cli import diffusion_configs
+    from framewire.cli import diffusion_configs
 
     with pytest.raises(ValueError, match="no diffusion app 'echo'"):
         diffusion_configs(s.from_sources(parse(["--weights", "echo=/x"]), {}))

@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from engine.apps.echo import EchoApp
-from gateway.files import FileStore, FileTooLarge, safe_name
-from gateway.settings import Settings
+from framewire.engine.apps.echo import EchoApp
+from framewire.gateway.settings import Settings
+from framewire.gateway.storage.store import FileStore, FileTooLarge, safe_name
 from tests.conftest import live_server
 
 KEY = "k1:s3cret"

@@ -13,15 +13,15 @@ import msgpack
 import pytest
 from starlette.testclient import TestClient
 
-from engine.api import AppRegistry
-from engine.apps.echo import EchoApp
-from engine.host import LocalEngine
-from gateway.app import create_app
-from gateway.auth import Principal
-from gateway.files import FileStore
-from gateway.outputs import OutputFinaliser, data_uri, sniff_content_type
-from gateway.settings import Settings
-from gateway.surface import is_queue
+from framewire.engine.api import AppRegistry
+from framewire.engine.apps.echo import EchoApp
+from framewire.engine.host import LocalEngine
+from framewire.gateway.app import create_app
+from framewire.gateway.platform.auth import Principal
+from framewire.gateway.requests.outputs import OutputFinaliser, data_uri, sniff_content_type
+from framewire.gateway.settings import Settings
+from framewire.gateway.storage.store import FileStore
+from framewire.gateway.surface import is_queue
 from tests.gateway.queue_apps import PNG_HEADER, ImageApp, SteppingApp
 
 

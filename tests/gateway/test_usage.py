@@ -12,14 +12,14 @@ import msgpack
 import pytest
 from starlette.testclient import TestClient
 
-from engine.api import AppRegistry
-from engine.apps.echo import EchoApp
-from engine.host import BatchRecord, LocalEngine
-from gateway import cli
-from gateway.app import MIGRATIONS, create_app
-from gateway.db import Database
-from gateway.settings import Settings
-from gateway.usage import UsageMeter, UsageQuery, parse_time
+from framewire import cli
+from framewire.engine.api import AppRegistry
+from framewire.engine.apps.echo import EchoApp
+from framewire.engine.host import BatchRecord, LocalEngine
+from framewire.gateway.app import MIGRATIONS, create_app
+from framewire.gateway.db import Database
+from framewire.gateway.platform.usage import UsageMeter, UsageQuery, parse_time
+from framewire.gateway.settings import Settings
 from tests.conftest import BatchingApp
 
 ROOT = {"authorization": "Key root:rootsecret-0123456789"}

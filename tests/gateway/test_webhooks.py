@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks.webhooks import Webhook
 
-from gateway.settings import Settings
-from gateway.webhooks import retry_delay_s
+from framewire.gateway.requests.webhooks import retry_delay_s
+from framewire.gateway.settings import Settings
 from tests.conftest import ROOT, live_server
 from tests.gateway.queue_apps import SteppingApp
 
@@ -176,10 +176,10 @@ def test_default_schedule_spreads_ten_tries_over_about_two_hours() -> None:
 
 
 def test_webhook_key_command_prints_the_key_the_server_signs_with(tmp_path: Path) -> None:
-    from gateway.webhooks import WebhookSigner, load_signing_key
+    from framewire.gateway.requests.webhooks import WebhookSigner, load_signing_key
 
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "webhook-key", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "framewire.cli", "webhook-key", "--data-dir", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -205,8 +205,8 @@ async def test_webhooks_to_private_addresses_are_refused_unless_allowed(tmp_path
             assert unknown.status_code == 400 and "cannot resolve" in unknown.json()["detail"]
 
     # Delivery checks again (a name's answer may change after the submit): no request is sent.
-    from gateway.jobs import Delivery
-    from gateway.webhooks import WebhookDeliverer, WebhookSigner, load_signing_key
+    from framewire.gateway.requests.jobs import Delivery
+    from framewire.gateway.requests.webhooks import WebhookDeliverer, WebhookSigner, load_signing_key
 
     signer = WebhookSigner(load_signing_key(tmp_path / "webhook_ed25519.pem"))
     deliverer = WebhookDeliverer(None, signer, timeout_s=1, max_attempts=1, retry_base_s=1)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from kernels import runtime
+from framewire.kernels import runtime
 
 DEVICE = torch.device(os.environ.get("FRAMEWIRE_TEST_DEVICE", "cpu"))
 

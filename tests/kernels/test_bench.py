@@ -18,7 +18,7 @@ def test_benchmark_runs_every_op_against_its_reference(tmp_path: Path) -> None:
     out = tmp_path / "kernels.json"
     env = os.environ | {"TRITON_INTERPRET": "1"} if os.environ.get("FRAMEWIRE_TEST_DEVICE", "cpu") == "cpu" else None
     done = subprocess.run(
-        [sys.executable, "benchmarks/kernels_bench.py", "--quick", "--no-compile", "--out", str(out)],
+        [sys.executable, "-m", "framewire.bench.kernels_bench", "--quick", "--no-compile", "--out", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,

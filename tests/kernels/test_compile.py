@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import group_norm_silu as gns, postprocess as post, preprocess as pre
+from framewire.kernels import group_norm_silu as gns, postprocess as post, preprocess as pre
 
 POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.uint8: "*u8",
            torch.int64: "*i64"}

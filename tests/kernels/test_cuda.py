@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import group_norm_silu as gns
-from kernels import postprocess as post
-from kernels import preprocess as pre
+from framewire.kernels import group_norm_silu as gns
+from framewire.kernels import postprocess as post
+from framewire.kernels import preprocess as pre
 from tests.kernels.conftest import DEVICE, TOLERANCES, require_kernel
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs FRAMEWIRE_TEST_DEVICE=cuda and a GPU")

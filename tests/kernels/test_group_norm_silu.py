@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import group_norm_silu as gns
-from kernels import runtime
+from framewire.kernels import group_norm_silu as gns
+from framewire.kernels import runtime
 from tests.kernels.conftest import DEVICE, FLOAT_DTYPES, TOLERANCES, require_kernel
 
 # (shape, groups): channels per group 1..20, pixels not multiples of any block, 3-d to 5-d,

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from kernels import postprocess as post
-from kernels import runtime
+from framewire.kernels import postprocess as post
+from framewire.kernels import runtime
 from tests.kernels.conftest import DEVICE, FLOAT_DTYPES, poisoned, require_kernel
 
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from kernels import preprocess as pre
-from kernels import runtime
+from framewire.kernels import preprocess as pre
+from framewire.kernels import runtime
 from tests.kernels.conftest import DEVICE, FLOAT_DTYPES, TOLERANCES, poisoned, require_kernel
 
 OUT_H, OUT_W = 37, 29  # 1073 pixels: one full block of 1024 and a ragged one

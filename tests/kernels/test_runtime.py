@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernels import runtime
+from framewire.kernels import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_guard_names_why_a_kernel_cannot_run() -> None:
 
 
 def test_interpreted_kernels_take_cpu_tensors_only_when_allowed() -> None:
-    from kernels import postprocess
+    from framewire.kernels import postprocess
 
     if postprocess._postprocess_kernel is None or not runtime.interpreted(postprocess._postprocess_kernel):
         pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1)")
@@ -95,7 +95,7 @@ def test_every_op_works_without_triton() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
         import torch
         import torch.nn.functional as F
-        from kernels import group_norm_silu, postprocess, preprocess
+        from framewire.kernels import group_norm_silu, postprocess, preprocess
 
         images = [torch.randint(0, 256, (6, 5, 3), dtype=torch.uint8)]
         x = preprocess.preprocess(images, torch.empty(1, 3, 4, 4))
@@ -112,38 +112,7 @@ def test_every_op_works_without_triton() -> None:
     assert done.stderr.count("runs its torch reference") == 3, done.stderr
 
 
-def test_diffusers_and_transformers_never_take_this_package_for_hugging_face_kernels() -> None:
-    """Both libraries probe an importable top-level ``kernels`` (the hub's kernel loader) and
-    would then ``from kernels import get_kernel``. This project's ``kernels`` is installed under
-    the distribution ``framewire``, so neither may report it available, nor import it."""
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
-    done = run_python(
-        """
-        import importlib.metadata, importlib.util, sys, warnings
-        warnings.simplefilter("ignore")  # import-time notices of optional dependencies
-        assert importlib.util.find_spec("kernels") is not None, "this project's package must be importable here"
-        from diffusers.utils import import_utils as diffusers_utils
-        from transformers.utils import import_utils as transformers_utils
-        assert diffusers_utils.is_kernels_available() is False, "diffusers believes hub kernels are installed"
-        assert transformers_utils.is_kernels_available() is False, "transformers believes hub kernels are installed"
-        assert "kernels" not in sys.modules, "probing must not import this project's package"
-        try:
-            importlib.metadata.version("kernels")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-        else:
-            raise AssertionError("a distribution named 'kernels' is installed: the names now clash")
-        import kernels
-        assert not hasattr(kernels, "get_kernel") and not hasattr(kernels, "__version__")
-        print("ok")
-        """
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert done.stdout.strip() == "ok"
-
-
 def test_the_runtime_imports_without_torch() -> None:
     """The server's command line configures the switch before (and without) loading torch."""
-    done = run_python("import sys, kernels, kernels.runtime; assert 'torch' not in sys.modules, 'torch loaded'")
+    done = run_python("import sys, framewire.kernels.runtime; assert 'torch' not in sys.modules, 'torch loaded'")
     assert done.returncode == 0, done.stderr

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import group_norm_silu as gns
-from kernels import runtime
+from framewire.kernels import group_norm_silu as gns
+from framewire.kernels import runtime
 from tests.kernels.conftest import DEVICE, require_kernel
 
 diffusers = pytest.importorskip("diffusers")

@@ -1,4 +1,0 @@
-"""FrameWire's engine: apps, batch scheduling and model runners.
-
-``engine.api`` is the torch-free contract the gateway uses; the rest may use torch.
-"""

@@ -1,0 +1,7 @@
+"""``python -m framewire`` is the ``framewire`` command."""
+
+import sys
+
+from framewire.cli import main
+
+sys.exit(main())

@@ -1,0 +1,487 @@
+"""``framewire``: the command line and the composition root (settings → engine → uvicorn).
+
+It sits above both the gateway and the engine, and is the one place that wires the
+engine's runtime into the server; the gateway itself sees only ``framewire.engine.api``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from framewire.engine.api import App, AppRegistry
+from framewire.engine.config import Backend, DiffusionConfig, default_cache_dir, parse_size
+from framewire.gateway import settings as settings_mod
+from framewire.gateway.settings import Settings
+
+log = logging.getLogger("framewire")
+
+#: Built-in apps by short name: ``module:ClassName``.
+BUILTIN_APPS: dict[str, str] = {
+    "echo": "framewire.engine.apps.echo:EchoApp",
+    "lcm": "framewire.engine.apps.lcm:LcmApp",
+    "sdxl-turbo": "framewire.engine.apps.sdxl_turbo:SdxlTurboApp",
+}
+#: The built-in apps that take a :class:`framewire.engine.config.DiffusionConfig` (weights, device, backend).
+DIFFUSION_APPS = ("lcm", "sdxl-turbo")
+
+
+def load_object(spec: str) -> object:
+    """Import ``module:attr`` (``attr`` may be dotted). Errors name the spec."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--app {spec!r}: expected module:object")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--app {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"--app {spec!r}: {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def instantiate_app(obj: object, spec: str) -> App:
+    if isinstance(obj, type) and issubclass(obj, App):
+        return obj()
+    if isinstance(obj, App):
+        return obj
+    if callable(obj):
+        made = obj()
+        if isinstance(made, App):
+            return made
+    raise ValueError(f"--app {spec!r}: expected an framewire.engine.api.App subclass or instance")
+
+
+def diffusion_configs(settings: Settings) -> dict[str, DiffusionConfig]:
+    """The engine settings of each built-in diffusion app, by short name."""
+    weights: dict[str, str] = {}
+    for spec in settings.weights:
+        name, _, where = spec.partition("=")
+        if name not in DIFFUSION_APPS:
+            raise ValueError(f"--weights {spec!r}: no diffusion app {name!r}; choose from {', '.join(DIFFUSION_APPS)}")
+        weights[name] = where
+    cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
+    common = {
+        "device": settings.device,
+        "backend": Backend(settings.backend),
+        "dtype": settings.dtype,
+        "tiny_vae": settings.tiny_vae,
+        "cache_dir": cache_dir,
+        "batch_buckets": settings.batch_buckets,
+        "warmup_sizes": tuple(parse_size(s) for s in settings.warmup_sizes) or None,
+    }
+    return {name: DiffusionConfig(weights=weights.get(name), **common) for name in DIFFUSION_APPS}  # type: ignore[arg-type]
+
+
+def build_registry(settings: Settings) -> AppRegistry:
+    registry = AppRegistry()
+    configs = diffusion_configs(settings)
+    for name in settings.builtin_apps:
+        if name not in BUILTIN_APPS:
+            raise ValueError(f"unknown built-in app {name!r}; choose from {', '.join(BUILTIN_APPS)}")
+        spec = BUILTIN_APPS[name]
+        obj = load_object(spec)
+        if name in configs and isinstance(obj, type):
+            obj = obj(configs[name])  # diffusion apps take their engine settings
+        registry.add(instantiate_app(obj, spec))
+    for spec in settings.apps:
+        registry.add(instantiate_app(load_object(spec), spec))
+    if not len(registry):
+        raise ValueError("no apps to serve: give --builtin-apps or --app")
+    return registry
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"framewire: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def configure_kernels(settings: Settings) -> None:
+    """Hand the kernels switch to the kernels package before any model loads (it never reads it again)."""
+    from framewire.kernels import runtime
+
+    runtime.configure(enabled=settings.kernels)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
+    import uvicorn
+
+    from framewire.engine.host import LocalEngine
+    from framewire.gateway.app import create_app
+    from framewire.gateway.drain import DrainingServer
+    from framewire.gateway.platform.metrics import Metrics
+
+    configure_kernels(settings)
+    registry = build_registry(settings)
+    metrics = Metrics()  # platform: the engine reports each batch to the metrics
+    engine = LocalEngine(
+        registry,
+        queue_delay_override_ms=settings.max_queue_delay_ms,
+        max_batch_size_cap=settings.max_batch_size,
+        on_batch=metrics.on_batch,
+    )
+    app = create_app(settings, engine, metrics=metrics)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        ws_per_message_deflate=False,  # ~7 ms per 100 KB JPEG frame, for no gain on JPEG
+        ws_max_size=4 * settings.max_frame_bytes,  # hard cap (close 1009); the soft cap is per frame
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        log_config=None,  # our formatter (gateway.platform.logs) handles uvicorn's loggers too
+        access_log=False,  # uvicorn logs query strings (tokens); platform.logs logs requests
+    )
+    sockets = [_bind(settings.host, settings.port)]
+    if settings.queue_port is not None:
+        sockets.append(_bind(settings.host, settings.queue_port))
+    scheme = "https" if settings.ssl_certfile else "http"
+    print(
+        f"FrameWire serving {', '.join(a.app_id for a in registry)} on {scheme}://{settings.host}:{settings.port}"
+        + (f" (queue on port {settings.queue_port})" if settings.queue_port else "")
+        + (" with auth" if settings.auth else " without auth"),
+        flush=True,
+    )
+    random_weights = [
+        name
+        for name, cfg in diffusion_configs(settings).items()
+        if name in settings.builtin_apps and cfg.weights is None
+    ]
+    if random_weights:
+        print(
+            f"\n  !! {', '.join(random_weights)}: no --weights given, serving TINY RANDOM weights."
+            "\n  !! Their outputs are noise. For real images: framewire pull lcm (or sdxl-turbo),"
+            "\n  !! then framewire serve --weights lcm=DIR  (see README, 'Diffusion apps').\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    DrainingServer(config, app.state.framewire, settings.shutdown_timeout_s).run(sockets=sockets)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from framewire.gateway.platform import logs
+
+    try:
+        settings = settings_mod.from_sources(args)
+        logs.configure(settings.log_level, settings.log_format)
+        serve(settings)
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_apps(args: argparse.Namespace) -> int:
+    try:
+        registry = build_registry(settings_mod.from_sources(args))
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    for app in registry:
+        names = registry.names_of(app)
+        for path, ep in registry.endpoints_of(app).items():
+            kind = "realtime" if ep.spec.realtime else "endpoint"
+            print(f"{'/'.join(p for p in (app.app_id, path) if p)}\t{kind}\tmax_batch_size={ep.max_batch_size}")
+        if len(names) > 1:
+            print(f"  aliases: {', '.join(n for n in names if n != app.app_id)}")
+    return 0
+
+
+def _cmd_webhook_key(args: argparse.Namespace) -> int:
+    """Print the webhook signing key's public forms (created on first use)."""
+    import json
+    from pathlib import Path
+
+    from framewire.gateway.requests.webhooks import WebhookSigner, load_signing_key
+
+    try:
+        settings = settings_mod.from_sources(args)
+        signer = WebhookSigner(load_signing_key(Path(settings.data_dir) / "webhook_ed25519.pem"))
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"jwks": signer.jwks(), "standard_webhooks_public_key": signer.standard_public_key}, indent=2))
+    return 0
+
+
+def _cmd_bench(argv: Sequence[str]) -> int:
+    from framewire.bench.bench import main as bench_main  # the harness and its plotting stack load only here
+
+    return bench_main(argv)
+
+
+# -- platform: keys, usage, health -----------------------------------------------------------
+
+
+def _run_with_db(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    """Open the data dir's store (migrating it), run ``work(db)``, close it."""
+    import asyncio
+    from pathlib import Path
+
+    from framewire.gateway.app import MIGRATIONS
+    from framewire.gateway.db import Database
+
+    async def main() -> int:
+        db = Database(Path(settings.data_dir) / "framewire.db", MIGRATIONS)
+        await db.open()
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """``framewire keys create|list|revoke``: works on the store directly, with or without a running server."""
+    import json
+
+    from framewire.gateway.platform.auth import Limits
+    from framewire.gateway.platform.keys import KeyStore, NewKey, parse_apps
+
+    try:
+        settings = settings_mod.from_sources({"data_dir": args.data_dir})
+        new = None
+        if args.keys_command == "create":
+            limits = Limits(args.requests_per_s, args.max_sessions, args.frames_per_s)
+            new = NewKey(args.name or "", parse_apps(args.app), args.admin, limits)
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(db: Any) -> int:
+        store = KeyStore(db)
+        if new is not None:
+            record, key = await store.create(new)
+            if args.json:
+                print(json.dumps({**record.to_json(), "key": key}, indent=2))
+            else:
+                print(key)
+                print(f"  id {record.id}; the secret is shown only now: store it safely", file=sys.stderr)
+            return 0
+        if args.keys_command == "list":
+            records = await store.list(include_revoked=args.all)
+            if args.json:
+                print(json.dumps([r.to_json() for r in records], indent=2))
+                return 0
+            print("ID\tNAME\tAPPS\tADMIN\tREQ/S\tSESSIONS\tFRAMES/S\tCREATED\tREVOKED")
+            for r in records:
+                lim = r.limits
+                cells = [
+                    r.id,
+                    r.name or "-",
+                    ",".join(r.apps) if r.apps is not None else "*",
+                    "yes" if r.admin else "no",
+                    *("-" if v is None else f"{v:g}" for v in (lim.requests_per_s, lim.max_sessions, lim.frames_per_s)),
+                    r.to_json()["created_at"],
+                    r.to_json()["revoked_at"] or "-",
+                ]
+                print("\t".join(cells))
+            return 0
+        revoked = await store.revoke(args.key_id)
+        if revoked is None:
+            print(f"framewire: no key with id {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {revoked.id} (a running server stops accepting it within a second)")
+        return 0
+
+    return _run_with_db(settings, work)
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    """``framewire usage``: usage from the store (a running server writes it every few seconds)."""
+    import json
+    import time
+
+    from framewire.gateway.platform.usage import UsageQuery, parse_time, report_json, select
+
+    try:
+        settings = settings_mod.from_sources({"data_dir": args.data_dir})
+        end = parse_time(args.end, "--end") if args.end else None
+        start = parse_time(args.start, "--start") if args.start else (end or time.time()) - 24 * 3600
+        query = UsageQuery(key_id=args.key_id, app=args.app, start=start, end=end, granularity=args.granularity)
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(db: Any) -> int:
+        rows = await db.read(lambda conn: select(conn, query))
+        report = report_json(query, rows)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return 0
+        print("BUCKET\tKEY\tAPP\tREQUESTS\tOUTPUTS\tERRORS\tCOMPUTE_MS")
+        for entry in report["time_series"]:
+            for r in entry["results"]:
+                cells = (entry["bucket"] or "total", r["key_id"], r["app"], r["requests"], r["outputs"], r["errors"])
+                print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}")
+        t = report["totals"]
+        print(f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}")
+        return 0
+
+    return _run_with_db(settings, work)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server answers ``/health`` (or ``/ready`` with ``--ready``) with 200.
+
+    Without ``--url`` it asks this machine's server, on the port and scheme the
+    ``FRAMEWIRE_*`` settings give (a container's health check needs no arguments). It does
+    not verify a TLS certificate: it checks that the server answers, not who it is.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    base = args.url
+    if base is None:
+        names = ("host", "port", "ssl_certfile", "ssl_keyfile")
+        try:
+            settings = settings_mod.from_sources({}, options=[o for o in settings_mod.OPTIONS if o.name in names])
+        except ValueError as exc:
+            print(f"framewire: {exc}", file=sys.stderr)
+            return 2
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        base = f"{'https' if settings.ssl_certfile else 'http'}://{host}:{settings.port}"
+    url = base.rstrip("/") + ("/ready" if args.ready else "/health")
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout_s, context=context) as response:
+            ok = response.status == 200
+    except urllib.error.HTTPError as exc:
+        print(f"framewire: {url} answered {exc.code}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"framewire: {url} did not answer ({exc})", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+def _add_platform_commands(sub: Any) -> None:
+    data_dir = [o for o in settings_mod.OPTIONS if o.name == "data_dir"]
+    p_keys = sub.add_parser("keys", help="create, list and revoke API keys (in the data dir's store)")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key; prints id:secret once")
+    p_create.add_argument("--name", help="a label for the key")
+    p_create.add_argument("--app", action="append", help="app the key may use (repeatable; default: every app)")
+    p_create.add_argument("--admin", action="store_true", help="may manage keys and read every key's usage")
+    p_create.add_argument("--requests-per-s", type=float, help="limit on runs, streams and queue submits per second")
+    p_create.add_argument("--max-sessions", type=int, help="limit on realtime sessions open at once")
+    p_create.add_argument("--frames-per-s", type=float, help="limit on realtime frames per second (all sessions)")
+    p_create.add_argument("--json", action="store_true", help="print the record as JSON")
+    p_list = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    p_list.add_argument("--all", action="store_true", help="include revoked keys")
+    p_list.add_argument("--json", action="store_true")
+    p_revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    p_revoke.add_argument("key_id")
+    for p in (p_create, p_list, p_revoke):
+        settings_mod.add_arguments(p, data_dir)
+    p_keys.set_defaults(func=_cmd_keys)
+    p_usage = sub.add_parser("usage", help="print usage by key and app")
+    p_usage.add_argument("--key-id", help="only this key")
+    p_usage.add_argument("--app", help="only this app id")
+    p_usage.add_argument("--start", help="from (unix seconds or ISO 8601; default: 24 h ago)")
+    p_usage.add_argument("--end", help="until, exclusive (default: now)")
+    p_usage.add_argument("--granularity", default="hour", choices=("minute", "hour", "day", "total"))
+    p_usage.add_argument("--json", action="store_true", help="print the GET /v1/usage document")
+    settings_mod.add_arguments(p_usage, data_dir)
+    p_usage.set_defaults(func=_cmd_usage)
+    p_health = sub.add_parser("health", help="exit 0 when a server answers /health (container health checks)")
+    p_health.add_argument("--url", help="the server's base URL (default: this machine, port from the settings)")
+    p_health.add_argument("--ready", action="store_true", help="check /ready (warm and not draining) instead")
+    p_health.add_argument("--timeout-s", type=float, default=5.0)
+    p_health.set_defaults(func=_cmd_health)
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from framewire.engine import weights
+
+    try:
+        folders = weights.pull(args.app, local_dir=Path(args.dir) if args.dir else None, tiny_vae=not args.no_tiny_vae)
+    except weights.WeightsError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.app}: weights in {folders[0]}")
+    print(f"start with: framewire serve --weights {args.app}={folders[0]}")
+    return 0
+
+
+def _cmd_init_weights(args: argparse.Namespace) -> int:
+    from framewire.engine import weights
+
+    try:
+        folder = weights.init_weights(args.arch, Path(args.dir), seed=args.seed, dtype=args.dtype, device=args.device)
+    except (weights.WeightsError, ValueError, RuntimeError) as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    app = "sdxl-turbo" if "sdxl" in args.arch else "lcm"
+    print(f"random {args.arch} weights (outputs are noise) in {folder}")
+    print(f"start with: framewire serve --weights {app}={folder}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="framewire", description="Self-hosted realtime inference edge.")
+    sub = root.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the server (realtime, REST, demo page)")
+    settings_mod.add_arguments(p_serve)
+    p_serve.set_defaults(func=_cmd_serve)
+    p_apps = sub.add_parser("apps", help="list the apps and endpoints a serve would load")
+    settings_mod.add_arguments(p_apps, [o for o in settings_mod.OPTIONS if o.name in ("apps", "builtin_apps")])
+    p_apps.set_defaults(func=_cmd_apps)
+    p_pull = sub.add_parser("pull", help="download an app's default real weights (needs network)")
+    p_pull.add_argument("app", choices=DIFFUSION_APPS)
+    p_pull.add_argument("--dir", help="download into this folder instead of the hub cache")
+    p_pull.add_argument("--no-tiny-vae", action="store_true", help="skip the tiny VAE (TAESD/TAESDXL)")
+    p_pull.set_defaults(func=_cmd_pull)
+    p_init = sub.add_parser("init-weights", help="write random weights built from a config (outputs are noise)")
+    p_init.add_argument("--arch", required=True, choices=("tiny", "tiny-sdxl", "sd15", "sdxl"))
+    p_init.add_argument("dir", help="folder to write (replaced if it exists)")
+    p_init.add_argument("--seed", type=int, default=0)
+    p_init.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p_init.add_argument("--device", default="cpu", help="build on this device (cuda is much faster for sd15/sdxl)")
+    p_init.set_defaults(func=_cmd_init_weights)
+    p_key = sub.add_parser("webhook-key", help="print the public key webhooks are signed with (JWKS and whpk_)")
+    settings_mod.add_arguments(p_key, [o for o in settings_mod.OPTIONS if o.name == "data_dir"])
+    p_key.set_defaults(func=_cmd_webhook_key)
+    p_bench = sub.add_parser(
+        "bench", help="latency benchmark against baselines (`framewire bench --help`)", add_help=False
+    )
+    p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed here; main() hands them over whole
+
+    _add_platform_commands(sub)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the harness parses its own flags (`--help` included)
+        return _cmd_bench(argv[1:])
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

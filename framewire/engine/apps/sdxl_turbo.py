@@ -1,0 +1,51 @@
+"""``framewire/sdxl-turbo``: SDXL-turbo text-to-image and image-to-image in 1-4 steps,
+batched across realtime sessions.
+
+Reached also as ``fal-ai/fast-turbo-diffusion``. As diffusers' image-to-image pipelines
+do, image-to-image runs ``int(num_inference_steps * strength)`` steps (at least one).
+``guidance_scale`` above 1 turns on classifier-free guidance with ``negative_prompt``
+(SDXL-turbo is trained without it; the default leaves it off).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from framewire.engine.api import Progress, endpoint, realtime
+from framewire.engine.apps.diffusion import DiffusionApp, DiffusionInput
+from framewire.engine.media import ImageOutput
+
+
+class TurboInput(DiffusionInput):
+    negative_prompt: str = Field("", max_length=20_000, description="Used only when guidance_scale > 1.")
+    strength: float = Field(0.5, ge=0.0, le=1.0, description="How much to change the input image (0: none).")
+    num_inference_steps: int = Field(2, ge=1, le=8)
+    guidance_scale: float = Field(0.0, ge=0.0, le=20.0, description="Above 1: classifier-free guidance.")
+
+
+class TurboImageInput(TurboInput):
+    image_url: bytes | str = Field(..., description="Input image: raw bytes (msgpack bin), a data URI, or a URL.")
+
+
+class SdxlTurboApp(DiffusionApp):
+    app_id = "framewire/sdxl-turbo"
+    aliases = ("fal-ai/fast-turbo-diffusion",)
+    title = "SDXL-turbo"
+    description = "SDXL-turbo: text- and image-to-image in one to four steps."
+    tags = ("image", "realtime", "sdxl")
+
+    family = "sdxl"
+    app_name = "sdxl-turbo"
+    scheduler = None  # the folder's own (Euler ancestral for SDXL-turbo)
+    lcm_steps = False
+    default_size = (512, 512)
+    max_auto_side = 1024
+    uses_cfg = True
+
+    @realtime("/", buffering=2, session_timeout=60.0, max_batch_size=8, max_queue_delay_ms=4)
+    def run(self, inputs: list[TurboInput], progress: Progress) -> list[ImageOutput]:
+        return self.generate(inputs, progress)  # type: ignore[arg-type, return-value]
+
+    @endpoint("/image-to-image", max_batch_size=8, max_queue_delay_ms=4)
+    def image_to_image(self, inputs: list[TurboImageInput], progress: Progress) -> list[ImageOutput]:
+        return self.generate(inputs, progress)  # type: ignore[arg-type, return-value]

@@ -1,0 +1,316 @@
+"""The model catalog: ``GET /models``, ``GET /models/{id}`` and ``GET /models/{id}/openapi.json``.
+
+Each app is described from what it declares (``framewire.engine.api``): id, title, description,
+tags, aliases, and per endpoint its batching and realtime settings and the URLs of each
+surface. The OpenAPI 3.1 document is generated from the endpoints' pydantic input and
+output models. A realtime endpoint's path item carries fal's ``x-fal-protocol`` object
+(``type: realtime``, ``config: {buffering, sessionTimeout, maxBatchSize}``,
+``contentType: application/msgpack``, ``realtimeMode: unary``) next to a
+documentation-only ``post`` with the same schemas, as fal's SDK describes realtime
+routes, and every path is listed in ``x-fal-order-paths``.
+
+With auth on, the catalog needs a key or token and shows only the apps it may use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any
+
+from pydantic import BaseModel, PydanticUserError
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from framewire.engine.api import App, AppRegistry, Endpoint, split_app_id
+from framewire.gateway import responses
+from framewire.gateway.platform.auth import AuthError, Principal
+from framewire.gateway.resources import Resources
+from framewire.gateway.surface import base_url
+
+log = logging.getLogger("framewire.catalog")
+
+VERSION = "0.1.0"
+_REF = "#/components/schemas/{model}"
+# Documents depend only on the app's declarations: built once per app instance.
+_documents: weakref.WeakKeyDictionary[App, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _join(*parts: str) -> str:
+    return "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def realtime_path(app: App, endpoint: Endpoint) -> str:
+    """The WebSocket path clients open for a realtime endpoint."""
+    path = endpoint.spec.path
+    if path == "realtime" or path.endswith("/realtime"):
+        return _join(app.app_id, path)
+    return _join(app.app_id, path, "realtime")
+
+
+def describe_endpoint(app: App, endpoint: Endpoint) -> dict[str, Any]:
+    spec = endpoint.spec
+    run_path = _join(app.app_id, spec.path)
+    body: dict[str, Any] = {
+        "path": "/" + spec.path,
+        "id": endpoint.key,
+        "realtime": spec.realtime,
+        "max_batch_size": spec.max_batch_size,
+        "max_queue_delay_ms": spec.max_queue_delay_ms,
+        "input_schema": endpoint.input_model.__name__,
+        "output_schema": endpoint.output_model.__name__,
+        "urls": {"run": run_path, "stream": _join(run_path, "stream"), "queue": run_path},
+    }
+    if spec.realtime:
+        body["buffering"] = spec.buffering
+        body["session_timeout_s"] = spec.session_timeout_s
+        body["urls"]["realtime"] = realtime_path(app, endpoint)
+    return body
+
+
+def describe(app: App, registry: AppRegistry) -> dict[str, Any]:
+    """The ``/models`` entry of one app."""
+    return {
+        "id": app.app_id,
+        "title": app.title or app.app_id,
+        "description": app.description,
+        "tags": list(app.tags),
+        "aliases": [name for name in registry.names_of(app) if name != app.app_id],
+        "endpoints": [describe_endpoint(app, ep) for ep in registry.endpoints_of(app).values()],
+        "openapi_url": f"/models/{app.app_id}/openapi.json",
+    }
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class HTTPValidationError(BaseModel):
+    detail: list[ValidationErrorItem]
+
+
+class QueueStatus(BaseModel):
+    status: str
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+def _ref(schemas: dict[Any, dict[str, Any]], model: type[BaseModel], mode: str) -> dict[str, Any]:
+    return schemas[(model, mode)]
+
+
+def openapi_document(app: App, registry: AppRegistry) -> dict[str, Any]:
+    """OpenAPI 3.1 for one app (without ``servers``, which depend on the caller's host)."""
+    endpoints = list(registry.endpoints_of(app).values())
+    wanted: list[tuple[type[BaseModel], Any]] = [(HTTPValidationError, "serialization"), (QueueStatus, "serialization")]
+    for ep in endpoints:
+        wanted += [(ep.input_model, "validation"), (ep.output_model, "serialization")]
+    schemas, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=_REF)
+    errors = {
+        "422": {
+            "description": "The input failed validation; `detail` names each field",
+            "content": {"application/json": {"schema": _ref(schemas, HTTPValidationError, "serialization")}},
+        }
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for ep in endpoints:
+        in_ref = _ref(schemas, ep.input_model, "validation")
+        out_ref = _ref(schemas, ep.output_model, "serialization")
+        operation_id = ep.key.replace("/", "_").replace("-", "_")
+        run_path = _join(app.app_id, ep.spec.path)
+        paths.setdefault(run_path, {})["post"] = {
+            "operationId": operation_id,
+            "summary": f"Run {ep.key}",
+            "description": (
+                "On the run host: runs the input and answers the output. On the queue host (`queue.` host or "
+                "`--queue-port`): submits a job and answers its QueueStatus. "
+                f"`POST {_join(run_path, 'stream')}` streams partial outputs as server-sent events."
+            ),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": in_ref}}},
+            "responses": {
+                "200": {"description": "The output", "content": {"application/json": {"schema": out_ref}}},
+                **errors,
+            },
+        }
+        order.append(run_path)
+        if ep.spec.realtime:
+            ws_path = realtime_path(app, ep)
+            item = paths.setdefault(ws_path, {})
+            item["x-fal-protocol"] = {
+                "type": "realtime",
+                "operationId": operation_id + "_realtime",
+                "config": {
+                    "buffering": ep.spec.buffering,
+                    "sessionTimeout": ep.spec.session_timeout_s,
+                    "maxBatchSize": ep.spec.max_batch_size,
+                },
+                "contentType": "application/msgpack",
+                "realtimeMode": "unary",
+            }
+            item.setdefault(
+                "post",
+                {
+                    "operationId": operation_id + "_realtime",
+                    "summary": f"Realtime {ep.key} (WebSocket; documentation only)",
+                    "description": (
+                        "Open a WebSocket at this path (query `fal_jwt_token`, `max_buffering` 1-60). Send one binary "
+                        "msgpack map per frame (the input below); each output comes back as a binary msgpack map. "
+                        "Errors and control messages are JSON text frames (`x-fal-error`, `x-fal-message`)."
+                    ),
+                    "requestBody": {"content": {"application/msgpack": {"schema": in_ref}}},
+                    "responses": {
+                        "200": {
+                            "description": "One output per input",
+                            "content": {"application/msgpack": {"schema": out_ref}},
+                        }
+                    },
+                },
+            )
+            if ws_path not in order:
+                order.append(ws_path)
+    app_root = _join(split_app_id(app.app_id)[0])
+    status_ref = _ref(schemas, QueueStatus, "serialization")
+    request_id = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths[f"{app_root}/requests/{{request_id}}/status"] = {
+        "get": {
+            "operationId": "queue_status",
+            "summary": "Status of a queued request (queue host)",
+            "parameters": [request_id, {"name": "logs", "in": "query", "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "COMPLETED", "content": {"application/json": {"schema": status_ref}}},
+                "202": {
+                    "description": "IN_QUEUE or IN_PROGRESS",
+                    "content": {"application/json": {"schema": status_ref}},
+                },
+            },
+        }
+    }
+    paths[f"{app_root}/requests/{{request_id}}"] = {
+        "get": {
+            "operationId": "queue_result",
+            "summary": "Result of a completed request (queue host)",
+            "parameters": [request_id],
+            "responses": {"200": {"description": "The output as the endpoint returned it"}},
+        }
+    }
+    paths[f"{app_root}/requests/{{request_id}}/cancel"] = {
+        "put": {
+            "operationId": "queue_cancel",
+            "summary": "Cancel a request (queue host)",
+            "parameters": [request_id],
+            "responses": {
+                "202": {"description": "CANCELLATION_REQUESTED"},
+                "400": {"description": "ALREADY_COMPLETED"},
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": app.title or app.app_id,
+            "description": app.description,
+            "version": VERSION,
+            "x-fal-metadata": {
+                "endpointId": app.app_id,
+                "aliases": [n for n in registry.names_of(app) if n != app.app_id],
+            },
+        },
+        "paths": paths,
+        "x-fal-order-paths": order,
+        "components": {
+            "schemas": top.get("$defs", {}),
+            "securitySchemes": {
+                "apiKeyAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Key <id>:<secret>`, or `Bearer <token>` from POST /tokens/",
+                }
+            },
+        },
+        "security": [{"apiKeyAuth": []}],
+    }
+
+
+def _principal(request: Request, res: Resources) -> Principal:
+    return res.auth.request(request.headers, request.query_params.get("fal_jwt_token"))
+
+
+def _visible(res: Resources, principal: Principal) -> list[App]:
+    registry = res.engine.registry
+    return [app for app in registry if principal.may_use(registry.names_of(app))]
+
+
+def _requested_app(request: Request) -> App | Response:
+    """The app named in the path, if the caller's credentials may use it; else the error response."""
+    res: Resources = request.app.state.framewire
+    try:
+        principal = _principal(request, res)
+    except AuthError as exc:
+        return responses.error(exc.status, exc.reason)
+    name = request.path_params["app_id"].strip("/")
+    registry = res.engine.registry
+    try:
+        base, _, sub = split_app_id(name)
+    except ValueError:
+        base, sub = name, ""
+    app = None if sub else registry.get(base)
+    if app is None:
+        return responses.error(404, f"no model named {name!r}; GET /models lists them")
+    if not principal.may_use(registry.names_of(app)):
+        return responses.error(403, f"credentials are not valid for {name!r}")
+    return app
+
+
+async def list_models(request: Request) -> Response:
+    res: Resources = request.app.state.framewire
+    try:
+        principal = _principal(request, res)
+    except AuthError as exc:
+        return responses.error(exc.status, exc.reason)
+    registry = res.engine.registry
+    return JSONResponse({"models": [describe(app, registry) for app in _visible(res, principal)]})
+
+
+async def get_model(request: Request) -> Response:
+    found = _requested_app(request)
+    if isinstance(found, Response):
+        return found
+    return JSONResponse(describe(found, request.app.state.framewire.engine.registry))
+
+
+async def openapi(request: Request) -> Response:
+    res: Resources = request.app.state.framewire
+    found = _requested_app(request)
+    if isinstance(found, Response):
+        return found
+    document = _documents.get(found)
+    if document is None:
+        try:
+            document = await asyncio.to_thread(openapi_document, found, res.engine.registry)
+        except (PydanticUserError, TypeError, ValueError) as exc:
+            log.exception("cannot generate the OpenAPI document of %s", found.app_id)
+            return responses.error(500, f"cannot describe {found.app_id}: {exc}", error_type="internal_error")
+        _documents[found] = document
+    return JSONResponse({**document, "servers": [{"url": base_url(request)}]})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/models", list_models, methods=["GET"]),
+        Route("/models/{app_id:path}/openapi.json", openapi, methods=["GET"]),
+        Route("/models/{app_id:path}", get_model, methods=["GET"]),
+    ]

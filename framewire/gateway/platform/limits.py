@@ -1,0 +1,112 @@
+"""Per-key limits: requests/s and frames/s (token buckets), realtime sessions open at once.
+
+Pure and clock-injected, so tests drive time. Every method is O(1) and runs on the event
+loop. State is kept per key id (all of a key's tokens share it) and only for keys that
+have a limit; the rate is read from the caller's :class:`~framewire.gateway.platform.auth.Principal` on each
+call, so a changed limit applies at once. A bucket holds one second of its rate (at least
+one token): a key may burst that much, then gets its rate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from framewire.gateway.platform.auth import Principal
+
+#: Buckets kept per kind before idle ones are forgotten (a full bucket carries no state).
+MAX_BUCKETS = 100_000
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``rate_per_s`` tokens a second, holding at most ``max(1, rate_per_s)``."""
+
+    tokens: float
+    updated_s: float
+    rate_per_s: float
+
+    def full_after_s(self) -> float:
+        return max(1.0, self.rate_per_s) / self.rate_per_s
+
+    def take(self, rate_per_s: float, now_s: float) -> float | None:
+        """Take one token; returns None, or the seconds until one is available."""
+        self.rate_per_s = rate_per_s
+        capacity = max(1.0, rate_per_s)
+        self.tokens = min(capacity, self.tokens + (now_s - self.updated_s) * rate_per_s)
+        self.updated_s = now_s
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / rate_per_s
+
+
+class RateLimiter:
+    """Token buckets by key id for one kind of event."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key_id: str, rate_per_s: float | None) -> float | None:
+        """None when allowed (or unlimited), else seconds to wait before retrying."""
+        if rate_per_s is None:
+            return None
+        now = self.clock()
+        bucket = self._buckets.get(key_id)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[key_id] = TokenBucket(max(1.0, rate_per_s), now, rate_per_s)
+        return bucket.take(rate_per_s, now)
+
+    def _forget_full(self, now: float) -> None:
+        # A bucket idle long enough to be full again is the same as no bucket.
+        for key_id in [k for k, b in self._buckets.items() if now - b.updated_s >= b.full_after_s()]:
+            del self._buckets[key_id]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def retry_after_header(wait_s: float) -> str:
+    """``Retry-After`` is whole seconds; round up so a client that obeys it succeeds."""
+    return str(max(1, math.ceil(wait_s)))
+
+
+class Limiter:
+    """All of a server's per-key limits."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.requests = RateLimiter(clock)
+        self.frames = RateLimiter(clock)
+        self._sessions: dict[str, int] = {}
+
+    def request(self, principal: Principal) -> float | None:
+        """Charge one request; None, or seconds until the key may send another."""
+        return self.requests.take(principal.key_id, principal.limits.requests_per_s)
+
+    def frame(self, principal: Principal) -> float | None:
+        """Charge one realtime frame; None, or seconds until the key may send another."""
+        return self.frames.take(principal.key_id, principal.limits.frames_per_s)
+
+    def open_session(self, principal: Principal) -> bool:
+        """Count a new session of the key; False (and nothing counted) when it has its maximum."""
+        limit = principal.limits.max_sessions
+        count = self._sessions.get(principal.key_id, 0)
+        if limit is not None and count >= limit:
+            return False
+        self._sessions[principal.key_id] = count + 1
+        return True
+
+    def close_session(self, principal: Principal) -> None:
+        count = self._sessions.get(principal.key_id, 0) - 1
+        if count > 0:
+            self._sessions[principal.key_id] = count
+        else:
+            self._sessions.pop(principal.key_id, None)
+
+    def sessions_of(self, key_id: str) -> int:
+        return self._sessions.get(key_id, 0)

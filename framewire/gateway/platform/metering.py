@@ -1,0 +1,184 @@
+"""One place the surfaces report what happened: usage (billing), metrics, per-key limits.
+
+Surfaces call :meth:`Meter.request` when an HTTP request or queue job ends and hand each
+realtime session a :class:`SessionMeter`; both feed :mod:`framewire.gateway.platform.usage` and
+:mod:`framewire.gateway.platform.metrics`. Everything here is O(1) and runs on the event loop.
+
+A realtime frame ends exactly once, as one of: an output (``ok``), an engine error for
+it (its code), an error before it reached the engine (``validation_error``,
+``rate_limited``, ...), or ``dropped`` (superseded by a newer frame, or pending when the
+session closed). Usage counts each received frame once, so a session's usage requests
+equal the frames it sent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from framewire.engine.api import FrameResult
+from framewire.gateway.platform.auth import Principal
+from framewire.gateway.platform.limits import Limiter
+from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.usage import UsageMeter, count_outputs
+
+
+def status_of(code: str | None) -> str:
+    """The usage status of an outcome: ``ok`` or the error code in lower case."""
+    return "ok" if code is None else code.lower()
+
+
+class Meter:
+    def __init__(self, usage: UsageMeter, metrics: Metrics, limiter: Limiter) -> None:
+        self.usage = usage
+        self.metrics = metrics
+        self.limiter = limiter
+        # Label children by label values: ``labels()`` costs microseconds, a dict lookup does not.
+        self._counts: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
+
+    def request(
+        self,
+        key_id: str,
+        app: str,
+        surface: str,
+        *,
+        error_code: str | None = None,
+        outputs: int = 0,
+        compute_ms: float = 0.0,
+        duration_s: float | None = None,
+    ) -> None:
+        """One HTTP request or queue job finished (``error_code`` None when it succeeded)."""
+        status = status_of(error_code)
+        self.usage.record(key_id, app, surface, status, outputs=outputs, compute_ms=compute_ms)
+        labels = (app, surface, "ok" if error_code is None else "error")
+        counter = self._counts.get(labels)
+        if counter is None:
+            counter = self._counts[labels] = self.metrics.requests.labels(*labels)
+        counter.inc()
+        if duration_s is not None:
+            histogram = self._durations.get(labels[:2])
+            if histogram is None:
+                histogram = self._durations[labels[:2]] = self.metrics.request_duration.labels(app, surface)
+            histogram.observe(duration_s)
+
+    def result(
+        self, principal: Principal, app: str, surface: str, result: FrameResult, started_s: float | None = None
+    ) -> None:
+        """:meth:`request` for an engine result (compute shared by the batch; ``started_s`` is perf_counter)."""
+        self.request(
+            principal.key_id,
+            app,
+            surface,
+            error_code=None if result.error is None else result.error.code,
+            outputs=count_outputs(result.output),
+            compute_ms=result.inference_ms / max(1, result.batch_size),
+            duration_s=None if started_s is None else time.perf_counter() - started_s,
+        )
+
+    def rate_limited(self, principal: Principal, app: str, surface: str) -> float | None:
+        """Charge one request to the key; seconds to wait when over its limit (recorded), else None."""
+        wait_s = self.limiter.request(principal)
+        if wait_s is not None:
+            self.metrics.rate_limited.labels("requests").inc()
+            self.request(principal.key_id, app, surface, error_code="RATE_LIMITED")
+        return wait_s
+
+    def session(self, principal: Principal, app: str) -> SessionMeter:
+        return SessionMeter(self, principal, app)
+
+
+class SessionMeter:
+    """What one realtime session reports; label children are bound once per session."""
+
+    def __init__(self, meter: Meter, principal: Principal, app: str) -> None:
+        self.meter = meter
+        self.principal = principal
+        self.key_id = principal.key_id
+        self.app = app
+        m = meter.metrics
+        self._received = m.frames_received.labels(app)
+        self._sent = m.frames_sent.labels(app)
+        self._ok = m.requests.labels(app, "realtime", "ok")
+        self._failed = m.requests.labels(app, "realtime", "error")
+        self._latency = m.request_duration.labels(app, "realtime")
+        self._limited = m.rate_limited.labels("frames")
+        self._record = meter.usage.record
+
+    def received(self) -> None:
+        self._received.inc()
+
+    def admit(self) -> float | None:
+        """Charge one frame to the key; seconds until the next is allowed when over its limit."""
+        wait_s = self.meter.limiter.frame(self.principal)
+        if wait_s is not None:
+            self._limited.inc()
+        return wait_s
+
+    def result(self, result: FrameResult, latency_s: float) -> None:
+        """The engine answered one frame (output or error)."""
+        error = result.error
+        self._record(
+            self.key_id,
+            self.app,
+            "realtime",
+            status_of(None if error is None else error.code),
+            outputs=count_outputs(result.output),
+            compute_ms=result.inference_ms / max(1, result.batch_size),
+        )
+        if error is None:
+            self._ok.inc()
+            self._sent.inc()
+        else:
+            self._failed.inc()
+            self.meter.metrics.realtime_errors.labels(self.app, error.code).inc()
+        self._latency.observe(latency_s)
+
+    def frame_error(self, code: str) -> None:
+        """A frame refused before it reached the engine (bad msgpack, validation, rate limit, ...)."""
+        self._record(self.key_id, self.app, "realtime", status_of(code))
+        self._failed.inc()
+        self.meter.metrics.realtime_errors.labels(self.app, code).inc()
+
+    def session_error(self, code: str) -> None:
+        """An ``x-fal-error`` that is not one frame's outcome (``TIMEOUT``, a failed output store)."""
+        self.meter.metrics.realtime_errors.labels(self.app, code).inc()
+
+    def dropped(self, count: int, reason: str) -> None:
+        """Frames that never ran: ``superseded`` by newer ones, or pending when the session ``closed``."""
+        if count:
+            self._record(self.key_id, self.app, "realtime", "dropped", count=count)
+            self.meter.metrics.frames_dropped.labels(self.app, reason).inc(count)
+
+    def output_dropped(self) -> None:
+        """An output the client did not read in time (already metered as a result)."""
+        self.meter.metrics.frames_dropped.labels(self.app, "outbox").inc()
+
+
+class NullSessionMeter(SessionMeter):
+    """For sessions built outside the app (tests of the session alone): reports nothing."""
+
+    def __init__(self) -> None:
+        self.key_id = ""
+        self.app = ""
+
+    def received(self) -> None:
+        pass
+
+    def admit(self) -> float | None:
+        return None
+
+    def result(self, result: FrameResult, latency_s: float) -> None:
+        pass
+
+    def frame_error(self, code: str) -> None:
+        pass
+
+    def session_error(self, code: str) -> None:
+        pass
+
+    def dropped(self, count: int, reason: str) -> None:
+        pass
+
+    def output_dropped(self) -> None:
+        pass

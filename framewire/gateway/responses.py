@@ -1,0 +1,85 @@
+"""HTTP error shapes (fal protocol §11).
+
+Every error body is ``{"detail": <string | list>}``; validation errors are 422 with
+pydantic's ``[{loc, msg, type}]`` list; an ``error_type`` in the body (and the
+``x-fal-error-type`` header) lets fal's Python client tell errors apart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from framewire.engine.api import AppError
+from framewire.gateway.platform.limits import retry_after_header
+from framewire.gateway.realtime import protocol
+from framewire.gateway.requests.jobs import Outcome
+
+REQUEST_ID = "x-fal-request-id"
+
+
+def error(
+    status_code: int, detail: Any, *, error_type: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail, **extra}
+    hdrs = dict(headers or {})
+    if error_type is not None:
+        body["error_type"] = error_type
+        hdrs["x-fal-error-type"] = error_type
+    return JSONResponse(body, status_code=status_code, headers=hdrs)
+
+
+def rate_limited(requests_per_s: float | None, wait_s: float) -> JSONResponse:
+    """429 for a key over its requests/s limit, with a ``Retry-After`` a client can obey."""
+    return error(
+        429,
+        f"this key is over its limit of {requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
+        error_type="rate_limited",
+        headers={"Retry-After": retry_after_header(wait_s)},
+    )
+
+
+def validation_error(exc: ValidationError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": protocol.validation_detail(exc)}, status_code=422, headers={"x-fal-billable-units": "0"}
+    )
+
+
+def app_error_body(exc: AppError) -> tuple[int, dict[str, Any]]:
+    """The status and body an app's error is answered with (and replayed from the queue)."""
+    error_type = exc.code.lower()
+    if exc.field is not None:
+        detail: Any = [{"loc": ["body", exc.field], "msg": exc.reason, "type": error_type}]
+    else:
+        detail = exc.reason
+    return exc.status, {"detail": detail, "error_type": error_type}
+
+
+def app_error(exc: AppError) -> JSONResponse:
+    status, body = app_error_body(exc)
+    return JSONResponse(body, status_code=status, headers={"x-fal-error-type": body["error_type"]})
+
+
+def json_body(raw: bytes) -> Any:
+    """Decode a JSON request body; an empty body is an empty input. Raises ValueError."""
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid JSON ({exc})") from None
+
+
+def outcome(result: Outcome) -> JSONResponse:
+    """A finished request's answer (run surface, or a queue job's result) with its error headers.
+
+    A start timeout says ``x-fal-request-timeout-type: user``: clients do not retry those."""
+    headers = {}
+    if result.error_type is not None:
+        headers["x-fal-error-type"] = result.error_type
+    if result.error_type == "request_timeout":
+        headers["x-fal-request-timeout-type"] = "user"
+    return JSONResponse(result.body, status_code=result.http_status, headers=headers)

@@ -1,0 +1,1 @@
+"""The storage wing: the file store (``store``) and its HTTP endpoints (``routes``)."""
