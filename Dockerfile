@@ -23,24 +23,27 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 # -- the project's files, shared by both targets ----------------------------------------------
 FROM scratch AS source
 COPY pyproject.toml README.md /app/
-COPY gateway /app/gateway
-COPY engine /app/engine
-COPY kernels /app/kernels
+COPY requirements /app/requirements
+COPY framewire /app/framewire
 COPY demo_web /app/demo_web
 COPY --from=web /web/node_modules /app/demo_web/node_modules
 
 # -- CUDA ---------------------------------------------------------------------------------------
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS cuda
+# CPython 3.11, the lock's interpreter; torch's CUDA wheels bring the CUDA runtime libraries and
+# the NVIDIA container toolkit the driver, so no CUDA base image is needed.
+FROM python:3.11-slim-bookworm AS cuda
 ARG TORCH_VERSION
 ARG TORCH_INDEX_CUDA
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PATH=/opt/venv/bin:$PATH
 # Triton builds a small launcher with the C compiler and Python's headers when it first runs.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev ca-certificates \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv \
     && groupadd --system --gid 10001 framewire \
@@ -48,7 +51,10 @@ RUN apt-get update \
 # torch first, from the CUDA wheel index: as a dependency of the engine extra pip would pick another build.
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_CUDA}"
 COPY --from=source /app /app
-RUN pip install --no-cache-dir "/app[engine]"
+# Everything else exactly as locked (requirements/serve.txt), then the project itself.
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /app/requirements/serve.txt \
+    && pip install --no-cache-dir --no-deps --no-build-isolation /app \
+    && pip check
 ENV FRAMEWIRE_HOST=0.0.0.0 \
     FRAMEWIRE_PORT=8000 \
     FRAMEWIRE_DATA_DIR=/var/lib/framewire \
@@ -63,7 +69,7 @@ ENTRYPOINT ["framewire"]
 CMD ["serve"]
 
 # -- CPU ----------------------------------------------------------------------------------------
-FROM python:3.12-slim-bookworm AS cpu
+FROM python:3.11-slim-bookworm AS cpu
 ARG TORCH_VERSION
 ARG TORCH_INDEX_CPU
 ENV PYTHONUNBUFFERED=1 \
@@ -74,7 +80,9 @@ RUN python3 -m venv /opt/venv \
     && useradd --system --create-home --home-dir /var/lib/framewire --uid 10001 --gid 10001 framewire
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_CPU}"
 COPY --from=source /app /app
-RUN pip install --no-cache-dir "/app[engine]"
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /app/requirements/serve.txt \
+    && pip install --no-cache-dir --no-deps --no-build-isolation /app \
+    && pip check
 ENV FRAMEWIRE_HOST=0.0.0.0 \
     FRAMEWIRE_PORT=8000 \
     FRAMEWIRE_DATA_DIR=/var/lib/framewire \

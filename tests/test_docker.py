@@ -92,13 +92,23 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_both_targets_run_the_same_command_and_a_plain_build_is_the_cuda_image() -> None:
     found = stages()
     cuda, cpu, default = found["cuda"], found["cpu"], list(found.values())[-1]
-    assert cuda.base.startswith("nvidia/cuda:") and default.base == "cuda"
+    # Both on CPython 3.11, the interpreter the lock files are resolved for.
+    assert cuda.base == cpu.base == "python:3.11-slim-bookworm" and default.base == "cuda"
     assert cuda.entrypoint == cpu.entrypoint == ["framewire"] and cuda.cmd == cpu.cmd == ["serve"]
     assert cuda.healthcheck == cpu.healthcheck == ["framewire", "health", "--ready"]
-    assert cuda.env == cpu.env | {"DEBIAN_FRONTEND": "noninteractive"}
+    nvidia = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+    assert cuda.env == cpu.env | {"DEBIAN_FRONTEND": "noninteractive"} | nvidia
+
+
+def test_both_targets_install_exactly_the_serve_lock_after_their_torch_build() -> None:
     text = DOCKERFILE.read_text()
-    # torch comes from the wheel index of each target before the engine extra pulls it in
-    assert text.index('"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_CUDA}"') < text.index('"/app[engine]"')
+    lock = "--require-hashes --no-deps -r /app/requirements/serve.txt"
+    assert text.count(lock) == 2
+    for index in ("TORCH_INDEX_CUDA", "TORCH_INDEX_CPU"):
+        # torch comes from the wheel index of each target; the lock leaves it out
+        assert text.index(f'"torch==${{TORCH_VERSION}}" --index-url "${{{index}}}"') < text.rindex(lock)
+    assert "/app[engine]" not in text, "an unlocked install of the extras"
+    assert "COPY requirements /app/requirements" in text and "COPY framewire /app/framewire" in text
 
 
 def test_the_image_command_and_health_check_work_in_the_venv(tmp_path: Path) -> None:
