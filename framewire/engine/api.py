@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -464,3 +464,36 @@ class EngineClient(Protocol):
         queued after ``start_timeout_s`` is removed and raises :class:`StartTimeout`;
         one that started in time runs to its end.
         """
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One engine worker as the gateway's engine client sees it (readiness, metrics, catalog).
+
+    ``state`` is the worker's own (``starting``, ``ready``, ``restarting``, ``draining``) or
+    the link's (``connecting``, ``lost``, ``refused``); only ``ready`` workers take new work.
+    Per-endpoint figures are moving averages the worker reports.
+    """
+
+    name: str  # the link address, host:port
+    label: str  # what the operator calls it: its device for a local worker, else its id
+    device: str | None
+    state: str
+    apps: tuple[str, ...]
+    sessions: int  # realtime streams this edge has there
+    sessions_total: int  # streams open there from every edge, as last reported
+    requests: int  # requests this edge has there
+    batch_fill: Mapping[str, float] = field(default_factory=dict)  # endpoint -> mean batch / max batch
+    batch_size: Mapping[str, float] = field(default_factory=dict)  # endpoint -> mean batch size
+    queue_ms: Mapping[str, float] = field(default_factory=dict)  # endpoint -> mean queue delay
+    rtt_ms: float | None = None
+    failovers: int = 0  # times the link was lost while it held work of this edge
+    error: str | None = None  # why it is lost or refused
+
+
+@runtime_checkable
+class WorkerView(Protocol):
+    """An engine client made of workers in other processes tells the gateway about them."""
+
+    def worker_status(self) -> list[WorkerStatus]:
+        """Every worker the engine knows, in a stable order."""
