@@ -463,6 +463,7 @@ class RemoteEngine:
         self._ids = itertools.count(1)
         self._started = False
         self._stopping = False
+        self._warm = False  # every app had a ready worker at once
         self._changed = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self.sessions_moved = 0
@@ -472,8 +473,15 @@ class RemoteEngine:
 
     @property
     def ready(self) -> bool:
-        """Started, and every app has a ready worker."""
-        return self._started and not self._stopping and not self.unserved_apps()
+        """Every app has a ready worker; or, once that was so, at least one app still has.
+
+        So an edge stays in service (for the apps it can serve) while all workers of one
+        app restart; :meth:`unserved_apps` says which apps are missing.
+        """
+        if not self._started or self._stopping:
+            return False
+        unserved = self.unserved_apps()
+        return not unserved or (self._warm and len(unserved) < len(self.registry))
 
     def unserved_apps(self) -> list[str]:
         served = {app for w in self._workers.values() if w.state == WorkerState.READY for app in w.apps}
@@ -642,6 +650,8 @@ class RemoteEngine:
         self._pulse()
 
     def _state_changed(self, worker: _Worker, old: str) -> None:
+        if not self._warm and not self.unserved_apps():
+            self._warm = True
         if worker.state == WorkerState.READY:
             for stream in list(self._homeless):
                 if stream.app_id in worker.apps and not stream.closed:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from framewire.cluster import wire
 from framewire.cluster.wire import Kind, LinkCorrupt, Violation
@@ -77,14 +77,15 @@ class Link(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
-        transport.set_write_buffer_limits(high=self._high_water)
+        self._transport.set_write_buffer_limits(high=self._high_water)
         self.last_received_s = self._loop.time()
         self.handler.on_open(self)
 

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from framewire.engine.api import EngineClient
 from framewire.gateway import responses
 from framewire.gateway.db import Database, DatabaseClosed, Migration
-from framewire.gateway.platform import admin, catalog
+from framewire.gateway.platform import admin, catalog, workers
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import logs as logs_mod
 from framewire.gateway.platform import usage as usage_mod
@@ -79,10 +79,12 @@ async def health(request: Request) -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     """Readiness: every app is set up and warm, and the server is not draining. Never needs a key."""
     res: Resources = request.app.state.framewire
+    extra = workers.readiness(res.engine)  # with engine workers: each worker, and apps none serves
     if res.engine.ready and not res.draining:
-        return JSONResponse({"ready": True})
-    reason = "draining" if res.draining else "engine_starting"
-    return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"ready": True, **extra})
+    reason = "draining" if res.draining else "no_worker" if extra.get("unserved_apps") else "engine_starting"
+    body = {"ready": False, "reason": reason, **extra}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -170,6 +172,7 @@ def create_app(
     res.db = db
     res.keys = key_store
     res.metrics = metrics if metrics is not None else Metrics()
+    res.metrics.watch_workers(engine)
     res.usage = usage_mod.UsageMeter(
         db, flush_interval_s=settings.usage_flush_interval_s, retention_s=settings.usage_retention_s
     )

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from framewire.engine.api import App, AppRegistry, Endpoint, split_app_id
 from framewire.gateway import responses
+from framewire.gateway.platform import workers
 from framewire.gateway.platform.auth import AuthError, Principal
 from framewire.gateway.resources import Resources
 from framewire.gateway.surface import base_url
@@ -281,15 +282,23 @@ async def list_models(request: Request) -> Response:
         principal = _principal(request, res)
     except AuthError as exc:
         return responses.error(exc.status, exc.reason)
-    registry = res.engine.registry
-    return JSONResponse({"models": [describe(app, registry) for app in _visible(res, principal)]})
+    return JSONResponse({"models": [_entry(res, app) for app in _visible(res, principal)]})
+
+
+def _entry(res: Resources, app: App) -> dict[str, Any]:
+    """An app's catalog entry; with engine workers, the ``workers`` serving it."""
+    entry = describe(app, res.engine.registry)
+    serving = workers.for_app(res.engine, app.app_id)
+    if serving is not None:
+        entry["workers"] = serving
+    return entry
 
 
 async def get_model(request: Request) -> Response:
     found = _requested_app(request)
     if isinstance(found, Response):
         return found
-    return JSONResponse(describe(found, request.app.state.framewire.engine.registry))
+    return JSONResponse(_entry(request.app.state.framewire, found))
 
 
 async def openapi(request: Request) -> Response:

@@ -18,7 +18,7 @@ import uuid
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from framewire.engine.api import DEFAULT_BUFFERING, Endpoint
+from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineUnavailable
 from framewire.gateway.platform import logs
 from framewire.gateway.platform.auth import AuthError, Principal, origin_allowed
 from framewire.gateway.realtime import protocol
@@ -116,6 +116,11 @@ async def _run_session(
     log.info("session opened: %s by key %s", endpoint.key, principal.key_id)
     try:
         stats = await session.run()
+    except EngineUnavailable as exc:  # no worker could take the session (its app's are all down)
+        await _refuse(
+            ws, ErrorCode.ENGINE_UNAVAILABLE, exc.reason, CloseCode.TRY_AGAIN_LATER, retry_after_ms=RETRY_AFTER_MS
+        )
+        return
     finally:
         res.sessions.discard(session)
         open_gauge.dec()
