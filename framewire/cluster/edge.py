@@ -178,6 +178,9 @@ class _Worker:
         self.error: str | None = None  # why the link is down or refused
         self.problems: str | None = None  # apps it serves that this edge does not route there
         self.load = WorkerLoad()
+        # The worker answers a PING after every message sent before it, so its PONG counts the
+        # streams this edge had open when the PING left: remembered here per PING.
+        self.streams_at_ping: dict[float, int] = {}
         self.streams_at_report = 0
         self.rtt_ms: float | None = None
         self.failovers = 0
@@ -323,6 +326,8 @@ class _Worker:
             if problems:
                 log.error("worker %s (%s): %s", self.label, self.name, self.problems)
             link.authenticated = True
+            self.streams_at_ping.clear()
+            self.streams_at_report = 0  # a new link: the worker has none of this edge's streams
             served = ", ".join(sorted(same)) or "no app"
             log.info("worker %s (%s, %s) connected: %s", self.label, self.name, info.device, served)
             self._report(info.load)
@@ -341,9 +346,10 @@ class _Worker:
 
     # -- messages after the handshake ---------------------------------------------------------
 
-    def _report(self, load: WorkerLoad) -> None:
+    def _report(self, load: WorkerLoad, streams_then: int | None = None) -> None:
         self.load = load
-        self.streams_at_report = len(self.streams)
+        if streams_then is not None:
+            self.streams_at_report = streams_then
         old, new = self.state, str(load.state)
         if old == new:
             return
@@ -401,13 +407,16 @@ class _Worker:
     def _pong(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 2)
         sent = message[1]
-        if isinstance(sent, float):
+        streams_then = self.streams_at_ping.pop(sent, None) if isinstance(sent, float) else None
+        if streams_then is not None:
             self.rtt_ms = (asyncio.get_running_loop().time() - sent) * 1000.0
-        self._report(WorkerLoad.from_wire(message[2]))
+        self._report(WorkerLoad.from_wire(message[2]), streams_then)
 
     def _state(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 2)
-        self._report(WorkerLoad.from_wire(message[2]))
+        load = WorkerLoad.from_wire(message[2])
+        load.sessions = self.load.sessions  # counted only from PONGs, which pair with a local count
+        self._report(load)
 
     def _error(self, link: Link, message: list[Any]) -> None:
         log.warning("worker %s reported a protocol error: %s", self.label, message[1:3])
@@ -553,6 +562,9 @@ class RemoteEngine:
                 if silent_s > opts.timeout_s:
                     link.abort(f"worker silent for {silent_s:.1f} s (timeout {opts.timeout_s:g} s)")
                 else:
+                    if len(worker.streams_at_ping) > 100:  # unanswered pings of a slow worker
+                        worker.streams_at_ping.clear()
+                    worker.streams_at_ping[now] = len(worker.streams)
                     link.send([Kind.PING, now])
 
     # -- placement ----------------------------------------------------------------------------
