@@ -64,6 +64,8 @@ LOST = "lost"
 REFUSED = "refused"
 
 _LOST = object()  # a request's outcome when its worker went away before answering
+#: A connected worker that has not completed the handshake in this time is dropped.
+HANDSHAKE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class _Worker:
         self.rtt_ms: float | None = None
         self.failovers = 0
         self.link: Link | None = None
+        self.opened_s = 0.0  # when the current link connected (loop time)
         self.streams: dict[int, RemoteStream] = {}
         self.calls: dict[int, _Call] = {}
         self.removed = False
@@ -242,7 +245,10 @@ class _Worker:
                     )
             except (OSError, TimeoutError) as exc:
                 if self.state != REFUSED:
-                    self.error = f"cannot connect to {self.name}: {exc or type(exc).__name__}"
+                    error = f"cannot connect to {self.name}: {exc or type(exc).__name__}"
+                    if error != self.error:  # once per kind of failure, not once per retry
+                        log.warning("worker %s: %s; retrying", self.label, error)
+                    self.error = error
                 await asyncio.sleep(delay_s)
                 delay_s = min(2 * delay_s, opts.reconnect_max_s)
                 continue
@@ -264,6 +270,7 @@ class _Worker:
 
     def on_open(self, link: Link) -> None:
         self.link = link
+        self.opened_s = asyncio.get_running_loop().time()
         self._nonce = wire.new_nonce()
 
     def on_writable(self, link: Link) -> None:
@@ -278,7 +285,10 @@ class _Worker:
             self.error = reason
             self.engine._lost(self, reason)
         elif self.state != REFUSED:
-            self.error = f"no handshake: {reason}"
+            error = f"no handshake: {reason}"
+            if error != self.error:
+                log.warning("worker %s: %s", self.label, error)
+            self.error = error
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(authenticated)
 
@@ -556,7 +566,14 @@ class RemoteEngine:
             now = loop.time()
             for worker in list(self._workers.values()):
                 link = worker.link
-                if link is None or not link.authenticated or link.closed:
+                if link is None or link.closed:
+                    continue
+                if not link.authenticated:
+                    if now - worker.opened_s > HANDSHAKE_TIMEOUT_S:
+                        link.abort(
+                            f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s: is {worker.name} a FrameWire worker,"
+                            " and does it expect TLS (--worker-cafile)?"
+                        )
                     continue
                 silent_s = now - link.last_received_s
                 if silent_s > opts.timeout_s:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from tests.cluster.processes import (
     worker_process,
 )
 from tests.conftest import free_port
+from tests.gateway.test_live import make_self_signed_cert
 
 pytestmark = pytest.mark.slow
 
@@ -346,3 +348,46 @@ class _Proxy:
         self.drop()
         if self._server is not None:
             self._server.close()
+
+
+async def test_links_over_tls_verify_the_workers_certificate(tmp_path: Path) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    tls = ("--ssl-certfile", cert, "--ssl-keyfile", key)
+    with worker_process("tls", extra=tls) as (worker, port):
+        assert "at tls://" in worker.output()
+        with edge_process([f"127.0.0.1:{port}"], extra=("--worker-cafile", cert)) as (_, edge, _):
+            session = await Session.open(edge)
+            assert await _learn_home(session) == worker.pid
+            await session.close()
+        (tmp_path / "other").mkdir()
+        other, _ = make_self_signed_cert(tmp_path / "other")  # a CA that did not sign the worker's certificate
+        with edge_process([f"127.0.0.1:{port}"], extra=("--worker-cafile", other), ready=False) as (edge_proc, edge, _):
+            await until(lambda: "certificate verify failed" in edge_proc.output(), what="the refused certificate")
+            assert ready_workers(edge) == {"127.0.0.1:" + str(port): "connecting"}
+        with edge_process([f"127.0.0.1:{port}"], ready=False) as (edge_proc, edge, _):  # plain TCP to a TLS worker
+            await until(
+                lambda: "does it expect TLS" in edge_proc.output(), timeout_s=15.0, what="the handshake timeout"
+            )
+            assert set(ready_workers(edge).values()) == {"connecting"}
+
+
+async def test_local_workers_stop_when_their_edge_is_killed() -> None:
+    import psutil
+
+    with edge_process(extra=("--devices", "cpu")) as (edge, port, _):
+        await until(lambda: set(ready_workers(port).values()) == {"ready"}, what="the local worker")
+        (child,) = psutil.Process(edge.pid).children()
+        edge.signal(signal.SIGKILL)
+        await until(lambda: not child.is_running() or child.status() == "zombie", what="the orphan to stop")
+
+
+def test_devices_auto_without_a_gpu_names_the_fix() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cmd = [sys.executable, "-m", "framewire.cli", "serve", "--builtin-apps", "echo", "--devices", "auto"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin"}, timeout=60)
+    assert done.returncode == 2
+    assert "--devices auto found no GPU" in done.stderr and "--devices cpu" in done.stderr
