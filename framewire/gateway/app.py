@@ -6,7 +6,7 @@
 Routing: shared routes (health, readiness, metrics, catalog, keys and usage admin,
 tokens, storage, files, JWKS, WebSockets) answer on every surface; any other HTTP path
 goes to the queue surface or the run surface, chosen per request
-(:mod:`framewire.gateway.surface`), since fal clients use the same paths on both. The shared
+(:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on both. The shared
 prefixes ``/models``, ``/v1``, ``/metrics``, ``/health`` and ``/ready`` are therefore not
 available as app owners.
 """
@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from framewire.engine.api import EngineClient
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.db import Database, DatabaseClosed, Migration
 from framewire.gateway.platform import admin, catalog
 from framewire.gateway.platform import keys as keys_mod
@@ -43,16 +43,18 @@ from framewire.gateway.platform.metrics import CONTENT_TYPE, Metrics
 from framewire.gateway.platform.tokens import create_token
 from framewire.gateway.realtime.endpoint import realtime_endpoint, unknown_websocket
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode
-from framewire.gateway.requests import jobs as jobs_mod
-from framewire.gateway.requests import queue, run, webhooks
+from framewire.gateway.requests import job_store as jobs_mod
+from framewire.gateway.requests import queue_surface as queue
+from framewire.gateway.requests import run_surface as run
+from framewire.gateway.requests import webhooks
 from framewire.gateway.requests.dispatcher import Dispatcher
+from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import InputFetcher
-from framewire.gateway.requests.outputs import OutputFinaliser
+from framewire.gateway.requests.surfaces import is_queue
 from framewire.gateway.resources import Resources
 from framewire.gateway.settings import Settings
 from framewire.gateway.storage import routes as storage
 from framewire.gateway.storage.store import FileStore, UrlSigner, load_secret
-from framewire.gateway.surface import is_queue
 
 log = logging.getLogger("framewire")
 
@@ -67,7 +69,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         {"detail": "Internal Server Error"},
         status_code=500,
-        headers={responses.REQUEST_ID: str(uuid.uuid4()), "x-fal-error-type": "internal_error"},
+        headers={http.REQUEST_ID: str(uuid.uuid4()), "x-fal-error-type": "internal_error"},
     )
 
 
@@ -122,7 +124,7 @@ class SurfaceRouter:
                 if static is not None and request.method in ("GET", "HEAD"):
                     await static(scope, receive, send)
                     return
-                response = responses.error(404, f"Path /{path.strip('/')} not found")
+                response = http.error(404, f"Path /{path.strip('/')} not found")
         await response(scope, receive, send)
 
 

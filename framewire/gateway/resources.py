@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from framewire.gateway.platform.usage import UsageMeter
     from framewire.gateway.realtime.session import RealtimeSession
     from framewire.gateway.requests.dispatcher import Dispatcher
+    from framewire.gateway.requests.finaliser import OutputFinaliser
     from framewire.gateway.requests.inputs import InputFetcher
-    from framewire.gateway.requests.jobs import JobStore
-    from framewire.gateway.requests.outputs import OutputFinaliser
+    from framewire.gateway.requests.job_store import JobStore
     from framewire.gateway.requests.webhooks import WebhookDeliverer, WebhookSigner
     from framewire.gateway.storage.store import FileStore, UrlSigner
 

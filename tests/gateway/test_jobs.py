@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from framewire.gateway.db import Database, DatabaseClosed, Migration
-from framewire.gateway.requests.jobs import (
+from framewire.gateway.requests.job_store import (
     MIGRATIONS,
     CancelResult,
     JobStatus,

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from framewire.engine.api import split_app_id
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.platform.auth import AuthError, Limits, Principal, scope_matches
 from framewire.gateway.platform.keys import NewKey, valid_key_id
 from framewire.gateway.platform.usage import UsageQuery, parse_time, report_json
@@ -63,9 +63,9 @@ def _caller(request: Request, res: Resources, *, admin: bool) -> Principal | Res
     try:
         principal = res.auth.request(request.headers)
     except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
+        return http.error(exc.status, exc.reason)
     if admin and res.auth.enabled and not principal.admin:
-        return responses.error(403, "this needs an admin key (create one with `framewire keys create --admin`)")
+        return http.error(403, "this needs an admin key (create one with `framewire keys create --admin`)")
     return principal
 
 
@@ -73,7 +73,7 @@ async def _body(request: Request) -> KeyBody | Response:
     try:
         data = json.loads(await request.body() or b"{}")
     except json.JSONDecodeError as exc:
-        return responses.error(400, f"body is not valid JSON ({exc})")
+        return http.error(400, f"body is not valid JSON ({exc})")
     try:
         return KeyBody.model_validate(data)
     except ValidationError as exc:
@@ -120,7 +120,7 @@ async def list_keys(request: Request) -> Response:
 
 
 def _not_found(key_id: str) -> Response:
-    return responses.error(404, f"no key with id {key_id!r}")
+    return http.error(404, f"no key with id {key_id!r}")
 
 
 async def key_endpoint(request: Request) -> Response:
@@ -150,9 +150,9 @@ async def key_endpoint(request: Request) -> Response:
         try:
             record = await res.keys.update(key_id, changes)
         except LookupError as exc:
-            return responses.error(409, str(exc))
+            return http.error(409, str(exc))
         except ValueError as exc:
-            return responses.error(422, str(exc))
+            return http.error(422, str(exc))
     if record is None:
         return _not_found(key_id)
     return JSONResponse(record.to_json())
@@ -177,7 +177,7 @@ async def usage(request: Request) -> Response:
     key_id = q.get("key_id")
     if res.auth.enabled and not caller.admin:
         if key_id is not None and key_id != caller.key_id:
-            return responses.error(403, "a key that is not an admin key can only read its own usage")
+            return http.error(403, "a key that is not an admin key can only read its own usage")
         key_id = caller.key_id
     app = q.get("app") or q.get("endpoint_id")
     try:
@@ -191,7 +191,7 @@ async def usage(request: Request) -> Response:
             granularity=q.get("granularity") or q.get("timeframe") or "hour",
         )
     except ValueError as exc:
-        return responses.error(422, str(exc))
+        return http.error(422, str(exc))
     rows = await res.usage.query(query)
     return JSONResponse(report_json(query, rows))
 

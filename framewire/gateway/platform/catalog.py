@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from framewire.engine.api import App, AppRegistry, Endpoint, split_app_id
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.platform.auth import AuthError, Principal
+from framewire.gateway.requests.surfaces import base_url
 from framewire.gateway.resources import Resources
-from framewire.gateway.surface import base_url
 
 log = logging.getLogger("framewire.catalog")
 
@@ -260,7 +260,7 @@ def _requested_app(request: Request) -> App | Response:
     try:
         principal = _principal(request, res)
     except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
+        return http.error(exc.status, exc.reason)
     name = request.path_params["app_id"].strip("/")
     registry = res.engine.registry
     try:
@@ -269,9 +269,9 @@ def _requested_app(request: Request) -> App | Response:
         base, sub = name, ""
     app = None if sub else registry.get(base)
     if app is None:
-        return responses.error(404, f"no model named {name!r}; GET /models lists them")
+        return http.error(404, f"no model named {name!r}; GET /models lists them")
     if not principal.may_use(registry.names_of(app)):
-        return responses.error(403, f"credentials are not valid for {name!r}")
+        return http.error(403, f"credentials are not valid for {name!r}")
     return app
 
 
@@ -280,7 +280,7 @@ async def list_models(request: Request) -> Response:
     try:
         principal = _principal(request, res)
     except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
+        return http.error(exc.status, exc.reason)
     registry = res.engine.registry
     return JSONResponse({"models": [describe(app, registry) for app in _visible(res, principal)]})
 
@@ -303,7 +303,7 @@ async def openapi(request: Request) -> Response:
             document = await asyncio.to_thread(openapi_document, found, res.engine.registry)
         except (PydanticUserError, TypeError, ValueError) as exc:
             log.exception("cannot generate the OpenAPI document of %s", found.app_id)
-            return responses.error(500, f"cannot describe {found.app_id}: {exc}", error_type="internal_error")
+            return http.error(500, f"cannot describe {found.app_id}: {exc}", error_type="internal_error")
         _documents[found] = document
     return JSONResponse({**document, "servers": [{"url": base_url(request)}]})
 

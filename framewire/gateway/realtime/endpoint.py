@@ -24,8 +24,8 @@ from framewire.gateway.platform.auth import AuthError, Principal, origin_allowed
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
 from framewire.gateway.realtime.session import RealtimeSession
+from framewire.gateway.requests.surfaces import base_url
 from framewire.gateway.resources import Resources
-from framewire.gateway.surface import base_url
 
 log = logging.getLogger("framewire.realtime")
 

@@ -25,12 +25,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from framewire.engine.api import EngineClient, EngineUnavailable, FrameResult
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.platform.usage import count_outputs
 from framewire.gateway.realtime import protocol
+from framewire.gateway.requests.finaliser import OutputFinaliser, merge_timings
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
-from framewire.gateway.requests.jobs import Job, JobStore, LogEntry, Outcome
-from framewire.gateway.requests.outputs import OutputFinaliser, merge_timings
+from framewire.gateway.requests.job_store import Job, JobStore, LogEntry, Outcome
 from framewire.gateway.requests.webhooks import webhook_body
 from framewire.gateway.storage.store import FileStore
 
@@ -93,7 +93,7 @@ async def run_outcome(result: FrameResult, inp: Any, finaliser: OutputFinaliser,
     if result.error is not None:
         if isinstance(result.error, EngineUnavailable):
             raise EngineGone(result.error.reason)
-        status, body = responses.app_error_body(result.error)
+        status, body = http.app_error_body(result.error)
         return Outcome(body, status, result.error.reason, body["error_type"], metrics)
     assert result.output is not None
     output = merge_timings(result.output.model_dump(), result)

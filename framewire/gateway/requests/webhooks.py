@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from framewire.gateway.requests.addresses import refusal
-from framewire.gateway.requests.jobs import Delivery, JobStore, Outcome
+from framewire.gateway.requests.job_store import Delivery, JobStore, Outcome
 
 log = logging.getLogger("framewire.webhooks")
 

@@ -28,11 +28,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.platform.auth import AuthError, Principal
+from framewire.gateway.requests.surfaces import base_url
 from framewire.gateway.resources import Resources
 from framewire.gateway.storage.store import FileTooLarge, UploadError, new_id, safe_name, valid_key
-from framewire.gateway.surface import base_url
 
 STORAGE_AUDIENCE = "framewire:storage"
 STORAGE_TOKEN_TTL_S = 3600
@@ -98,12 +98,12 @@ def _principal(request: Request) -> Principal:
 
 
 def _auth_error(exc: AuthError) -> JSONResponse:
-    return responses.error(exc.status, exc.reason)
+    return http.error(exc.status, exc.reason)
 
 
 async def _read_json(request: Request, model: type[BaseModel]) -> Any:
     raw = await request.body()
-    data = responses.json_body(raw)
+    data = http.json_body(raw)
     return model.model_validate(data)
 
 
@@ -170,7 +170,7 @@ async def _store_body(
         await asyncio.to_thread(files.publish_temp, temp, file_id, name, content_type, ttl)
     except FileTooLarge as exc:
         await asyncio.to_thread(files.discard, temp)
-        return responses.error(413, str(exc), error_type="file_too_large")
+        return http.error(413, str(exc), error_type="file_too_large")
     except BaseException:
         await asyncio.to_thread(files.discard, temp)
         raise
@@ -197,9 +197,9 @@ async def _initiate(request: Request, *, multipart: bool) -> Response:
     except AuthError as exc:
         return _auth_error(exc)
     except ValidationError as exc:
-        return responses.validation_error(exc)
+        return http.validation_error(exc)
     except ValueError as exc:
-        return responses.error(400, str(exc))
+        return http.error(400, str(exc))
     file_id, name = new_id(), safe_name(body.file_name, body.content_type)
     base = base_url(request)
     kind = "multipart" if multipart else "put"
@@ -215,11 +215,11 @@ async def _initiate(request: Request, *, multipart: bool) -> Response:
 async def signed_put(request: Request) -> Response:
     file_id, name = request.path_params["file_id"], request.path_params["name"]
     if not valid_key(file_id, name):
-        return responses.error(404, "no such upload")
+        return http.error(404, "no such upload")
     try:
         content_type, ttl = _check_signature(request, "put", file_id, name)
     except PermissionError as exc:
-        return responses.error(403, str(exc))
+        return http.error(403, str(exc))
     content_type = request.headers.get("content-type") or content_type or DEFAULT_CONTENT_TYPE
     failed = await _store_body(request, file_id, name, content_type, ttl)
     return failed or JSONResponse({})
@@ -229,22 +229,22 @@ async def signed_part(request: Request) -> Response:
     file_id, name = request.path_params["file_id"], request.path_params["name"]
     part = int(request.path_params["part"])
     if not valid_key(file_id, name) or not 1 <= part <= 10_000:
-        return responses.error(404, "no such upload part")
+        return http.error(404, "no such upload part")
     try:
         _check_signature(request, "multipart", file_id, name)
     except PermissionError as exc:
-        return responses.error(403, str(exc))
+        return http.error(403, str(exc))
     return await _put_part(request, file_id, part)
 
 
 async def signed_complete(request: Request) -> Response:
     file_id, name = request.path_params["file_id"], request.path_params["name"]
     if not valid_key(file_id, name):
-        return responses.error(404, "no such upload")
+        return http.error(404, "no such upload")
     try:
         _check_signature(request, "multipart", file_id, name)
     except PermissionError as exc:
-        return responses.error(403, str(exc))
+        return http.error(403, str(exc))
     return await _complete(request, file_id, f"{base_url(request)}/files/{file_id}/{name}")
 
 
@@ -253,13 +253,13 @@ async def _put_part(request: Request, file_id: str, part: int) -> Response:
     try:
         temp = await asyncio.to_thread(files.part_temp, file_id)
     except UploadError as exc:
-        return responses.error(404, str(exc))
+        return http.error(404, str(exc))
     try:
         _, md5 = await _receive_into(request, temp, files.max_bytes)
         etag = await asyncio.to_thread(files.save_part, file_id, part, temp, md5)
     except FileTooLarge as exc:
         await asyncio.to_thread(files.discard, temp)
-        return responses.error(413, str(exc), error_type="file_too_large")
+        return http.error(413, str(exc), error_type="file_too_large")
     except BaseException:
         await asyncio.to_thread(files.discard, temp)
         raise
@@ -271,15 +271,15 @@ async def _complete(request: Request, file_id: str, file_url: str) -> Response:
     try:
         body = await _read_json(request, CompleteRequest)
     except ValidationError as exc:
-        return responses.validation_error(exc)
+        return http.validation_error(exc)
     except ValueError as exc:
-        return responses.error(400, str(exc))
+        return http.error(400, str(exc))
     try:
         await asyncio.to_thread(files.complete_multipart, file_id, [(p.partNumber, p.etag) for p in body.parts])
     except UploadError as exc:
-        return responses.error(400, str(exc))
+        return http.error(400, str(exc))
     except FileTooLarge as exc:
-        return responses.error(413, str(exc), error_type="file_too_large")
+        return http.error(413, str(exc), error_type="file_too_large")
     return JSONResponse({"file_url": file_url, "access_url": file_url})
 
 
@@ -310,7 +310,7 @@ def _direct_start(request: Request, default_name: str | None) -> tuple[str, str,
     except AuthError as exc:
         return _auth_error(exc)
     except ValueError as exc:
-        return responses.error(400, str(exc))
+        return http.error(400, str(exc))
     content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
     name = safe_name(request.headers.get("x-fal-file-name") or default_name, content_type)
     return new_id(), name, content_type, ttl
@@ -339,7 +339,7 @@ async def direct_multipart(request: Request) -> Response:
 def _direct_target(request: Request) -> tuple[str, str] | Response:
     file_id, name = request.path_params["file_id"], request.path_params["name"]
     if not valid_key(file_id, name) or request.path_params["upload_id"] != file_id:
-        return responses.error(404, "no such upload")
+        return http.error(404, "no such upload")
     try:
         _principal(request)
     except AuthError as exc:
@@ -353,7 +353,7 @@ async def direct_part(request: Request) -> Response:
         return target
     part = int(request.path_params["part"])
     if not 1 <= part <= 10_000:
-        return responses.error(404, "part numbers go from 1 to 10000")
+        return http.error(404, "part numbers go from 1 to 10000")
     return await _put_part(request, target[0], part)
 
 
@@ -372,7 +372,7 @@ async def serve_file(request: Request) -> Response:
     res = _res(request)
     stored = await asyncio.to_thread(res.files.get, request.path_params["file_id"], request.path_params["name"])
     if stored is None:
-        return responses.error(404, "file not found (it may have expired)")
+        return http.error(404, "file not found (it may have expired)")
     headers = {
         "Cache-Control": "public, max-age=3600",
         # Uploaded HTML or SVG must not run as this server's origin (it also serves tokens).

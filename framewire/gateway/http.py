@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from framewire.engine.api import AppError
 from framewire.gateway.platform.limits import retry_after_header
 from framewire.gateway.realtime import protocol
-from framewire.gateway.requests.jobs import Outcome
+from framewire.gateway.requests.job_store import Outcome
 
 REQUEST_ID = "x-fal-request-id"
 

@@ -7,7 +7,7 @@
   slower than the app, older partials are dropped for newer ones), then one event with
   the final output, then the stream ends. Errors after the stream started arrive as an
   ``event: error`` whose data is the usual error body. Keep-alive comments every
-  :data:`framewire.gateway.requests.queue.PING_S` seconds.
+  :data:`framewire.gateway.requests.queue_surface.PING_S` seconds.
 
 Sync runs go to the engine with priority 0: before queue jobs, after realtime frames.
 ``x-fal-request-timeout: <s>`` bounds the wait before a run starts: one still waiting then
@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from framewire.engine.api import Endpoint, FrameResult, StartTimeout
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.platform.auth import AuthError, Principal
 from framewire.gateway.requests.dispatcher import EngineGone, run_outcome, timeout_outcome
 from framewire.gateway.requests.inputs import FetchError
-from framewire.gateway.requests.queue import PING_S
+from framewire.gateway.requests.queue_surface import PING_S
+from framewire.gateway.requests.surfaces import base_url, start_timeout_s
 from framewire.gateway.resources import Resources
-from framewire.gateway.surface import base_url, start_timeout_s
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
 MAX_PENDING_PARTIALS = 4
@@ -69,15 +69,15 @@ async def handle(request: Request, path: str) -> Response | None:
         principal = res.auth.request(request.headers, request.query_params.get("fal_jwt_token"))
         res.auth.check_app(principal, res.engine.registry.names_of(endpoint.app))
     except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
+        return http.error(exc.status, exc.reason)
     if res.draining or not res.engine.ready:
-        return responses.error(
+        return http.error(
             503, "the server is not ready; retry shortly", error_type="engine_unavailable", headers={"Retry-After": "1"}
         )
     app_id, surface = endpoint.app.app_id, "stream" if streaming else "run"
     wait_s = res.meter.rate_limited(principal, app_id, surface)
     if wait_s is not None:
-        return responses.rate_limited(principal.limits.requests_per_s, wait_s)
+        return http.rate_limited(principal.limits.requests_per_s, wait_s)
     started = time.perf_counter()
     base = base_url(request)
     try:
@@ -85,7 +85,7 @@ async def handle(request: Request, path: str) -> Response | None:
         if request.method == "GET":
             data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
         else:
-            data = responses.json_body(await request.body())
+            data = http.json_body(await request.body())
         if not isinstance(data, dict):
             raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
         endpoint.input_model.model_validate(data)  # fail before fetching anything
@@ -93,13 +93,13 @@ async def handle(request: Request, path: str) -> Response | None:
         inp = endpoint.input_model.model_validate(data)
     except ValidationError as exc:
         res.meter.request(principal.key_id, app_id, surface, error_code="validation_error")
-        return responses.validation_error(exc)
+        return http.validation_error(exc)
     except FetchError as exc:
         res.meter.request(principal.key_id, app_id, surface, error_code=exc.error_type)
-        return responses.error(422, exc.detail(), error_type=exc.error_type)
+        return http.error(422, exc.detail(), error_type=exc.error_type)
     except ValueError as exc:
         res.meter.request(principal.key_id, app_id, surface, error_code="bad_request")
-        return responses.error(400, str(exc))
+        return http.error(400, str(exc))
     if streaming:
         return _stream(res, endpoint, inp, base, principal, started, timeout_s)
     try:
@@ -109,7 +109,7 @@ async def handle(request: Request, path: str) -> Response | None:
         raise
     except StartTimeout as exc:
         res.meter.request(principal.key_id, app_id, surface, error_code="request_timeout")
-        return responses.outcome(timeout_outcome(exc.timeout_s))
+        return http.outcome(timeout_outcome(exc.timeout_s))
     res.meter.result(principal, app_id, surface, result, started)
     return await _respond(res, result, inp, base)
 
@@ -118,8 +118,8 @@ async def _respond(res: Resources, result: FrameResult, inp: BaseModel, base: st
     try:
         outcome = await run_outcome(result, inp, res.finaliser, base)
     except EngineGone as exc:
-        return responses.error(503, exc.args[0], error_type="engine_unavailable")
-    return responses.outcome(outcome)
+        return http.error(503, exc.args[0], error_type="engine_unavailable")
+    return http.outcome(outcome)
 
 
 def _stream(

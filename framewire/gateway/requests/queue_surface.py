@@ -30,11 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from framewire.engine.api import split_app_id
-from framewire.gateway import responses
+from framewire.gateway import http
 from framewire.gateway.platform.auth import AuthError, Principal
 from framewire.gateway.requests.addresses import refusal
 from framewire.gateway.requests.dispatcher import cancelled_outcome
-from framewire.gateway.requests.jobs import (
+from framewire.gateway.requests.job_store import (
     CancelResult,
     Job,
     JobStatus,
@@ -44,9 +44,9 @@ from framewire.gateway.requests.jobs import (
     QueueFull,
     Snapshot,
 )
+from framewire.gateway.requests.surfaces import base_url, start_timeout_s
 from framewire.gateway.requests.webhooks import webhook_body
 from framewire.gateway.resources import Resources
-from framewire.gateway.surface import base_url, start_timeout_s
 
 _REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?:/(?P<op>status/stream|status|cancel))?/?$")
 #: Seconds between keep-alive comments on SSE streams.
@@ -98,7 +98,7 @@ def _principal(request: Request, res: Resources) -> Principal:
 
 
 def _with_id(response: Response, job_id: str) -> Response:
-    response.headers[responses.REQUEST_ID] = job_id
+    response.headers[http.REQUEST_ID] = job_id
     return response
 
 
@@ -133,19 +133,19 @@ async def submit(request: Request, path: str) -> Response:
         endpoint = res.engine.registry.resolve(path)
         res.auth.check_app(principal, res.engine.registry.names_of(endpoint.app))
     except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
+        return http.error(exc.status, exc.reason)
     except (LookupError, ValueError):
-        return responses.error(404, f"Path /{path} not found")
+        return http.error(404, f"Path /{path} not found")
     if res.draining or not res.engine.ready:
-        return responses.error(
+        return http.error(
             503, "the server is not ready; retry shortly", error_type="engine_unavailable", headers={"Retry-After": "1"}
         )
     wait_s = res.meter.rate_limited(principal, endpoint.app.app_id, "queue")
     if wait_s is not None:
-        return responses.rate_limited(principal.limits.requests_per_s, wait_s)
+        return http.rate_limited(principal.limits.requests_per_s, wait_s)
     try:
         priority, timeout_s, webhook, limit = _submit_options(request, res)
-        data = responses.json_body(await request.body())
+        data = http.json_body(await request.body())
         if not isinstance(data, dict):
             raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
         endpoint.input_model.model_validate(data)
@@ -153,9 +153,9 @@ async def submit(request: Request, path: str) -> Response:
         if refused is not None:
             raise ValueError(f"fal_webhook: {refused}")
     except ValidationError as exc:
-        return responses.validation_error(exc)
+        return http.validation_error(exc)
     except ValueError as exc:
-        return responses.error(400, str(exc))
+        return http.error(400, str(exc))
     app_path, _, _ = split_app_id(path)
     now = time.time()
     new = NewJob(
@@ -173,7 +173,7 @@ async def submit(request: Request, path: str) -> Response:
     try:
         job, position = await res.jobs.submit(new, limit)
     except QueueFull as exc:
-        return responses.error(429, str(exc), error_type="queue_full")
+        return http.error(429, str(exc), error_type="queue_full")
     res.dispatcher.submitted(job.app_key, job.start_deadline)
     body = {
         "status": "IN_QUEUE",
@@ -194,9 +194,9 @@ async def _job_for(
     try:
         principal = _principal(request, res)
     except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
+        return http.error(exc.status, exc.reason)
     snap = await res.jobs.snapshot(job_id, with_logs, with_result)
-    not_found = responses.error(404, f"Request {job_id!r} not found", status="NOT_FOUND")
+    not_found = http.error(404, f"Request {job_id!r} not found", status="NOT_FOUND")
     if snap is None:
         return not_found
     job = snap.job
@@ -219,7 +219,7 @@ async def requests_endpoint(request: Request, match: re.Match[str]) -> Response:
     method = request.method
     allowed = {None: ("GET", "HEAD"), "status": ("GET", "HEAD"), "status/stream": ("GET",), "cancel": ("PUT", "POST")}
     if method not in allowed[op]:
-        return responses.error(405, f"{method} is not allowed here; use {' or '.join(allowed[op])}")
+        return http.error(405, f"{method} is not allowed here; use {' or '.join(allowed[op])}")
     with_logs = _flag(request.query_params.get("logs")) and op in ("status", "status/stream")
     found = await _job_for(request, res, match["app"], job_id, with_logs, with_result=op is None)
     if isinstance(found, Response):
@@ -238,8 +238,8 @@ async def requests_endpoint(request: Request, match: re.Match[str]) -> Response:
 def _result(job: Job) -> Response:
     if job.status != JobStatus.COMPLETED or job.outcome is None:
         where = "in the queue" if job.status == JobStatus.IN_QUEUE else "in progress"
-        return responses.error(400, f"Request is still {where}", status=str(job.status))
-    return responses.outcome(job.outcome)
+        return http.error(400, f"Request is still {where}", status=str(job.status))
+    return http.outcome(job.outcome)
 
 
 async def _cancel(res: Resources, job: Job) -> Response:
@@ -293,4 +293,4 @@ async def handle(request: Request, path: str) -> Response:
         return await requests_endpoint(request, match)
     if request.method == "POST":
         return await submit(request, path.strip("/"))
-    return responses.error(404, f"Path /{path} not found")
+    return http.error(404, f"Path /{path} not found")
