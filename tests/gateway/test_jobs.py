@@ -16,11 +16,11 @@ from framewire.gateway.requests.job_store import (
     CancelResult,
     JobStatus,
     NewJob,
-    Outcome,
     Priority,
     QueueFull,
     SqliteJobStore,
 )
+from framewire.gateway.requests.outcomes import Outcome
 
 
 @pytest.fixture

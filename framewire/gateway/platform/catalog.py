@@ -27,8 +27,8 @@ from starlette.routing import BaseRoute, Route
 
 from framewire.engine.api import App, AppRegistry, Endpoint, split_app_id
 from framewire.gateway import http
+from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import AuthError, Principal
-from framewire.gateway.requests.surfaces import base_url
 from framewire.gateway.resources import Resources
 
 log = logging.getLogger("framewire.catalog")

@@ -19,12 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from framewire.engine.api import DEFAULT_BUFFERING, Endpoint
+from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
 from framewire.gateway.platform.auth import AuthError, Principal, origin_allowed
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
 from framewire.gateway.realtime.session import RealtimeSession
-from framewire.gateway.requests.surfaces import base_url
 from framewire.gateway.resources import Resources
 
 log = logging.getLogger("framewire.realtime")

@@ -31,9 +31,9 @@ from starlette.responses import JSONResponse, Response
 
 from framewire.engine.api import split_app_id
 from framewire.gateway import http
+from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import AuthError, Principal
 from framewire.gateway.requests.addresses import refusal
-from framewire.gateway.requests.dispatcher import cancelled_outcome
 from framewire.gateway.requests.job_store import (
     CancelResult,
     Job,
@@ -44,13 +44,12 @@ from framewire.gateway.requests.job_store import (
     QueueFull,
     Snapshot,
 )
-from framewire.gateway.requests.surfaces import base_url, start_timeout_s
+from framewire.gateway.requests.outcomes import cancelled_outcome, outcome_response
+from framewire.gateway.requests.surfaces import PING_S, start_timeout_s
 from framewire.gateway.requests.webhooks import webhook_body
 from framewire.gateway.resources import Resources
 
 _REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?:/(?P<op>status/stream|status|cancel))?/?$")
-#: Seconds between keep-alive comments on SSE streams.
-PING_S = 10
 #: Longest a status stream waits for a change before looking again (queue positions move).
 STATUS_POLL_S = 0.5
 
@@ -239,7 +238,7 @@ def _result(job: Job) -> Response:
     if job.status != JobStatus.COMPLETED or job.outcome is None:
         where = "in the queue" if job.status == JobStatus.IN_QUEUE else "in progress"
         return http.error(400, f"Request is still {where}", status=str(job.status))
-    return http.outcome(job.outcome)
+    return outcome_response(job.outcome)
 
 
 async def _cancel(res: Resources, job: Job) -> Response:

@@ -7,7 +7,7 @@
   slower than the app, older partials are dropped for newer ones), then one event with
   the final output, then the stream ends. Errors after the stream started arrive as an
   ``event: error`` whose data is the usual error body. Keep-alive comments every
-  :data:`framewire.gateway.requests.queue_surface.PING_S` seconds.
+  :data:`framewire.gateway.requests.surfaces.PING_S` seconds.
 
 Sync runs go to the engine with priority 0: before queue jobs, after realtime frames.
 ``x-fal-request-timeout: <s>`` bounds the wait before a run starts: one still waiting then
@@ -31,11 +31,11 @@ from starlette.responses import Response
 
 from framewire.engine.api import Endpoint, FrameResult, StartTimeout
 from framewire.gateway import http
+from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import AuthError, Principal
-from framewire.gateway.requests.dispatcher import EngineGone, run_outcome, timeout_outcome
 from framewire.gateway.requests.inputs import FetchError
-from framewire.gateway.requests.queue_surface import PING_S
-from framewire.gateway.requests.surfaces import base_url, start_timeout_s
+from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
+from framewire.gateway.requests.surfaces import PING_S, start_timeout_s
 from framewire.gateway.resources import Resources
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
@@ -109,7 +109,7 @@ async def handle(request: Request, path: str) -> Response | None:
         raise
     except StartTimeout as exc:
         res.meter.request(principal.key_id, app_id, surface, error_code="request_timeout")
-        return http.outcome(timeout_outcome(exc.timeout_s))
+        return outcome_response(timeout_outcome(exc.timeout_s))
     res.meter.result(principal, app_id, surface, result, started)
     return await _respond(res, result, inp, base)
 
@@ -119,7 +119,7 @@ async def _respond(res: Resources, result: FrameResult, inp: BaseModel, base: st
         outcome = await run_outcome(result, inp, res.finaliser, base)
     except EngineGone as exc:
         return http.error(503, exc.args[0], error_type="engine_unavailable")
-    return http.outcome(outcome)
+    return outcome_response(outcome)
 
 
 def _stream(

@@ -1,11 +1,9 @@
-"""Which surface a request is on, and the URL the client used to reach it.
+"""Which surface answers an HTTP request, and what the run and queue surfaces share.
 
 fal clients send run and queue calls to the same paths (``POST /{id}``) on two hosts,
 ``fal.run`` and ``queue.fal.run``. FrameWire picks the queue surface when the Host
 header starts with ``queue.`` or the request arrived on the ``--queue-port`` listener
-(the ASGI ``server`` entry is the listening socket's address). URLs handed back use the
-scheme and host the client used, so they work behind TLS terminators and proxies
-(uvicorn applies ``X-Forwarded-Proto`` from trusted proxies to the scheme).
+(the ASGI ``server`` entry is the listening socket's address).
 """
 
 from __future__ import annotations
@@ -17,6 +15,9 @@ from starlette.types import Scope
 
 from framewire.gateway.settings import Settings
 
+#: Seconds between keep-alive comments on SSE streams.
+PING_S = 10
+
 
 def is_queue(scope: Scope, settings: Settings) -> bool:
     for name, value in scope.get("headers", ()):
@@ -26,18 +27,6 @@ def is_queue(scope: Scope, settings: Settings) -> bool:
             break
     server = scope.get("server")
     return settings.queue_port is not None and server is not None and server[1] == settings.queue_port
-
-
-def base_url(conn: HTTPConnection) -> str:
-    """``scheme://host[:port]`` as the client addressed this server."""
-    host = conn.headers.get("host")
-    if not host:
-        server = conn.scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    scheme = conn.url.scheme
-    if scheme in ("ws", "wss"):
-        scheme = "https" if scheme == "wss" else "http"
-    return f"{scheme}://{host}"
 
 
 def start_timeout_s(conn: HTTPConnection) -> float | None:

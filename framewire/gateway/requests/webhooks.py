@@ -39,7 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from framewire.gateway.requests.addresses import refusal
-from framewire.gateway.requests.job_store import Delivery, JobStore, Outcome
+from framewire.gateway.requests.job_store import Delivery, JobStore
+from framewire.gateway.requests.outcomes import Outcome
 
 log = logging.getLogger("framewire.webhooks")
 

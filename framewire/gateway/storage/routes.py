@@ -29,8 +29,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from framewire.gateway import http
+from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import AuthError, Principal
-from framewire.gateway.requests.surfaces import base_url
 from framewire.gateway.resources import Resources
 from framewire.gateway.storage.store import FileTooLarge, UploadError, new_id, safe_name, valid_key
 
