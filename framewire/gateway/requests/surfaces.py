@@ -3,17 +3,26 @@
 fal clients send run and queue calls to the same paths (``POST /{id}``) on two hosts,
 ``fal.run`` and ``queue.fal.run``. FrameWire picks the queue surface when the Host
 header starts with ``queue.`` or the request arrived on the ``--queue-port`` listener
-(the ASGI ``server`` entry is the listening socket's address).
+(the ASGI ``server`` entry is the listening socket's address). :class:`SurfaceRouter`
+takes every HTTP path no shared route took; on the run surface, a path no app answers
+falls through to the demo page's static files.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from starlette.requests import HTTPConnection
-from starlette.types import Scope
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from framewire.gateway import http
 from framewire.gateway.settings import Settings
+
+if TYPE_CHECKING:  # both import this module's helpers
+    from framewire.gateway.requests.queue_surface import QueueSurface
+    from framewire.gateway.requests.run_surface import RunSurface
 
 #: Seconds between keep-alive comments on SSE streams.
 PING_S = 10
@@ -44,3 +53,30 @@ def start_timeout_s(conn: HTTPConnection) -> float | None:
     if not math.isfinite(timeout_s) or timeout_s <= 0:
         raise ValueError(f"x-fal-request-timeout must be > 0 seconds, got {raw!r}")
     return timeout_s
+
+
+class SurfaceRouter:
+    """Any HTTP path not taken by a shared route: the queue surface or the run surface."""
+
+    def __init__(self, settings: Settings, queue: QueueSurface, run: RunSurface, static: ASGIApp | None) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.run = run
+        self.static = static
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        path = scope["path_params"].get("path", "")
+        response: Response | None
+        if is_queue(scope, self.settings):
+            response = await self.queue.handle(request, path)
+        else:
+            response = None
+            if request.method in ("GET", "POST"):
+                response = await self.run.handle(request, path)
+            if response is None:
+                if self.static is not None and request.method in ("GET", "HEAD"):
+                    await self.static(scope, receive, send)
+                    return
+                response = http.error(404, f"Path /{path.strip('/')} not found")
+        await response(scope, receive, send)
