@@ -48,7 +48,7 @@ from framewire.gateway.requests.job_store import (
     Snapshot,
 )
 from framewire.gateway.requests.outcomes import cancelled_outcome, outcome_response
-from framewire.gateway.requests.surfaces import PING_S, start_timeout_s
+from framewire.gateway.requests.surfaces import PING_S, not_ready, start_timeout_s
 from framewire.gateway.requests.webhooks import WebhookDeliverer, webhook_body
 from framewire.gateway.state import ServerState
 
@@ -179,12 +179,7 @@ class QueueSurface:
         except (LookupError, ValueError):
             return http.error(404, f"Path /{path} not found")
         if self.state.draining or not self.engine.ready:
-            return http.error(
-                503,
-                "the server is not ready; retry shortly",
-                error_type="engine_unavailable",
-                headers={"Retry-After": "1"},
-            )
+            return not_ready()
         wait_s = self.meter.rate_limited(principal, endpoint.app.app_id, "queue")
         if wait_s is not None:
             return http.rate_limited(principal.limits.requests_per_s, wait_s)

@@ -37,7 +37,7 @@ from framewire.gateway.platform.metering import Meter
 from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
 from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
-from framewire.gateway.requests.surfaces import PING_S, start_timeout_s
+from framewire.gateway.requests.surfaces import PING_S, not_ready, start_timeout_s
 from framewire.gateway.state import ServerState
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
@@ -91,12 +91,7 @@ class RunSurface:
         except AuthError as exc:
             return http.error(exc.status, exc.reason)
         if self.state.draining or not self.engine.ready:
-            return http.error(
-                503,
-                "the server is not ready; retry shortly",
-                error_type="engine_unavailable",
-                headers={"Retry-After": "1"},
-            )
+            return not_ready()
         app_id, surface = endpoint.app.app_id, "stream" if streaming else "run"
         wait_s = meter.rate_limited(principal, app_id, surface)
         if wait_s is not None:

@@ -38,6 +38,13 @@ def is_queue(scope: Scope, settings: Settings) -> bool:
     return settings.queue_port is not None and server is not None and server[1] == settings.queue_port
 
 
+def not_ready() -> Response:
+    """503 for a run or submit while the engine starts or the server drains; clients retry."""
+    return http.error(
+        503, "the server is not ready; retry shortly", error_type="engine_unavailable", headers={"Retry-After": "1"}
+    )
+
+
 def start_timeout_s(conn: HTTPConnection) -> float | None:
     """``x-fal-request-timeout``: seconds a request may wait before it starts (None: no bound).
 
