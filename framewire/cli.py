@@ -260,7 +260,7 @@ def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
     import uvicorn
 
-    from framewire.gateway.app import create_app
+    from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
     from framewire.gateway.platform.metrics import Metrics
 
@@ -269,9 +269,9 @@ def serve(settings: Settings) -> None:
     if not settings.workers and not settings.devices:
         configure_kernels(settings)  # workers configure their own
     engine = build_engine(settings, registry, metrics.on_batch)
-    app = create_app(settings, engine, metrics=metrics)
+    gateway = create_gateway(settings, engine, metrics=metrics)
     config = uvicorn.Config(
-        app,
+        gateway.app,
         log_level=settings.log_level,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
@@ -310,7 +310,7 @@ def serve(settings: Settings) -> None:
             file=sys.stderr,
             flush=True,
         )
-    DrainingServer(config, app.state.framewire, settings.shutdown_timeout_s).run(sockets=sockets)
+    DrainingServer(config, gateway.drain, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
