@@ -33,7 +33,10 @@ from tests.gateway.test_live import make_self_signed_cert
 pytestmark = pytest.mark.slow
 
 
-async def _queue_result(queue_port: int, body: dict[str, object], timeout_s: float = 20.0) -> dict[str, object]:
+async def _queue_result(
+    queue_port: int, body: dict[str, object], timeout_s: float = 20.0
+) -> tuple[str, dict[str, object]]:
+    """Submit a job on the queue surface and wait for it: (request id, result)."""
     status, submitted = await asyncio.to_thread(post_json, queue_port, "/test/sleep", body)
     assert status == 200, submitted
     request_id = submitted["request_id"]
@@ -46,7 +49,7 @@ async def _queue_result(queue_port: int, body: dict[str, object], timeout_s: flo
         await asyncio.sleep(0.05)
     status, result = await asyncio.to_thread(get_json, queue_port, f"/test/sleep/requests/{request_id}")
     assert status == 200, result
-    return dict(result)
+    return request_id, dict(result)
 
 
 async def test_two_edges_and_two_workers_serve_realtime_run_and_queue_batching_across_edges() -> None:
@@ -78,7 +81,7 @@ async def test_two_edges_and_two_workers_serve_realtime_run_and_queue_batching_a
 
         status, body = await asyncio.to_thread(post_json, edge_a, "/test/sleep", {"n": 7})
         assert status == 200 and body["n"] == 7 and body["pid"] in (w1.pid, w2.pid)
-        result = await _queue_result(queue_a, {"n": 8})
+        _, result = await _queue_result(queue_a, {"n": 8})
         assert result["n"] == 8 and result["pid"] in (w1.pid, w2.pid)
 
         _, ready = await asyncio.to_thread(get_json, edge_b, "/ready")
@@ -136,7 +139,8 @@ async def test_a_dead_or_frozen_worker_moves_its_sessions_within_3_s(fault: str)
         assert "lost" in edge.output()
 
 
-async def test_a_queue_job_on_a_killed_worker_runs_again_and_completes_once() -> None:
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+async def test_a_queue_job_on_a_lost_worker_runs_again_and_completes_once(fault: str) -> None:
     with (
         worker_process("w1") as (w1, p1),
         worker_process("w2") as (w2, p2),
@@ -155,9 +159,13 @@ async def test_a_queue_job_on_a_killed_worker_runs_again_and_completes_once() ->
 
         await until(running_somewhere, what="the job to reach a worker")
         victim, survivor = (w1, w2) if holder[0] == "w1" else (w2, w1)
-        victim.signal(signal.SIGKILL)
-        result = await asyncio.wait_for(job, 20.0)
+        victim.signal(signal.SIGKILL if fault == "SIGKILL" else signal.SIGSTOP)
+        request_id, result = await asyncio.wait_for(job, 20.0)
         assert result["n"] == 5 and result["pid"] == survivor.pid
+        victim.signal(signal.SIGCONT)  # a thawed worker finishes its copy; nobody takes that answer
+        await asyncio.sleep(2.0)
+        _, again = await asyncio.to_thread(get_json, queue_port, f"/test/sleep/requests/{request_id}")
+        assert again["pid"] == survivor.pid
 
 
 async def test_a_dropped_link_moves_sessions_and_the_worker_is_reached_again() -> None:
@@ -391,3 +399,24 @@ def test_devices_auto_without_a_gpu_names_the_fix() -> None:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin"}, timeout=60)
     assert done.returncode == 2
     assert "--devices auto found no GPU" in done.stderr and "--devices cpu" in done.stderr
+
+
+async def test_a_worker_process_answers_bad_messages_and_keeps_serving_its_edges() -> None:
+    with worker_process("w1") as (worker, port), edge_process([f"127.0.0.1:{port}"]) as (_, edge, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        enc, dec = wire.Encoder(), wire.Decoder()
+        hello = dec.feed(await reader.read(65536))[0]
+        nonce = wire.new_nonce()
+        writer.write(enc.pack([wire.Kind.AUTH, 1, "raw", nonce, wire.edge_proof(SECRET.encode(), hello[3], nonce), {}]))
+        assert dec.feed(await reader.read(65536))[0][0] == wire.Kind.WELCOME
+        writer.write(enc.pack([wire.Kind.CALL, 1, "test/sleep", "high", None, False, {}]))  # priority not an int
+        reply = dec.feed(await asyncio.wait_for(reader.read(65536), 5))[0]
+        assert reply[0] == wire.Kind.ERROR and "priority" in reply[2]
+        writer.write(b"\xc1" * 8)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await writer.wait_closed()
+        session = await Session.open(edge)
+        assert await _learn_home(session) == worker.pid
+        await session.close()
+        assert "undecodable link data" in worker.output()
