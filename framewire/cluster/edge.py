@@ -369,7 +369,8 @@ class _Worker:
     def _result(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 7)
         _, sid, seq, output, error, queue_ms, inference_ms, batch_size = message
-        stream = self.streams.get(sid)
+        stream = self.streams.get(wire.ident(sid, "a stream id"))
+        wire.ident(seq, "a frame id")
         if stream is None:
             return  # closed or moved meanwhile
         sent = stream.in_flight.pop(seq, None)
@@ -381,7 +382,7 @@ class _Worker:
 
     def _stream_error(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 2)
-        stream = self.streams.pop(message[1], None)
+        stream = self.streams.pop(wire.ident(message[1], "a stream id"), None)
         if stream is None:
             return
         error = wire.decode_error(message[2])
@@ -391,7 +392,7 @@ class _Worker:
     def _reply(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 6)
         _, cid, output, error, queue_ms, inference_ms, batch_size = message
-        call = self.calls.pop(cid, None)
+        call = self.calls.pop(wire.ident(cid, "a call id"), None)
         if call is None:
             return  # cancelled meanwhile
         if error is not None:
@@ -406,7 +407,7 @@ class _Worker:
 
     def _progress(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 2)
-        call = self.calls.get(message[1])
+        call = self.calls.get(wire.ident(message[1], "a call id"))
         if call is None or call.on_progress is None or not isinstance(message[2], dict):
             return
         try:

@@ -170,6 +170,13 @@ def field_count(message: Sequence[Any], count: int) -> None:
         raise Violation(f"message type {message[0]} needs {count} fields, got {len(message) - 1}")
 
 
+def ident(value: Any, what: str) -> int:
+    """A stream, frame or call id: an int, else :class:`Violation`."""
+    if type(value) is not int:
+        raise Violation(f"{what} must be an integer, got {type(value).__name__}")
+    return value
+
+
 def dump(model: BaseModel) -> dict[str, Any]:
     """A model as a map msgpack can carry (bytes stay bytes)."""
     return model.model_dump()

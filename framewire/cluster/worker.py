@@ -206,7 +206,8 @@ class _EdgeConnection:
     def _frame(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 3)
         _, sid, seq, fields = message
-        entry = self.streams.get(sid)
+        entry = self.streams.get(wire.ident(sid, "a stream id"))
+        wire.ident(seq, "a frame id")
         if entry is None:
             return  # closed, or refused with STREAM_ERROR: the edge already failed its frames
         if not isinstance(fields, dict):
@@ -237,7 +238,7 @@ class _EdgeConnection:
 
     def _close(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 1)
-        entry = self.streams.pop(message[1], None)
+        entry = self.streams.pop(wire.ident(message[1], "a stream id"), None)
         if entry is not None:
             self.server.engine.close_stream(entry.stream)
             self.server._changed()
@@ -311,7 +312,7 @@ class _EdgeConnection:
 
     def _cancel(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 1)
-        task = self.calls.get(message[1])
+        task = self.calls.get(wire.ident(message[1], "a call id"))
         if task is not None:
             task.cancel()
 

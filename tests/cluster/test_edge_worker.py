@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import random
 
 import pytest
 
 from framewire.cluster import wire
 from framewire.cluster.edge import REFUSED, Partial, RemoteStream
 from framewire.cluster.wire import WorkerState
-from framewire.engine.api import EngineUnavailable, FrameResult, StartTimeout
+from framewire.engine.api import AppRegistry, EngineUnavailable, FrameResult, StartTimeout
 from framewire.engine.apps.echo import EchoApp
 from tests.cluster.apps import OtherSleepApp, SleepApp, SleepIn, SleepOut
 from tests.cluster.conftest import FAST, SECRET, Results, edge_for, running, start_worker, wait_for
@@ -416,3 +418,84 @@ async def test_worker_status_reports_sessions_and_batches() -> None:
         assert status.batch_size["test/sleep/realtime"] == 1.0
         assert status.batch_fill["test/sleep/realtime"] == pytest.approx(1 / 8)
         assert status.rtt_ms is not None and status.device == "cpu"
+
+
+def _random_message(rng: random.Random) -> list[object]:
+    """A message of a real type with fields of random shapes (ints, strings, maps, nils)."""
+    kinds = [int(k) for k in wire.Kind] + [99]
+    values: list[object] = [None, 0, -1, 7, 2**40, 1.5, "", "test/sleep/realtime", b"\x00" * 3, [], {}, {"n": "x"}]
+    fields = [rng.choice(values) for _ in range(rng.randint(0, 8))]
+    return [rng.choice(kinds), *fields]
+
+
+async def test_random_messages_never_break_a_worker() -> None:
+    worker = await start_worker()
+    edge = edge_for([worker.address])
+    async with running(edge, worker):
+        await edge.start()
+        await _ready(edge)
+        reader, writer = await _raw_edge(worker.address.port)
+        enc, dec = wire.Encoder(), wire.Decoder()
+        rng = random.Random(14)
+        for _ in range(400):
+            message = _random_message(rng)
+            if message[0] == wire.Kind.CLOSE and len(message) == 2:
+                continue  # a valid close of a stream this edge never opened: no answer to wait for
+            writer.write(enc.pack(message))
+        writer.write(enc.pack([wire.Kind.PING, 42.0]))
+        replies: list[list[object]] = []
+        async with asyncio.timeout(10):
+            while not any(r[0] == wire.Kind.PONG and r[1] == 42.0 for r in replies):
+                replies += dec.feed(await reader.read(1 << 20))
+        assert {r[1] for r in replies if r[0] == wire.Kind.ERROR} == {"PROTOCOL"}  # no handler crashed
+        kinds = {r[0] for r in replies}
+        assert wire.Kind.ERROR in kinds and kinds <= {
+            wire.Kind.ERROR,
+            wire.Kind.PONG,
+            wire.Kind.STREAM_ERROR,
+            wire.Kind.REPLY,
+            wire.Kind.RESULT,
+        }
+        writer.close()
+        await writer.wait_closed()
+        result = await edge.call(_endpoint(edge, realtime=False), SleepIn(n=1))
+        assert result.output is not None
+
+
+async def test_random_messages_from_a_worker_never_break_an_edge() -> None:
+    registry = AppRegistry([SleepApp()])
+    errors: list[list[object]] = []
+    done = asyncio.Event()
+
+    async def fuzzing_worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        enc, dec = wire.Encoder(), wire.Decoder()
+        nonce = wire.new_nonce()
+        writer.write(enc.pack([wire.Kind.HELLO, wire.PROTOCOL_VERSION, "fuzz", nonce]))
+        auth = dec.feed(await reader.read(65536))[0]
+        load = wire.WorkerLoad(wire.WorkerState.READY)
+        info = wire.WorkerInfo("fuzz", "cpu", 0, wire.describe_apps(registry), load)
+        writer.write(enc.pack([wire.Kind.WELCOME, wire.worker_proof(SECRET, auth[3], nonce), info.to_wire()]))
+        rng = random.Random(15)
+        for _ in range(400):
+            writer.write(enc.pack(_random_message(rng)))
+        writer.write(enc.pack([wire.Kind.ERROR, "DONE", "marker"]))  # the edge only logs this one
+        await writer.drain()
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(2):
+                while data := await reader.read(1 << 20):
+                    errors.extend(m for m in dec.feed(data) if m[0] == wire.Kind.ERROR)
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(fuzzing_worker, "127.0.0.1", 0)
+    real = await start_worker()
+    from framewire.cluster.directory import WorkerAddress
+
+    edge = edge_for([WorkerAddress("127.0.0.1", server.sockets[0].getsockname()[1]), real.address])
+    async with running(edge, real):
+        await edge.start()
+        await asyncio.wait_for(done.wait(), 10)
+        assert errors and {e[1] for e in errors} == {"PROTOCOL"}  # refused, and no handler crashed
+        result = await edge.call(_endpoint(edge, realtime=False), SleepIn(n=1))
+        assert result.output is not None
+    server.close()
