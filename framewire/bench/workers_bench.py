@@ -31,6 +31,7 @@ import datetime
 import os
 import secrets
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -75,15 +76,19 @@ EDGES = "fake engine 20 ms/batch, 16 sessions over 2 edges"
 PER_EDGE = 8
 
 
-def plan(quick: bool = False) -> list[tuple[Scenario, tuple[Topology, ...]]]:
-    window = 3.0 if quick else 10.0
+def plan(
+    quick: bool = False, window_s: float | None = None, warmup_s: float = 2.0
+) -> list[tuple[Scenario, tuple[Topology, ...]]]:
+    """The scenarios and the deployments each runs against, in running order."""
+    window = window_s if window_s is not None else 3.0 if quick else 10.0
     fake = {"delay_ms": 20.0}
-    return [
+    scenarios = [
         (Scenario(OPEN_64, sessions=64, mode=Mode.OPEN, fps=15.0, window_s=window), (BASELINE, IN_PROCESS, ONE_WORKER)),
         (Scenario(CLOSED_16, sessions=16, mode=Mode.CLOSED, window_s=window), (BASELINE, IN_PROCESS, ONE_WORKER)),
         (with_inputs(Scenario(SCALE, sessions=64, mode=Mode.CLOSED, window_s=window), fake), (ONE_WORKER, TWO_WORKERS)),
         (with_inputs(Scenario(EDGES, sessions=2 * PER_EDGE, mode=Mode.CLOSED, window_s=window), fake), (TWO_EDGES,)),
     ]
+    return [(dataclasses.replace(sc, warmup_s=warmup_s, drain_s=2.0), topologies) for sc, topologies in scenarios]
 
 
 @dataclass
@@ -170,6 +175,45 @@ def deploy(topology: Topology, log_dir: Path, timeout_s: float = 60.0) -> Deploy
     return deployment
 
 
+class RoleCpu:
+    """CPU seconds of a deployment's edges and workers over the measured window (an
+    observer of the load generator): where the CPU of a frame goes."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.roots = [psutil.Process(p) for p in pids]
+        self.start: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for root in self.roots:
+            with contextlib.suppress(self._psutil.Error):
+                for proc in (root, *root.children(recursive=True)):
+                    with contextlib.suppress(self._psutil.Error):
+                        argv = proc.cmdline()
+                        role = "worker" if argv[3:4] == ["worker"] else "edge" if argv[3:4] == ["serve"] else "server"
+                        times = proc.cpu_times()
+                        out[role] = out.get(role, 0.0) + times.user + times.system
+        return out
+
+    def window_started(self) -> None:
+        self.start = self._sample()
+
+    def window_ended(self) -> None:
+        self.end = self._sample()
+
+    def tick(self) -> None:
+        return None
+
+    def per_frame_us(self, frames: int) -> dict[str, float]:
+        if not frames:
+            return {}
+        return {role: 1e6 * (self.end[role] - self.start.get(role, 0.0)) / frames for role in self.end}
+
+
 def _runner() -> asyncio.Runner:
     try:
         import uvloop
@@ -193,11 +237,16 @@ def run_one(sc: Scenario, deployment: Deployment, repeat: int, runner: asyncio.R
         drain_s=sc.drain_s,
     )
     observer = servers.ServerObserver(deployment.pids)
+    roles = RoleCpu(deployment.pids)
     check = workload.check if deployment.topology.baseline is None else None
     makers = [payload.FrameMaker(f) for f in inputs]
-    result = runner.run(loadgen.generate(spec, makers, check=check, observers=[observer], seed=repeat))
+    result = runner.run(loadgen.generate(spec, makers, check=check, observers=[observer, roles], seed=repeat))
     deployment.check_alive()
-    settings = {"topology": dataclasses.asdict(deployment.topology), "processes": len(deployment.procs)}
+    settings = {
+        "topology": dataclasses.asdict(deployment.topology),
+        "processes": len(deployment.procs),
+        "cpu_us_per_frame_by_role": roles.per_frame_us(result.received_in_window),
+    }
     return Run(sc, deployment.topology.name, repeat, result, observer.results(result.window_s), settings)
 
 
@@ -311,6 +360,14 @@ def render(doc: dict[str, Any], command: str) -> str:
     header, rows = report.result_rows(summaries)
     parts += ["#### All runs (server CPU counts every process: edges and workers)", ""]
     parts += [report.markdown_table(header, rows), ""]
+    split = [
+        [s["scenario"], s["target"], *(report._f(s["cpu_us_per_frame_by_role"].get(r), 0) for r in ("edge", "worker"))]
+        for s in summaries
+        if "worker" in s.get("cpu_us_per_frame_by_role", {})
+    ]
+    if split:
+        parts += ["#### Server CPU per frame, by process role (µs)", ""]
+        parts += [report.markdown_table(["scenario", "deployment", "edges", "workers"], split), ""]
     batch_rows = []
     for s in summaries:
         if s["scenario"] in (SCALE, EDGES):
@@ -347,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="run each scenario and deployment this many times")
     parser.add_argument("--out", type=Path, help="folder for workers.json and the logs")
     parser.add_argument("--results-md", type=Path, help="splice the tables into this Markdown file")
+    parser.add_argument("--window-s", type=float, help="measured window per run (default 10 s, 3 s with --quick)")
+    parser.add_argument("--warmup-s", type=float, default=2.0)
     args = parser.parse_args(argv)
     from framewire.bench.environment import stamp
 
@@ -358,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = []
     try:
         with _deployments(log_dir) as running, _runner() as runner:
-            for sc, topologies in plan(args.quick):
+            for sc, topologies in plan(args.quick, args.window_s, args.warmup_s):
                 for rep in range(args.repeats):
                     k = rep % len(topologies)
                     for topology in (*topologies[k:], *topologies[:k]):
@@ -375,7 +434,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.scenario.name, run.target), []).append(run)
-    summaries = [report.summarize_runs(group) for group in groups.values()]
+    summaries = []
+    for group in groups.values():
+        summary = report.summarize_runs(group)
+        by_role = [r.settings["cpu_us_per_frame_by_role"] for r in group]
+        summary["cpu_us_per_frame_by_role"] = {
+            role: statistics.median(x[role] for x in by_role if role in x) for role in by_role[0]
+        }
+        summaries.append(summary)
     by_key = {(s["scenario"], s["target"]): s for s in summaries}
     verdicts = evaluate(by_key)
     command = "framewire bench workers " + shlex.join(argv)
@@ -386,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "stamp": env,
         "load_average_at_end": list(os.getloadavg()),
-        "scenarios": [sc.as_dict() for sc, _ in plan(args.quick)],
+        "scenarios": [sc.as_dict() for sc, _ in plan(args.quick, args.window_s, args.warmup_s)],
         "results": summaries,
         "verdicts": report.verdict_dicts(verdicts),
     }
