@@ -44,7 +44,9 @@ def test_verdicts_compare_the_deployments_of_one_run() -> None:
     scale = verdicts["fake engine (20 ms/batch): frames/s with 2 workers vs 1, at saturation"]
     assert scale.passed and scale.measured.startswith("1.88x")
     mixed = next(v for goal, v in verdicts.items() if goal.startswith("2 edges"))
-    assert mixed.passed and mixed.measured.startswith("90%")
+    assert mixed.passed and mixed.measured.startswith("90% of frames ran in batches of 9-12")
+    alone = wb.evaluate({(wb.EDGES, wb.TWO_EDGES.name): _summary(40.0, batch_sizes={"4": 10, "8": 90})})
+    assert alone[0].passed is False  # no batch larger than one edge's sessions: nothing shows mixing
 
 
 def test_missing_runs_give_no_verdict_rather_than_a_wrong_one() -> None:
