@@ -345,20 +345,13 @@ def evaluate(by_key: dict[tuple[str, str], dict[str, Any]]) -> list[Verdict]:
 
 
 def render(doc: dict[str, Any], command: str) -> str:
-    from framewire.bench.environment import describe
-
-    stamp = doc["stamp"]
-    v = stamp["versions"]
-    git = stamp.get("git", {})
-    revision = git.get("commit", "?")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+    """The generated part of ``RESULTS.md``: goals, runs, the CPU split and batch sizes."""
     summaries = doc["results"]
     parts = [
         BEGIN,
         "",
-        f"Run on {stamp['time_utc']}: {describe(stamp)}; {stamp['os']}.",
-        f"Python {v['python']}, uvicorn {v['uvicorn']}, uvloop {v['uvloop']}, msgpack {v['msgpack']}; "
-        f"FrameWire at {revision}. Load average at start: "
-        f"{', '.join(f'{x:.2f}' for x in stamp['load_average_at_start'])}.",
+        *report.stamp_lines(doc["stamp"]),
+        f"Load average at the end: {', '.join(f'{x:.2f}' for x in doc['load_average_at_end'])}.",
         "",
         "```bash",
         command,

@@ -185,21 +185,12 @@ class _EdgeConnection:
         if not 1 <= capacity <= MAX_STREAM_CAPACITY:
             raise Violation(f"capacity must be 1..{MAX_STREAM_CAPACITY}, got {capacity}")
         server = self.server
-        endpoint = server.endpoints.get(key)
-        error: AppError | None = None
-        if endpoint is None:
-            error = EngineUnavailable(f"this worker does not serve {key}")
-        elif server.state is WorkerState.DRAINING:
-            error = EngineUnavailable("the worker is draining")
-        else:
-            try:
-                stream = server.engine.open_stream(endpoint, capacity, functools.partial(self._result, sid))
-            except AppError as exc:
-                error = exc
-        if error is not None:
-            link.send([Kind.STREAM_ERROR, sid, wire.encode_error(error)])
+        try:
+            endpoint = server.accepting(key)
+            stream = server.engine.open_stream(endpoint, capacity, functools.partial(self._result, sid))
+        except AppError as exc:
+            link.send([Kind.STREAM_ERROR, sid, wire.encode_error(exc)])
             return
-        assert endpoint is not None
         self.streams[sid] = _Stream(endpoint, stream)
         server._changed()
 
@@ -213,12 +204,7 @@ class _EdgeConnection:
         if not isinstance(fields, dict):
             raise Violation("a frame's input must be a map")
         try:
-            inp = entry.endpoint.input_model.model_validate(fields)
-            dropped = self.server.engine.submit(entry.stream, inp, seq)
-        except ValidationError as exc:
-            error: AppError = InputError(f"the worker refused the input: {exc.errors()[0].get('msg', exc)}")
-            link.send([Kind.RESULT, sid, seq, None, wire.encode_error(error), 0.0, 0.0, 0])
-            return
+            dropped = self.server.engine.submit(entry.stream, _validated(entry.endpoint, fields), seq)
         except AppError as exc:
             link.send([Kind.RESULT, sid, seq, None, wire.encode_error(exc), 0.0, 0.0, 0])
             return
@@ -257,22 +243,12 @@ class _EdgeConnection:
         if cid in self.calls:
             raise Violation(f"call {cid} is already running")
         server = self.server
-        endpoint = server.endpoints.get(key)
-        error: AppError | None = None
-        inp: BaseModel | None = None
-        if endpoint is None:
-            error = EngineUnavailable(f"this worker does not serve {key}")
-        elif server.state is WorkerState.DRAINING:
-            error = EngineUnavailable("the worker is draining")
-        else:
-            try:
-                inp = endpoint.input_model.model_validate(fields)
-            except ValidationError as exc:
-                error = InputError(f"the worker refused the input: {exc.errors()[0].get('msg', exc)}")
-        if error is not None:
-            link.send([Kind.REPLY, cid, None, wire.encode_error(error), 0.0, 0.0, 0])
+        try:
+            endpoint = server.accepting(key)
+            inp = _validated(endpoint, fields)
+        except AppError as exc:
+            link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0])
             return
-        assert endpoint is not None and inp is not None
         progress = functools.partial(self._progress, cid) if wants_progress else None
         task = asyncio.create_task(self._run_call(link, cid, endpoint, inp, priority, progress, start_timeout_s))
         self.calls[cid] = task
@@ -292,9 +268,7 @@ class _EdgeConnection:
             result = await self.server.engine.call(
                 endpoint, inp, priority=priority, on_progress=progress, start_timeout_s=start_timeout_s
             )
-        except StartTimeout as exc:
-            link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0])
-        except AppError as exc:
+        except (StartTimeout, AppError) as exc:
             link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0])
         else:
             output = None if result.output is None else wire.dump(result.output)
@@ -334,6 +308,15 @@ class _EdgeConnection:
         Kind.PING: _ping,
         Kind.ERROR: _error,
     }
+
+
+def _validated(endpoint: Endpoint, fields: dict[str, Any]) -> BaseModel:
+    """The input as the endpoint's model; InputError when it does not fit (the edge
+    validated it already, so this means the two run different app code)."""
+    try:
+        return endpoint.input_model.model_validate(fields)
+    except ValidationError as exc:
+        raise InputError(f"the worker refused the input: {exc.errors()[0].get('msg', exc)}") from None
 
 
 class WorkerServer:
@@ -382,6 +365,15 @@ class WorkerServer:
         if not self._started:
             return WorkerState.STARTING
         return WorkerState.READY if self.engine.ready else WorkerState.RESTARTING
+
+    def accepting(self, key: str) -> Endpoint:
+        """The endpoint ``key`` if this worker serves it and takes new work; else EngineUnavailable."""
+        endpoint = self.endpoints.get(key)
+        if endpoint is None:
+            raise EngineUnavailable(f"this worker does not serve {key}")
+        if self._draining:
+            raise EngineUnavailable("the worker is draining")
+        return endpoint
 
     def load(self) -> WorkerLoad:
         edges = [c for c in self._links if c.link is not None and c.link.authenticated]

@@ -8,8 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-
-import pytest
+from typing import Any
 
 from framewire.cluster.directory import Directory, StaticDirectory, WorkerAddress
 from framewire.cluster.edge import LinkOptions, RemoteEngine
@@ -118,6 +117,22 @@ async def running(*engines: RemoteEngine | InProcessWorker) -> AsyncIterator[Non
                 item.sock.close()
 
 
-@pytest.fixture
-def sleep_app() -> SleepApp:
-    return SleepApp()
+@contextlib.asynccontextmanager
+async def cluster(
+    workers: int = 1,
+    apps: Sequence[App] | None = None,
+    options: LinkOptions = FAST,
+    **worker_options: Any,
+) -> AsyncIterator[tuple[RemoteEngine, list[InProcessWorker]]]:
+    """An edge in front of ``workers`` in-process workers (each with its own SleepApp), all ready."""
+    started = [await start_worker(worker_id=f"w{i}", **worker_options) for i in range(workers)]
+    edge = edge_for([w.address for w in started], apps=apps, options=options)
+    async with running(edge, *started):
+        await edge.start()
+        await wait_for(lambda: edge.ready and all(s.state == "ready" for s in edge.worker_status()), what="workers")
+        yield edge, started
+
+
+def home_of(stream: Any, workers: Sequence[InProcessWorker]) -> InProcessWorker:
+    """The worker a remote stream is placed on."""
+    return next(w for w in workers if stream.worker is not None and w.address.port == stream.worker.address.port)

@@ -122,6 +122,17 @@ def edge_process(
         proc.stop()
 
 
+@contextlib.contextmanager
+def two_workers_and_an_edge() -> Iterator[tuple[Proc, Proc, Proc, int, int]]:
+    """Workers ``w1`` and ``w2`` and an edge in front of both: (w1, w2, edge, port, queue port)."""
+    with (
+        worker_process("w1") as (w1, p1),
+        worker_process("w2") as (w2, p2),
+        edge_process([f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"]) as (edge, port, queue_port),
+    ):
+        yield w1, w2, edge, port, queue_port
+
+
 def get_json(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, Any]:
     request = urllib.request.Request(f"http://{host}:{port}{path}")
     try:

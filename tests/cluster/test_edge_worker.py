@@ -15,7 +15,17 @@ from framewire.cluster.wire import WorkerState
 from framewire.engine.api import AppRegistry, EngineUnavailable, FrameResult, StartTimeout
 from framewire.engine.apps.echo import EchoApp
 from tests.cluster.apps import OtherSleepApp, SleepApp, SleepIn, SleepOut
-from tests.cluster.conftest import FAST, SECRET, Results, edge_for, running, start_worker, wait_for
+from tests.cluster.conftest import (
+    FAST,
+    SECRET,
+    Results,
+    cluster,
+    edge_for,
+    home_of,
+    running,
+    start_worker,
+    wait_for,
+)
 
 
 async def _ready(*edges: object) -> None:
@@ -28,11 +38,7 @@ def _endpoint(edge: object, path: str = "test/sleep", realtime: bool = True):  #
 
 
 async def test_frames_come_back_in_order_with_their_tags() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, _):
         results = Results()
         stream = edge.open_stream(_endpoint(edge), 4, results)
         for n in range(20):
@@ -68,11 +74,7 @@ async def test_two_edges_share_batches_on_one_worker() -> None:
 
 
 async def test_new_sessions_go_to_the_least_loaded_worker_and_stay() -> None:
-    workers = [await start_worker(worker_id=f"w{i}") for i in range(2)]
-    edge = edge_for([w.address for w in workers])
-    async with running(edge, *workers):
-        await edge.start()
-        await wait_for(lambda: all(s.state == "ready" for s in edge.worker_status()), what="both workers")
+    async with cluster(2) as (edge, _):
         streams = [edge.open_stream(_endpoint(edge), 2, Results()) for _ in range(4)]
         homes = [s.worker.name for s in streams]  # type: ignore[union-attr]
         assert sorted(homes.count(w.name) for w in edge._workers.values()) == [2, 2]
@@ -83,11 +85,7 @@ async def test_new_sessions_go_to_the_least_loaded_worker_and_stay() -> None:
 
 
 async def test_latest_frame_wins_end_to_end() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, _):
         results = Results()
         stream: RemoteStream = edge.open_stream(_endpoint(edge), 1, results)  # window: 1 buffered + 1 running
         dropped = []
@@ -102,11 +100,7 @@ async def test_latest_frame_wins_end_to_end() -> None:
 
 
 async def test_a_backed_up_link_holds_only_the_newest_frame_at_the_edge() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, _):
         results = Results()
         stream = edge.open_stream(_endpoint(edge), 4, results)
         link = stream.worker.link  # type: ignore[union-attr]
@@ -120,11 +114,7 @@ async def test_a_backed_up_link_holds_only_the_newest_frame_at_the_edge() -> Non
 
 
 async def test_requests_return_results_and_progress() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, _):
         endpoint = _endpoint(edge, "test/sleep", realtime=False)
         partials: list[object] = []
         result = await edge.call(endpoint, SleepIn(n=7), priority=0, on_progress=partials.append)
@@ -134,11 +124,7 @@ async def test_requests_return_results_and_progress() -> None:
 
 
 async def test_a_request_that_cannot_start_in_time_raises_start_timeout() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, _):
         busy = edge.open_stream(_endpoint(edge), 1, Results())
         edge.submit(busy, SleepIn(n=0, sleep_ms=400), 0)  # holds the app's thread
         await asyncio.sleep(0.05)
@@ -221,11 +207,7 @@ async def _raw_edge(port: int, secret: bytes = SECRET) -> tuple[asyncio.StreamRe
 
 
 async def test_a_malformed_message_gets_an_error_and_garbage_ends_only_that_link() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, (worker,)):
         reader, writer = await _raw_edge(worker.address.port)
         enc, dec = wire.Encoder(), wire.Decoder()
         writer.write(enc.pack([wire.Kind.OPEN, "not-an-int", "test/sleep/realtime", 2]))
@@ -256,14 +238,10 @@ async def test_a_stranger_cannot_make_the_worker_buffer_before_the_handshake() -
 
 
 async def test_a_lost_worker_moves_sessions_with_one_error_per_frame_in_flight() -> None:
-    workers = [await start_worker(worker_id=f"w{i}") for i in range(2)]
-    edge = edge_for([w.address for w in workers])
-    async with running(edge, *workers):
-        await edge.start()
-        await wait_for(lambda: all(s.state == "ready" for s in edge.worker_status()), what="both workers")
+    async with cluster(2) as (edge, workers):
         results = Results()
         stream: RemoteStream = edge.open_stream(_endpoint(edge), 1, results)
-        home = next(w for w in workers if stream.worker is not None and w.address.port == stream.worker.address.port)
+        home = home_of(stream, workers)
         for n in range(3):  # two in flight at the worker, one waiting at the edge
             edge.submit(stream, SleepIn(n=n, sleep_ms=300), n)
         await asyncio.sleep(0.05)
@@ -280,14 +258,10 @@ async def test_a_lost_worker_moves_sessions_with_one_error_per_frame_in_flight()
 
 
 async def test_a_silent_worker_is_lost_after_the_timeout() -> None:
-    workers = [await start_worker(worker_id=f"w{i}", edge_timeout_s=30.0) for i in range(2)]
-    edge = edge_for([w.address for w in workers])
-    async with running(edge, *workers):
-        await edge.start()
-        await wait_for(lambda: all(s.state == "ready" for s in edge.worker_status()), what="both workers")
+    async with cluster(2, edge_timeout_s=30.0) as (edge, workers):
         results = Results()
         stream: RemoteStream = edge.open_stream(_endpoint(edge), 2, results)
-        home = next(w for w in workers if stream.worker is not None and w.address.port == stream.worker.address.port)
+        home = home_of(stream, workers)
         for conn in home.server.connections():  # a frozen process: it reads and sends nothing
             assert conn.link is not None
             conn.link._transport.pause_reading()  # type: ignore[union-attr]
@@ -303,14 +277,10 @@ async def test_a_silent_worker_is_lost_after_the_timeout() -> None:
 
 
 async def test_a_draining_worker_hands_its_sessions_over_without_errors() -> None:
-    workers = [await start_worker(worker_id=f"w{i}") for i in range(2)]
-    edge = edge_for([w.address for w in workers])
-    async with running(edge, *workers):
-        await edge.start()
-        await wait_for(lambda: all(s.state == "ready" for s in edge.worker_status()), what="both workers")
+    async with cluster(2) as (edge, workers):
         results = Results()
         stream: RemoteStream = edge.open_stream(_endpoint(edge), 2, results)
-        home = next(w for w in workers if stream.worker is not None and w.address.port == stream.worker.address.port)
+        home = home_of(stream, workers)
         edge.submit(stream, SleepIn(n=0, sleep_ms=200), 0)
         call = asyncio.create_task(edge.call(_endpoint(edge, realtime=False), SleepIn(n=9, sleep_ms=100)))
         await asyncio.sleep(0.05)
@@ -325,11 +295,7 @@ async def test_a_draining_worker_hands_its_sessions_over_without_errors() -> Non
 
 
 async def test_requests_run_again_when_their_worker_is_lost() -> None:
-    workers = [await start_worker(worker_id=f"w{i}") for i in range(2)]
-    edge = edge_for([w.address for w in workers])
-    async with running(edge, *workers):
-        await edge.start()
-        await wait_for(lambda: all(s.state == "ready" for s in edge.worker_status()), what="both workers")
+    async with cluster(2) as (edge, workers):
         call = asyncio.create_task(edge.call(_endpoint(edge, realtime=False), SleepIn(n=5, sleep_ms=300)))
         await wait_for(lambda: any(s.requests for s in edge.worker_status()), what="the request to leave")
         holder = next(w for w in edge._workers.values() if w.calls)
@@ -403,11 +369,7 @@ async def test_a_worker_with_other_app_code_gets_no_traffic() -> None:
 
 
 async def test_worker_status_reports_sessions_and_batches() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, _):
         got: list[FrameResult] = []
         stream = edge.open_stream(_endpoint(edge), 2, got.append)
         edge.submit(stream, SleepIn(n=1), 1)
@@ -429,11 +391,7 @@ def _random_message(rng: random.Random) -> list[object]:
 
 
 async def test_random_messages_never_break_a_worker() -> None:
-    worker = await start_worker()
-    edge = edge_for([worker.address])
-    async with running(edge, worker):
-        await edge.start()
-        await _ready(edge)
+    async with cluster() as (edge, (worker,)):
         reader, writer = await _raw_edge(worker.address.port)
         enc, dec = wire.Encoder(), wire.Decoder()
         rng = random.Random(14)

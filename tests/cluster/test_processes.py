@@ -24,6 +24,7 @@ from tests.cluster.processes import (
     metrics,
     post_json,
     ready_workers,
+    two_workers_and_an_edge,
     until,
     worker_process,
 )
@@ -102,11 +103,7 @@ async def _learn_home(session: Session, n: int = 0) -> int:
 
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
 async def test_a_dead_or_frozen_worker_moves_its_sessions_within_3_s(fault: str) -> None:
-    with (
-        worker_process("w1") as (w1, p1),
-        worker_process("w2") as (w2, p2),
-        edge_process([f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"]) as (edge, port, _),
-    ):
+    with two_workers_and_an_edge() as (w1, w2, edge, port, _):
         await until(lambda: set(ready_workers(port).values()) == {"ready"}, what="both workers")
         session = await Session.open(port)
         home = await _learn_home(session)
@@ -141,11 +138,7 @@ async def test_a_dead_or_frozen_worker_moves_its_sessions_within_3_s(fault: str)
 
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
 async def test_a_queue_job_on_a_lost_worker_runs_again_and_completes_once(fault: str) -> None:
-    with (
-        worker_process("w1") as (w1, p1),
-        worker_process("w2") as (w2, p2),
-        edge_process([f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"]) as (_, port, queue_port),
-    ):
+    with two_workers_and_an_edge() as (w1, w2, _, port, queue_port):
         await until(lambda: set(ready_workers(port).values()) == {"ready"}, what="both workers")
         job = asyncio.create_task(_queue_result(queue_port, {"n": 5, "sleep_ms": 1500}))
         holder: list[str] = []
@@ -271,11 +264,7 @@ async def test_a_malformed_message_from_a_worker_moves_its_sessions_and_the_edge
 
 
 async def test_a_draining_worker_hands_its_sessions_over_and_exits_cleanly() -> None:
-    with (
-        worker_process("w1") as (w1, p1),
-        worker_process("w2") as (w2, p2),
-        edge_process([f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"]) as (_, port, _),
-    ):
+    with two_workers_and_an_edge() as (w1, w2, _, port, _):
         await until(lambda: set(ready_workers(port).values()) == {"ready"}, what="both workers")
         session = await Session.open(port)
         home = await _learn_home(session)
