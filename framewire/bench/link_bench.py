@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -248,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{line['round_trips_per_s']:>15.0f}{line['cpu_us_per_round_trip']:>11.0f}"
             )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"payload_bytes": payload, "summary": summary, "runs": rows}, indent=2))
+        from framewire.bench.environment import stamp
+        from framewire.bench.report import write_json
+
+        command = "framewire bench link " + shlex.join(sys.argv[1:] if argv is None else argv)
+        doc = {"command": command, "stamp": stamp(), "payload_bytes": payload, "summary": summary, "runs": rows}
+        write_json(args.out, doc)
     return 0
 
 
