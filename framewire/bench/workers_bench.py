@@ -15,8 +15,8 @@ Scenarios (echo app, 48 KB JPEG frames):
 
 - 64 sessions x 15 fps, open loop: p50 and p99 latency, errors, server CPU per frame;
 - 16 sessions, closed loop: frames/s (bounded by a 2-core generator) and CPU per frame;
-- a fake engine (the echo app sleeping 20 ms per batch), 64 sessions closed loop: frames/s
-  at saturation with one worker and with two;
+- a fake engine (the echo app sleeping 20 ms per batch), 128 sessions closed loop: frames/s
+  at saturation (each worker always has a full batch of 16 waiting) with one worker and with two;
 - the same fake engine, 16 sessions split over two edges in front of one worker: the batch
   sizes show whether frames from both edges share batches (above 8, they must).
 
@@ -74,7 +74,7 @@ TWO_EDGES = Topology("2 edges + 1 worker", edges=2, workers=1)
 
 OPEN_64 = "echo 64 sessions x 15 fps"
 CLOSED_16 = "echo 16 sessions closed loop"
-SCALE = "fake engine 20 ms/batch, 64 sessions closed loop"
+SCALE = "fake engine 20 ms/batch, 128 sessions closed loop"
 EDGES = "fake engine 20 ms/batch, 16 sessions over 2 edges"
 #: Sessions per edge in the two-edge scenario: batches larger than this mix both edges.
 PER_EDGE = 8
@@ -92,7 +92,10 @@ def plan(
             (BASELINE, FLOOR, IN_PROCESS, ONE_WORKER),
         ),
         (Scenario(CLOSED_16, sessions=16, mode=Mode.CLOSED, window_s=window), (BASELINE, IN_PROCESS, ONE_WORKER)),
-        (with_inputs(Scenario(SCALE, sessions=64, mode=Mode.CLOSED, window_s=window), fake), (ONE_WORKER, TWO_WORKERS)),
+        (
+            with_inputs(Scenario(SCALE, sessions=128, mode=Mode.CLOSED, window_s=window), fake),
+            (ONE_WORKER, TWO_WORKERS),
+        ),
         (with_inputs(Scenario(EDGES, sessions=2 * PER_EDGE, mode=Mode.CLOSED, window_s=window), fake), (TWO_EDGES,)),
     ]
     return [(dataclasses.replace(sc, warmup_s=warmup_s, drain_s=2.0), topologies) for sc, topologies in scenarios]
