@@ -1,0 +1,131 @@
+"""``framewire mcp``: a stdio MCP server that passes every call on to a FrameWire ``/mcp``.
+
+For assistants that only launch local servers: the assistant starts ``framewire mcp --url
+https://host/mcp --key id:secret`` and speaks MCP on its stdin/stdout; each request (tool
+listing and calls, resource listing and reads) goes to the remote server with the key,
+over Streamable HTTP, through the SDK's client, and its answer comes back unchanged.
+Tool errors stay tool errors; protocol errors keep their code and message.
+
+Before serving, one plain GET to the URL checks that a server answers there and takes
+the key, so a wrong URL or key fails at once with a message naming it (on stderr, since
+stdout carries the protocol).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx2
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+log = logging.getLogger("framewire.mcp.bridge")
+
+#: Seconds to connect, write and wait for a pool slot; reads may take as long as a run does.
+CONNECT_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 600.0
+
+Context = ServerRequestContext[Any, Any]
+
+
+class BridgeError(Exception):
+    """The remote server cannot be used (unreachable, no MCP there, key refused)."""
+
+
+def _auth_headers(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Key {key}"} if key else {}
+
+
+async def check_remote(http: httpx2.AsyncClient, url: str) -> None:
+    """Fail early, naming the cause, when ``url`` is not a FrameWire ``/mcp`` that takes the key.
+
+    FrameWire answers a GET there with 405 (it takes POST only) once the key passed."""
+    try:
+        response = await http.get(url)
+    except httpx2.HTTPError as exc:
+        raise BridgeError(f"cannot reach {url}: {exc}") from None
+    status = response.status_code
+    if status == 405:
+        return
+    if status in (401, 403):
+        raise BridgeError(f"{url} refused the key ({status}): {_detail(response)}")
+    if status == 404:
+        raise BridgeError(f"{url} has no MCP server (404); FrameWire's is /mcp on its main port")
+    raise BridgeError(f"{url} is not a FrameWire MCP endpoint (GET answered {status}: {_detail(response)})")
+
+
+def mcp_url(url: str) -> str:
+    """``url``, or its ``/mcp`` when given the server's base URL. ValueError for a non-http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--url must be an http(s) URL such as http://127.0.0.1:8000/mcp, got {url!r}")
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/mcp"))
+    return url
+
+
+def _detail(response: httpx2.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
+def bridge_server(remote: Client) -> Server[Any]:
+    """A low-level server whose every handler asks ``remote``."""
+
+    async def list_tools(ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return await remote.list_tools(cursor=params.cursor if params else None)
+
+    async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
+        return await remote.call_tool(params.name, params.arguments)
+
+    async def list_resources(ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return await remote.list_resources(cursor=params.cursor if params else None)
+
+    async def read_resource(ctx: Context, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        return await remote.read_resource(str(params.uri))
+
+    info = remote.server_info
+    return Server(
+        info.name if info else "framewire",
+        version=info.version if info else "",
+        title=info.title if info else None,
+        instructions=remote.instructions,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+    )
+
+
+@asynccontextmanager
+async def connect(url: str, key: str | None) -> AsyncIterator[Client]:
+    """A client of the ``/mcp`` at ``url``, checked first (:func:`check_remote`)."""
+    timeout = httpx2.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+    async with httpx2.AsyncClient(headers=_auth_headers(key), timeout=timeout) as http:
+        await check_remote(http, url)
+        async with Client(streamable_http_client(url, http_client=http), cache=None) as remote:
+            yield remote
+
+
+async def serve(url: str, key: str | None) -> None:
+    """Serve MCP on stdio for the server at ``url`` until stdin closes."""
+    async with connect(url, key) as remote:
+        server = bridge_server(remote)
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def run(url: str, key: str | None) -> None:
+    """:func:`serve` on this process's stdio; raises :class:`BridgeError` when the server cannot be used."""
+    anyio.run(serve, url, key)
