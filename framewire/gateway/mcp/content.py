@@ -76,10 +76,14 @@ def collect_images(body: Any) -> tuple[Any, list[_Image]]:
         if match is not None:
             mime, payload = match[1].lower(), value[match.end() :]
             size = _inline_size(payload)
-            if len(images) < MAX_IMAGES and size <= MAX_IMAGE_BYTES:
+            if size > MAX_IMAGE_BYTES:
+                why = f"larger than the {MAX_IMAGE_BYTES} bytes an image returned here may have"
+            elif len(images) >= MAX_IMAGES:
+                why = f"past the {MAX_IMAGES} images a result returns"
+            else:
                 images.append(_Image(mime, data_b64=payload))
                 return f"({mime}, {size} bytes: returned as image {len(images)} of this result)"
-            return f"({mime}, {size} bytes inline: too large to return here; run with sync_mode false for a file URL)"
+            return f"({mime}, {size} bytes, not returned: {why}; run with sync_mode false for file URLs)"
         own = _own_file(value)
         if own is not None and own not in seen and len(images) < MAX_IMAGES:
             seen.add(own)
