@@ -75,7 +75,7 @@ from framewire.gateway.requests.job_store import CancelResult, JobStatus, QueueF
 from framewire.gateway.requests.outcomes import EngineGone, Outcome, run_outcome
 from framewire.gateway.requests.queue_surface import QueueSurface, status_body
 from framewire.gateway.requests.run_surface import RunSurface
-from framewire.gateway.requests.surfaces import Refused, admit
+from framewire.gateway.requests.surfaces import NotReady, Refused, admit
 from framewire.gateway.state import ServerState
 from framewire.gateway.storage.store import FileStore, FileTooLarge
 
@@ -156,8 +156,10 @@ class McpSurface:
 
     @property
     def book(self) -> ToolBook:
-        if self._book is None:  # the registry is complete once the app is built; name its tools once
-            self._book = ToolBook(self.engine.registry)
+        """The tools of the engine's apps, named once per set of apps."""
+        registry = self.engine.registry
+        if self._book is None or self._book.registry is not registry or self._book.size != len(registry):
+            self._book = ToolBook(registry)
         return self._book
 
     # -- HTTP: who is calling ------------------------------------------------------------------
@@ -191,12 +193,7 @@ class McpSurface:
             await http.error(405, f"{PATH} takes POST only", headers={"Allow": "POST"})(scope, receive, send)
             return
         if not self._running:
-            await http.error(
-                503,
-                "the server is not ready; retry shortly",
-                error_type="engine_unavailable",
-                headers={"Retry-After": "1"},
-            )(scope, receive, send)
+            await NotReady().response()(scope, receive, send)
             return
         scope = {**scope, "state": {**scope.get("state", {}), _PRINCIPAL: principal}}
         await self.manager.handle_request(scope, receive, send)

@@ -202,10 +202,11 @@ def _submit_description(endpoint: Endpoint) -> str:
 
 
 class ToolBook:
-    """The tools of one registry (fixed while the server runs), named and described once."""
+    """The tools of a registry's apps as they are when it is built, named and described once."""
 
     def __init__(self, registry: AppRegistry) -> None:
         self.registry = registry
+        self.size = len(registry)
         endpoints = [ep for app in registry for ep in registry.endpoints_of(app).values()]
         keys = [ep.key for ep in endpoints]
         runs, submits = tool_names(Action.RUN, keys), tool_names(Action.SUBMIT, keys)
