@@ -24,7 +24,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp import types
+from pydantic import ValidationError
 
+from framewire.gateway.realtime.protocol import validation_detail
 from framewire.gateway.storage.store import FileStore, valid_key
 
 MAX_IMAGES = 8
@@ -161,3 +163,8 @@ def error_result(body: dict[str, Any], prefix: str = "") -> types.CallToolResult
 def error(detail: Any, error_type: str, prefix: str = "") -> types.CallToolResult:
     """:func:`error_result` for a ``detail`` and an ``error_type``."""
     return error_result({"detail": detail, "error_type": error_type}, prefix)
+
+
+def invalid(exc: ValidationError, tool: str) -> types.CallToolResult:
+    """The tool error for arguments of ``tool`` that failed validation, naming each field."""
+    return error(validation_detail(exc), "validation_error", f"Invalid input for {tool}: ")

@@ -68,7 +68,6 @@ from framewire.gateway.platform.catalog import (
     visible_apps,
 )
 from framewire.gateway.platform.metering import Meter
-from framewire.gateway.realtime.protocol import validation_detail
 from framewire.gateway.requests.finaliser import OutputFinaliser, sniff_content_type
 from framewire.gateway.requests.inputs import FetchError
 from framewire.gateway.requests.job_store import CancelResult, JobStatus, QueueFull, Snapshot
@@ -229,7 +228,7 @@ class McpSurface:
         try:
             args = general.args.model_validate(arguments)
         except ValidationError as exc:
-            return content.error(validation_detail(exc), "validation_error", f"Invalid arguments for {name}: ")
+            return content.invalid(exc, name)
         if name == "list_apps":
             return self._list_apps(principal)
         if name == "describe_app":
@@ -247,18 +246,25 @@ class McpSurface:
         assert isinstance(args, UploadArgs)
         return await self._upload(args, base)
 
+    def _refusal(self, principal: Principal, endpoint: Endpoint, surface: str) -> types.CallToolResult | None:
+        """The tool error when work may not start now (:func:`admit`), else None (and the key is charged)."""
+        try:
+            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
+        except Refused as exc:
+            return content.error(str(exc), exc.error_type)
+        return None
+
     async def _run(
         self, principal: Principal, endpoint: Endpoint, arguments: dict[str, Any], base: str, name: str
     ) -> types.CallToolResult:
-        try:
-            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, "run")
-        except Refused as exc:
-            return content.error(str(exc), exc.error_type)
+        refused = self._refusal(principal, endpoint, "run")
+        if refused is not None:
+            return refused
         started = time.perf_counter()
         try:
             inp = await self.run.prepare(principal, endpoint, arguments, base, "run")
         except ValidationError as exc:
-            return content.error(validation_detail(exc), "validation_error", f"Invalid input for {name}: ")
+            return content.invalid(exc, name)
         except FetchError as exc:
             return content.error(exc.detail(), exc.error_type, f"Could not fetch an input of {name}: ")
         result = await self.run.execute(principal, endpoint, inp, surface="run", timeout_s=None, started=started)
@@ -277,14 +283,13 @@ class McpSurface:
     async def _submit(
         self, principal: Principal, endpoint: Endpoint, arguments: dict[str, Any], base: str, name: str
     ) -> types.CallToolResult:
-        try:
-            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, "queue")
-        except Refused as exc:
-            return content.error(str(exc), exc.error_type)
+        refused = self._refusal(principal, endpoint, "queue")
+        if refused is not None:
+            return refused
         try:
             endpoint.input_model.model_validate(arguments)
         except ValidationError as exc:
-            return content.error(validation_detail(exc), "validation_error", f"Invalid input for {name}: ")
+            return content.invalid(exc, name)
         try:
             body = await self.queue.enqueue(principal, endpoint, endpoint.key, arguments, base)
         except QueueFull as exc:
