@@ -13,6 +13,7 @@ import base64
 import contextlib
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from PIL import Image
 from framewire import cli
 from framewire.engine.apps.lcm import LcmApp
 from framewire.engine.config import DiffusionConfig
-from tests.conftest import ROOT, serve_process
+from tests.conftest import ROOT, free_port, serve_process, wait_ready
 from tests.gateway.queue_apps import StepIn
 
 ADMIN = "admin:admin-secret"
@@ -370,3 +371,42 @@ def test_the_bridge_names_a_refused_key_or_a_wrong_url(server: Server) -> None:
     assert wrong.returncode == 1 and "not a FrameWire MCP endpoint" in wrong.stderr
     bad = bridge("--url", "ftp://example.com/mcp")
     assert bad.returncode == 1 and "--url must be an http(s) URL" in bad.stderr
+
+
+@pytest.mark.slow
+async def test_a_drain_refuses_new_tool_calls_and_lets_running_ones_finish(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    cmd = [
+        *(sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+        *("--builtin-apps", "echo", "--app", "tests.gateway.queue_apps:SteppingApp"),
+        *("--shutdown-timeout-s", "20", "--log-level", "info"),
+    ]
+    with log_path.open("a") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=log_file)
+    try:
+        wait_ready(port, proc)
+        async with Client(f"http://127.0.0.1:{port}/mcp", mode="legacy") as client:
+            # A queue job of 3 s holds the drain open (a drain lets running jobs finish).
+            job = await client.call_tool("submit_test_stepping", {"steps": 30, "delay_ms": 100})
+            assert isinstance(job.structured_content, dict)
+            running = asyncio.create_task(client.call_tool("run_test_stepping", {"steps": 20, "delay_ms": 100}))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            late = await client.call_tool("run_framewire_echo", {"prompt": "too late"})
+            assert late.is_error and "not ready" in text_of(late)
+            assert isinstance(late.structured_content, dict)
+            assert late.structured_content["error_type"] == "engine_unavailable"
+            finished = await asyncio.wait_for(running, 30)
+        assert not finished.is_error, text_of(finished)
+        assert isinstance(finished.structured_content, dict) and finished.structured_content["done"] == 20
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM, log_path.read_text()[-3000:]

@@ -1,8 +1,8 @@
 """``/mcp``: the Model Context Protocol over Streamable HTTP, on the main port.
 
 Built on the official SDK's low-level server and its streamable-HTTP session manager, in
-stateless mode: every POST stands alone, so any edge behind a load balancer can answer it
-and nothing is held between calls; a GET (a standalone event stream) or DELETE (ending a
+stateless mode with JSON answers: every POST stands alone, so any edge behind a load
+balancer can answer it and nothing is held between calls; a GET (a standalone event stream) or DELETE (ending a
 session) is answered 405. Both protocol eras the SDK serves work (the ``initialize``
 handshake, and 2026-07-28's self-contained requests).
 
@@ -135,8 +135,15 @@ class McpSurface:
             on_list_resources=self._list_resources,
             on_read_resource=self._read_resource,
         )
+        # JSON answers, not event streams: no tool sends notifications before its result, and a
+        # streamed answer would be cut when the server stops after a drain (sse-starlette ends
+        # every event stream then), losing the result of a call that finished in the drain.
         self.manager = StreamableHTTPSessionManager(
-            self.server, stateless=True, security_settings=None, max_request_body_size=max_body_bytes
+            self.server,
+            stateless=True,
+            json_response=True,
+            security_settings=None,
+            max_request_body_size=max_body_bytes,
         )
         self._running = False
 
