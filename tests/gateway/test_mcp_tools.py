@@ -78,6 +78,8 @@ def test_the_tool_book_offers_each_endpoint_to_the_keys_that_may_use_its_app() -
     run = next(t for t in book.definitions(Principal("k")) if t.name == "run_acme_tool-maker_image-to-image")
     assert run.input_schema == In.model_json_schema()
     assert "submit_acme_tool-maker_image-to-image" in (run.description or "")
+    assert book.input_schema("run_acme_tool-maker") == In.model_json_schema()
+    assert book.input_schema("get_status") is not None and book.input_schema("run_nothing") is None
     found = book.get("submit_acme_tool-maker")
     assert found is not None and found.action == Action.SUBMIT and found.endpoint.spec.path == ""
 

@@ -130,6 +130,8 @@ class McpSurface:
             version=VERSION,
             title="FrameWire",
             instructions=INSTRUCTIONS,
+            # For checking 2026-07-28 Mcp-Param headers: a schema lookup, not a tools/list per call.
+            get_tool_input_schema=lambda name: self.book.input_schema(name),
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
             on_list_resources=self._list_resources,

@@ -217,6 +217,7 @@ class ToolBook:
             self._tools[submit] = AppTool(submit, Action.SUBMIT, ep)
             self._names[id(ep)] = (run, submit)
         self._definitions: dict[str, types.Tool | None] = {}
+        self._general = [tool.definition() for tool in GENERAL]
 
     def get(self, name: str) -> AppTool | None:
         return self._tools.get(name)
@@ -231,13 +232,22 @@ class ToolBook:
 
     def definitions(self, principal: Principal) -> list[types.Tool]:
         """Every tool ``principal`` may call: the general ones, then two per endpoint of its apps."""
-        found = [tool.definition() for tool in GENERAL]
+        found = list(self._general)
         for tool in self._tools.values():
             if self.visible(tool, principal):
                 definition = self._definition(tool)
                 if definition is not None:
                     found.append(definition)
         return found
+
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        """The input schema of the tool called ``name``, whoever asks; None for no such tool."""
+        general = GENERAL_BY_NAME.get(name)
+        if general is not None:
+            return next(t.input_schema for t in self._general if t.name == name)
+        tool = self._tools.get(name)
+        definition = None if tool is None else self._definition(tool)
+        return None if definition is None else definition.input_schema
 
     def _definition(self, tool: AppTool) -> types.Tool | None:
         if tool.name in self._definitions:
