@@ -410,3 +410,20 @@ async def test_a_drain_refuses_new_tool_calls_and_lets_running_ones_finish(tmp_p
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGTERM, log_path.read_text()[-3000:]
+
+
+@pytest.mark.slow
+async def test_the_bridge_outlives_a_server_restart() -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with contextlib.ExitStack() as first_server:
+        first_server.enter_context(serve_process("--builtin-apps", "echo", port=port))
+        async with over_stdio(url, ADMIN, "legacy") as client:  # a server without --auth ignores the key
+            assert not (await client.call_tool("run_framewire_echo", {"prompt": "before"})).is_error
+            first_server.close()
+            with pytest.raises(MCPError, match="did not answer"):
+                await client.call_tool("run_framewire_echo", {"prompt": "while down"})
+            with serve_process("--builtin-apps", "echo", port=port):
+                after = await client.call_tool("run_framewire_echo", {"prompt": "after"})
+    assert not after.is_error and isinstance(after.structured_content, dict)
+    assert after.structured_content["prompt"] == "after"

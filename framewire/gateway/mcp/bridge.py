@@ -4,7 +4,8 @@ For assistants that only launch local servers: the assistant starts ``framewire 
 https://host/mcp --key id:secret`` and speaks MCP on its stdin/stdout; each request (tool
 listing and calls, resource listing and reads) goes to the remote server with the key,
 over Streamable HTTP, through the SDK's client, and its answer comes back unchanged.
-Tool errors stay tool errors; protocol errors keep their code and message.
+Tool errors stay tool errors; protocol errors keep their code and message. The server
+may restart while the bridge runs: only requests made while it is down fail.
 
 Before serving, one plain GET to the URL checks that a server answers there and takes
 the key, so a wrong URL or key fails at once with a message naming it (on stderr, since
@@ -14,9 +15,8 @@ stdout carries the protocol).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -26,6 +26,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR
 
 log = logging.getLogger("framewire.mcp.bridge")
 
@@ -34,6 +36,7 @@ CONNECT_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 600.0
 
 Context = ServerRequestContext[Any, Any]
+T = TypeVar("T")
 
 
 class BridgeError(Exception):
@@ -80,27 +83,69 @@ def _detail(response: httpx2.Response) -> str:
     return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
 
 
-def bridge_server(remote: Client) -> Server[Any]:
+class Remote:
+    """The ``/mcp`` at ``url``, asked through a fresh SDK client per request.
+
+    The server is stateless, so a client per request costs one POST (no handshake at
+    2026-07-28, the version learned when the bridge started) and a server restart between
+    two requests goes unnoticed. A request the server cannot answer (down, restarting)
+    fails alone, as an MCP error naming the URL; the bridge goes on.
+    """
+
+    def __init__(self, url: str, http: httpx2.AsyncClient, version: str, discover: types.DiscoverResult | None) -> None:
+        self.url = url
+        self.http = http
+        self.version = version
+        self.discover = discover
+
+    def _client(self) -> Client:
+        transport = streamable_http_client(self.url, http_client=self.http)
+        if self.discover is not None:
+            return Client(transport, mode=self.version, prior_discover=self.discover, cache=None)
+        return Client(transport, mode="legacy", cache=None)  # a handshake-era server: one handshake per request
+
+    async def ask(self, request: Callable[[Client], Awaitable[T]]) -> T:
+        """``request`` on a new client; MCP errors from the server pass through unchanged."""
+        try:
+            async with self._client() as client:
+                return await request(client)
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                raise MCPError(INTERNAL_ERROR, f"{self.url} did not answer; is the server running?") from None
+            raise
+        except (httpx2.HTTPError, ExceptionGroup) as exc:
+            raise MCPError(INTERNAL_ERROR, f"{self.url} did not answer: {_cause(exc)}") from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The first non-group error of ``exc``, as ``Type: message``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def bridge_server(remote: Remote, info: types.Implementation | None, instructions: str | None) -> Server[Any]:
     """A low-level server whose every handler asks ``remote``."""
 
     async def list_tools(ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return await remote.list_tools(cursor=params.cursor if params else None)
+        cursor = params.cursor if params else None
+        return await remote.ask(lambda client: client.list_tools(cursor=cursor))
 
     async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
-        return await remote.call_tool(params.name, params.arguments)
+        return await remote.ask(lambda client: client.call_tool(params.name, params.arguments))
 
     async def list_resources(ctx: Context, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
-        return await remote.list_resources(cursor=params.cursor if params else None)
+        cursor = params.cursor if params else None
+        return await remote.ask(lambda client: client.list_resources(cursor=cursor))
 
     async def read_resource(ctx: Context, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
-        return await remote.read_resource(str(params.uri))
+        return await remote.ask(lambda client: client.read_resource(str(params.uri)))
 
-    info = remote.server_info
     return Server(
         info.name if info else "framewire",
         version=info.version if info else "",
         title=info.title if info else None,
-        instructions=remote.instructions,
+        instructions=instructions,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,
@@ -108,20 +153,18 @@ def bridge_server(remote: Client) -> Server[Any]:
     )
 
 
-@asynccontextmanager
-async def connect(url: str, key: str | None) -> AsyncIterator[Client]:
-    """A client of the ``/mcp`` at ``url``, checked first (:func:`check_remote`)."""
+async def serve(url: str, key: str | None) -> None:
+    """Serve MCP on stdio for the server at ``url`` until stdin closes.
+
+    First checks the URL and key (:func:`check_remote`) and learns the server's protocol
+    version, identity and instructions with one client session."""
     timeout = httpx2.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
     async with httpx2.AsyncClient(headers=_auth_headers(key), timeout=timeout) as http:
         await check_remote(http, url)
-        async with Client(streamable_http_client(url, http_client=http), cache=None) as remote:
-            yield remote
-
-
-async def serve(url: str, key: str | None) -> None:
-    """Serve MCP on stdio for the server at ``url`` until stdin closes."""
-    async with connect(url, key) as remote:
-        server = bridge_server(remote)
+        async with Client(streamable_http_client(url, http_client=http), cache=None) as first:
+            session = first.session
+            remote = Remote(url, http, first.protocol_version, session.discover_result)
+            server = bridge_server(remote, first.server_info, first.instructions)
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
 
