@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from framewire.engine.api import FrameIdentity
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Thumbnail side in pixels: small enough to decode in ~1 ms, large enough to see a stroke.
 THUMB_SIDE = 32
@@ -37,7 +39,7 @@ class Fingerprint:
             return None
         if self.thumb.shape != other.thumb.shape:
             return None
-        difference = float(np.abs(self.thumb - other.thumb).mean())
+        difference = float(abs(self.thumb - other.thumb).mean())
         return "similar" if difference <= threshold else None
 
 
@@ -56,6 +58,7 @@ def fingerprint(identity: FrameIdentity, *, thumbnail: bool = False) -> Fingerpr
 
 def grey_thumbnail(data: bytes, side: int = THUMB_SIDE) -> np.ndarray | None:
     """Encoded image bytes → float32 ``[side, side]`` grey levels in 0..1, or None if undecodable."""
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:

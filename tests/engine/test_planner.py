@@ -15,7 +15,7 @@ import pytest
 from framewire.engine.governor import CostModel, Governor, GovernorSettings
 from framewire.engine.planner import Planner
 from framewire.engine.scheduler import BEST_EFFORT_S, Frame
-from tests.engine.simulation import DeviceCost, Load, SteppingApp, StepIn, simulate
+from tests.engine.simulation import DeviceCost, Load, StepIn, SteppingApp, simulate
 
 COST = DeviceCost()
 CAPACITY_FPS = COST.capacity_fps(steps=4, batch=8)
