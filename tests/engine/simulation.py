@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -26,6 +27,7 @@ class StepIn(BaseModel):
 
 class StepOut(BaseModel):
     steps: int
+    timings: dict[str, Any] = {}
 
 
 class SteppingApp(App):
