@@ -230,8 +230,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "frames *sent* in the window that came back within 100 ms at the client, so dropped frames count as misses):",
         "",
         "| case | sessions x fps | offered / capacity | within 100 ms | p50 ms | p99 ms | answered / sent | dropped "
-        "| frames by level (0 = 4 steps, 1 = 2, 2 = 1) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| frames by level (0 = 4 steps, 1 = 2, 2 = 1) | engine on target, warm-up included |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     capacity = doc["capacity_fps"]
     for r in rows:
@@ -240,10 +240,13 @@ def markdown(doc: Mapping[str, Any]) -> str:
         tally, lat = r["tally"], r["latency_ms"]
         total = sum(r["levels"].values()) or 1
         levels = ", ".join(f"{k}: {100 * v / total:.0f} %" for k, v in r["levels"].items() if v)
+        s = r["server"]
+        judged = s["target_met"] + s["target_missed"]
+        engine = f"{s['target_met']:.0f} / {judged:.0f}" if judged else "-"
         lines.append(
             f"| {r['case']} | {r['sessions']} x {r['fps_per_session']:.1f} | {r['offered_fps'] / capacity:.1f}x "
             f"| {_pct(r.get('within_target_pct'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p99')} "
-            f"| {tally['ok']} / {tally['sent']} | {tally['dropped']} | {levels} |"
+            f"| {tally['ok']} / {tally['sent']} | {tally['dropped']} | {levels} | {engine} |"
         )
     lines += [
         "",

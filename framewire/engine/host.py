@@ -233,7 +233,7 @@ class _Worker:
 
     # -- preparing frames on the pool ----------------------------------------------
 
-    def _prepare_later(self, ep: Endpoint, frame: Frame, *, force: bool = False) -> None:
+    def prepare_later(self, ep: Endpoint, frame: Frame, *, force: bool = False) -> None:
         """Start preparing ``frame`` on the pool, within the bound on frames held (lock held)."""
         if not self._prepares.get(ep) or frame.prepared is not None:
             return
@@ -244,7 +244,7 @@ class _Worker:
         frame.prepared = self.pool.submit(self._prepare, ep, frame.submitted, thumbnail)
         self._held += 1
 
-    def _release(self, frame: Frame, *, cancel: bool = False) -> None:
+    def release(self, frame: Frame, *, cancel: bool = False) -> None:
         """``frame`` no longer needs its prepared data (lock held)."""
         prepared = frame.prepared
         if isinstance(prepared, Future):
@@ -280,13 +280,13 @@ class _Worker:
         frames started, so they decode while this batch runs."""
         with self.cond:
             for frame in batch:
-                self._prepare_later(ep, frame, force=True)
+                self.prepare_later(ep, frame, force=True)
             held = [frame.prepared for frame in batch]
             if self._held < self._max_held:
                 for pending_ep, frame in self.planner.pending_frames():
                     if self._held >= self._max_held:
                         break
-                    self._prepare_later(pending_ep, frame)
+                    self.prepare_later(pending_ep, frame)
         return [item.result() if isinstance(item, Future) else None for item in held]
 
     # -- running batches -------------------------------------------------------------
@@ -301,7 +301,7 @@ class _Worker:
             run_preps: list[_Prepared | None] = []
             with self.cond:
                 for frame, prep in zip(batch, preps, strict=True):
-                    self._release(frame)
+                    self.release(frame)
                     if prep is not None and isinstance(prep.data, AppError):
                         items.append((frame, self._result(frame, None, prep.data, started, 0.0, 0)))
                         continue
@@ -505,7 +505,7 @@ class _Worker:
             self.stopping = True
             pending = self.planner.drain()
             for frame in pending:
-                self._release(frame, cancel=True)
+                self.release(frame, cancel=True)
             self.cond.notify_all()
         return pending
 
@@ -671,8 +671,8 @@ class LocalEngine:
         with worker.cond:
             dropped = worker.planner.push(stream.id, frame, now)
             if dropped is not None:
-                worker._release(dropped, cancel=True)
-            worker._prepare_later(endpoint, frame)
+                worker.release(dropped, cancel=True)
+            worker.prepare_later(endpoint, frame)
             worker.cond.notify()
         return None if dropped is None else dropped.tag
 
@@ -687,7 +687,7 @@ class LocalEngine:
         with worker.cond:
             frames = worker.planner.close(stream.id)
             for frame in frames:
-                worker._release(frame, cancel=True)
+                worker.release(frame, cancel=True)
         return len(frames)
 
     async def call(
@@ -710,7 +710,7 @@ class LocalEngine:
         planner = worker.planner
         with worker.cond:
             planner.push_request(endpoint, frame, priority)
-            worker._prepare_later(endpoint, frame)
+            worker.prepare_later(endpoint, frame)
             worker.cond.notify()
         try:
             if start_timeout_s is not None:
@@ -718,13 +718,13 @@ class LocalEngine:
                 if not future.done():
                     with worker.cond:
                         if planner.remove_request(endpoint, frame):
-                            worker._release(frame, cancel=True)
+                            worker.release(frame, cancel=True)
                             raise StartTimeout(start_timeout_s)
             return await future
         except asyncio.CancelledError:
             with worker.cond:
                 if planner.remove_request(endpoint, frame):
-                    worker._release(frame, cancel=True)
+                    worker.release(frame, cancel=True)
                 else:
                     frame.cancelled = True  # running: the handler may notice and stop early
             raise

@@ -67,6 +67,7 @@ def test_the_report_block_replaces_only_its_own_part() -> None:
     results = []
     for case in scheduler_bench.cases():
         counts = {"device_s": 1.0 if "fixed" in case.name else 4.0, "answered": 100.0, "skipped": 0.0}
+        counts.update(target_met=90.0, target_missed=10.0)
         results.append(scheduler_bench.summarize(case, _result([20.0] * 9, sent=10, degraded=[]), counts))
     doc = {
         "stamp": "now",
@@ -81,6 +82,7 @@ def test_the_report_block_replaces_only_its_own_part() -> None:
     assert doc["device_time_saved_pct"] == 75.0
     block = scheduler_bench.markdown(doc)
     assert "| overload 3x, ladder 4→2→1 steps | 24 x 20.8 | 3.0x | 90.0 % |" in block
+    assert block.count("| 90 / 100 |") == 2  # the engine's own count, warm-up included
     assert "saved by skipping unchanged frames: **75 %**" in block
     before = "# Results\n\nkept above\n\n" + block + "\n\nkept below\n"
     again = scheduler_bench.splice(before, block.replace("75 %", "76 %"))
