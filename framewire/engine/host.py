@@ -260,6 +260,8 @@ class _Worker:
             identity = self.app.frame_identity(ep.spec.path, inp)
             if identity is not None:
                 found = fingerprint(identity, thumbnail=thumbnail)
+        except AppError:
+            pass  # a bad input: its own error comes from preparing or running it
         except Exception:
             log.exception("%s: taking a frame's fingerprint failed; it runs unskipped", ep.key)
         stages = self.stages.get(ep)
@@ -315,7 +317,7 @@ class _Worker:
                         run.append(frame)
                         run_preps.append(prep)
             if run:
-                self._run_frames(ep, run, run_preps, started, ticket, items)
+                self._run_frames(ep, run, run_preps, ticket, items)
                 return
         except Exception as exc:  # a bug here must not stall the results of later batches
             log.exception("%s: a batch of %d failed outside its handler", ep.key, len(batch))
@@ -329,10 +331,10 @@ class _Worker:
         ep: Endpoint,
         run: list[Frame],
         preps: list[_Prepared | None],
-        started: float,
         ticket: int,
         items: list[_Item],
     ) -> None:
+        started = time.perf_counter()  # after its inputs were prepared: the device's time starts here
         stages = self.stages.get(ep)
         progress = _BatchProgress(self.loop, run) if (ep.takes_progress or stages is not None) else Progress()
         fault: EngineFault | None = None

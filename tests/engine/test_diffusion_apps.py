@@ -363,7 +363,9 @@ def test_a_degraded_image_frame_runs_at_the_smaller_size(lcm_app: LcmApp) -> Non
     assert decoded(out).shape == (64, 64, 3)
 
 
-async def test_the_engine_overlapping_stages_gives_the_serial_images(lcm_app: LcmApp, lcm_config: Any) -> None:
+async def test_the_engine_overlapping_stages_gives_the_serial_images_and_answers_repeats(
+    lcm_app: LcmApp, lcm_config: Any
+) -> None:
     from framewire.engine.api import AppRegistry
     from framewire.engine.host import LocalEngine
 
@@ -387,14 +389,27 @@ async def test_the_engine_overlapping_stages_gives_the_serial_images(lcm_app: Lc
         streams = [engine.open_stream(ep, 8, got.append) for _ in range(2)]
         for i, inp in enumerate(inputs):
             engine.submit(streams[i % 2], inp, tag=i)
-        deadline = asyncio.get_running_loop().time() + 60
-        while len(got) < len(inputs) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        await _wait_for(got, len(inputs))
+        # The last frame of stream 1 again: answered from its output; then with a new prompt: run.
+        engine.submit(streams[1], inputs[5], tag=6)
+        await _wait_for(got, 7)
+        engine.submit(streams[1], inputs[5].model_copy(update={"prompt": "changed"}), tag=7)
+        await _wait_for(got, 8)
     finally:
         await engine.stop()
     by_tag = {r.tag: r for r in got}
-    assert sorted(by_tag) == list(range(6))
+    assert sorted(by_tag) == list(range(8))
+    assert by_tag[6].skipped == "exact" and by_tag[6].output.images[0].content == serial[5].images[0].content
+    assert by_tag[7].skipped == "" and by_tag[7].output.images[0].content != serial[5].images[0].content
+    got = got[:6]
     for i, expected in enumerate(serial):
         assert by_tag[i].output.images[0].content == expected.images[0].content
     for stream_tags in ([r.tag for r in got if r.tag % 2 == k] for k in (0, 1)):
         assert stream_tags == sorted(stream_tags)  # each stream's results in its order
+
+
+async def _wait_for(got: list[Any], count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(got) < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(got) >= count
