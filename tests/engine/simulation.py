@@ -1,6 +1,7 @@
 """A discrete-event simulation of one engine worker: the real :class:`Planner`, a simulated
-clock, sessions sending frames at fixed rates, and a device whose batch time follows a
-cost model. No threads, no sleeps: a minute of load runs in well under a second."""
+clock, sessions sending frames at fixed rates, and a device whose batch time follows the
+cost model of :mod:`framewire.bench.fake_engine` (whose apps it runs, without calling
+their handlers). No threads, no sleeps: a minute of load runs in well under a second."""
 
 from __future__ import annotations
 
@@ -8,72 +9,14 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from pydantic import BaseModel
-
-from framewire.engine.api import App, Degraded, realtime
+from framewire.bench.fake_engine import LadderSteps, StepsInput, batch_ms
+from framewire.engine.api import App
 from framewire.engine.governor import GovernorSettings
 from framewire.engine.planner import Planner
 from framewire.engine.scheduler import Frame
-
-
-class StepIn(BaseModel):
-    steps: int = 4
-    session: int = 0
-
-
-class StepOut(BaseModel):
-    steps: int
-    timings: dict[str, Any] = {}
-
-
-class SteppingApp(App):
-    """Frames cost their steps; with a ladder, load lowers them 4 → 2 → 1."""
-
-    app_id = "sim/stepping"
-
-    def __init__(self, ladder: bool = True, max_batch_size: int = 8) -> None:
-        self.ladder = ladder
-        self.max_batch_size = max_batch_size
-
-    @realtime("/", buffering=2, max_batch_size=8, max_queue_delay_ms=4)
-    def run(self, inputs: list[StepIn]) -> list[StepOut]:
-        return [StepOut(steps=i.steps) for i in inputs]
-
-    def batch_key(self, path: str, inp: BaseModel) -> Hashable:
-        assert isinstance(inp, StepIn)
-        return inp.steps
-
-    def frame_cost(self, path: str, inp: BaseModel) -> float:
-        assert isinstance(inp, StepIn)
-        return float(inp.steps)
-
-    def degradation(self, path: str) -> tuple[str, ...]:
-        return ("steps<=2", "steps=1") if self.ladder else ()
-
-    def degrade(self, path: str, inp: BaseModel, level: int) -> Degraded | None:
-        assert isinstance(inp, StepIn)
-        steps = min(inp.steps, 2) if level == 1 else 1
-        if steps == inp.steps:
-            return None
-        return Degraded(inp.model_copy(update={"steps": steps}), f"steps {inp.steps}→{steps}")
-
-
-@dataclass(frozen=True)
-class DeviceCost:
-    """Seconds a batch takes: ``steps * (per_step_s + per_frame_step_s * n)``."""
-
-    per_step_s: float = 0.004
-    per_frame_step_s: float = 0.001
-
-    def batch_s(self, steps: int, n: int) -> float:
-        return steps * (self.per_step_s + self.per_frame_step_s * n)
-
-    def capacity_fps(self, steps: int, batch: int) -> float:
-        return batch / self.batch_s(steps, batch)
 
 
 @dataclass
@@ -143,15 +86,13 @@ def simulate(
     loads: list[Load],
     *,
     app: App | None = None,
-    cost: DeviceCost | None = None,
     governor: GovernorSettings | None = None,
     seed: int = 0,
     capacity: int = 2,
     on_batch: Callable[[float, list[Frame]], None] | None = None,
 ) -> Outcome:
     """Run the loads through a planner and a simulated device; every frame is accounted for."""
-    app = app or SteppingApp()
-    cost = cost or DeviceCost()
+    app = app or LadderSteps()
     (endpoint,) = app.endpoints().values()
     planner = Planner([endpoint], governor=governor)
     rng = random.Random(seed)
@@ -178,7 +119,7 @@ def simulate(
             rec = by_frame[frame.seq]
             rec.answered_s = t_s
             rec.level = frame.level
-            rec.steps = frame.inp.steps
+            rec.steps = frame.inp.num_inference_steps
             planner.answered(frame, t_s)
 
     while True:
@@ -189,9 +130,9 @@ def simulate(
                 levels.append((now, planner.level))
             if isinstance(found, tuple):
                 _, frames = found
-                steps = frames[0].inp.steps
+                steps = frames[0].inp.num_inference_steps
                 running = (now, frames)
-                busy_until = now + cost.batch_s(steps, len(frames))
+                busy_until = now + batch_ms(steps, len(frames)) / 1000.0
                 batches.append((now, busy_until, len(frames), steps))
                 if on_batch is not None:
                     on_batch(now, frames)
@@ -211,7 +152,7 @@ def simulate(
             answer(frames, now)
         elif now == t_arrival:
             _, _, session, load = heapq.heappop(arrivals)
-            frame = Frame(StepIn(steps=load.steps, session=session), None, now, lambda r: None, tag=session)
+            frame = Frame(StepsInput(num_inference_steps=load.steps), None, now, lambda r: None, tag=session)
             rec = Record(session, now, load.target_ms)
             records.append(rec)
             by_frame[frame.seq] = rec

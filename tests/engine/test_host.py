@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -320,13 +321,25 @@ async def _results(got: list[FrameResult], count: int) -> None:
     assert len(got) >= count, f"{len(got)} of {count} results"
 
 
-async def test_prepare_and_finish_run_on_the_pool_while_the_device_thread_runs_the_next_batch() -> None:
+async def _staged_stream(**options: Any) -> tuple[StagedApp, LocalEngine, Any, list[FrameResult]]:
     app = StagedApp()
     engine = LocalEngine(AppRegistry([app]))
     await engine.start()
-    ep = engine.registry.resolve("test/staged", realtime=True)
     got: list[FrameResult] = []
-    stream = engine.open_stream(ep, 4, got.append)
+    stream = engine.open_stream(engine.registry.resolve("test/staged", realtime=True), 4, got.append, **options)
+    return app, engine, stream, got
+
+
+async def _one_by_one(engine: LocalEngine, stream: Any, got: list[FrameResult], frames: list[PicIn]) -> None:
+    """Send each frame once the previous one is answered, then stop the engine."""
+    for i, inp in enumerate(frames):
+        engine.submit(stream, inp, tag=i)
+        await _results(got, i + 1)
+    await engine.stop()
+
+
+async def test_prepare_and_finish_run_on_the_pool_while_the_device_thread_runs_the_next_batch() -> None:
+    app, engine, stream, got = await _staged_stream()
     engine.submit(stream, PicIn(image=b"first", label="a", block=True), tag=1)
     assert await asyncio.to_thread(app.running.wait, 5)
     # Batch 1 now waits in its run stage until this frame is prepared (off the device thread);
@@ -342,12 +355,7 @@ async def test_prepare_and_finish_run_on_the_pool_while_the_device_thread_runs_t
 
 
 async def test_an_unchanged_frame_is_answered_with_the_last_output_without_running() -> None:
-    app = StagedApp()
-    engine = LocalEngine(AppRegistry([app]))
-    await engine.start()
-    ep = engine.registry.resolve("test/staged", realtime=True)
-    got: list[FrameResult] = []
-    stream = engine.open_stream(ep, 4, got.append)
+    app, engine, stream, got = await _staged_stream()
     frames = [
         PicIn(image=b"canvas", label="a"),
         PicIn(image=b"canvas", label="a"),  # unchanged: skipped
@@ -356,10 +364,7 @@ async def test_an_unchanged_frame_is_answered_with_the_last_output_without_runni
         PicIn(image=b"canvas", label="b", seed=None),  # no identity (a random seed): runs
         PicIn(image=b"canvas", label="b", seed=None),
     ]
-    for i, inp in enumerate(frames):
-        engine.submit(stream, inp, tag=i)
-        await _results(got, i + 1)
-    await engine.stop()
+    await _one_by_one(engine, stream, got, frames)
     assert [r.skipped for r in got] == ["", "exact", "", "exact", "", ""]
     assert app.runs == 4
     assert got[1].output is got[0].output and got[3].output is got[2].output  # the very same output
@@ -381,37 +386,28 @@ def _jpeg_with_dot(x: int) -> bytes:
 
 @pytest.mark.parametrize(("threshold", "expected"), [(0.0, ["", "", ""]), (0.02, ["", "similar", ""])])
 async def test_a_similarity_threshold_skips_nearly_unchanged_images(threshold: float, expected: list[str]) -> None:
-    app = StagedApp()
-    engine = LocalEngine(AppRegistry([app]))
-    await engine.start()
-    ep = engine.registry.resolve("test/staged", realtime=True)
-    got: list[FrameResult] = []
-    stream = engine.open_stream(ep, 4, got.append, similarity_threshold=threshold)
+    _, engine, stream, got = await _staged_stream(similarity_threshold=threshold)
     frames = [
         PicIn(image=_jpeg_with_dot(10), label="a"),
         PicIn(image=_jpeg_with_dot(11), label="a"),  # one pixel moved
         PicIn(image=_jpeg_with_dot(11), label="c"),  # a parameter changed: never similar
     ]
-    for i, inp in enumerate(frames):
-        engine.submit(stream, inp, tag=i)
-        await _results(got, i + 1)
-    await engine.stop()
+    await _one_by_one(engine, stream, got, frames)
     assert [r.skipped for r in got] == expected
 
 
 async def test_frames_report_their_target_and_degradation_in_timings() -> None:
+    from framewire.bench.fake_engine import LadderSteps, StepsInput
     from framewire.engine.governor import GovernorSettings
-    from tests.engine.simulation import StepIn as LadderIn
-    from tests.engine.simulation import SteppingApp as LadderApp
 
-    app = LadderApp()
+    app = LadderSteps()
     engine = LocalEngine(AppRegistry([app]), governor=GovernorSettings(min_samples=1, settle_s=0.0))
     await engine.start()
-    ep = engine.registry.resolve("sim/stepping", realtime=True)
+    ep = engine.registry.resolve("bench/steps", realtime=True)
     got: list[FrameResult] = []
     stream = engine.open_stream(ep, 2, got.append, target_latency_ms=1.0)  # the fill window alone misses it
     for i in range(20):  # the level is reconsidered at most every 50 ms
-        engine.submit(stream, LadderIn(steps=4), tag=i)
+        engine.submit(stream, StepsInput(num_inference_steps=4), tag=i)
         await _results(got, i + 1)
         if got[-1].degraded:
             break
@@ -420,9 +416,9 @@ async def test_frames_report_their_target_and_degradation_in_timings() -> None:
     first, second = got[0], got[-1]
     assert first.timings["target_latency_ms"] == 1.0 and first.timings["target_met"] is False
     assert first.degraded == 0 and "degraded" not in first.timings
-    assert second.degraded >= 1 and second.output.steps <= 2  # type: ignore[union-attr]
-    assert second.timings["degraded"] == second.degraded and "num_inference_steps" not in second.degradation
-    assert second.degradation.startswith("steps 4→")
+    assert second.degraded >= 1 and second.output.num_inference_steps <= 2  # type: ignore[union-attr]
+    assert second.timings["degraded"] == second.degraded
+    assert second.degradation.startswith("num_inference_steps 4→")
 
 
 async def test_a_stream_with_an_out_of_range_target_is_refused() -> None:

@@ -1,33 +1,34 @@
 """Latency targets and degradation under load, on a simulated clock with a cost model.
 
-The device's batch time is ``steps * (4 ms + 1 ms per frame)``: a full batch of eight
-4-step frames takes 48 ms, so the device answers ~167 frames/s at full quality, ~333 at
-2 steps and ~667 at 1 step.
+The device's batch time is the fake engine's, ``steps * (4 ms + 1 ms per frame)``: a full
+batch of eight 4-step frames takes 48 ms, so the device answers ~167 frames/s at full
+quality, ~333 at 2 steps and ~667 at 1 step.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 
+from framewire.bench.fake_engine import FixedSteps, LadderSteps, StepsInput, capacity_fps
 from framewire.engine.governor import CostModel, Governor, GovernorSettings
 from framewire.engine.planner import Planner
 from framewire.engine.scheduler import BEST_EFFORT_S, Frame
-from tests.engine.simulation import DeviceCost, Load, StepIn, SteppingApp, simulate
+from tests.engine.simulation import Load, simulate
 
-COST = DeviceCost()
-CAPACITY_FPS = COST.capacity_fps(steps=4, batch=8)
+CAPACITY_FPS = capacity_fps(steps=4)
 
 
-def load(times_capacity: float, sessions: int = 25, **kwargs: float) -> Load:
-    return Load(sessions=sessions, fps=times_capacity * CAPACITY_FPS / sessions, **kwargs)  # type: ignore[arg-type]
+def load(times_capacity: float, sessions: int = 25, **kwargs: Any) -> Load:
+    return Load(sessions=sessions, fps=times_capacity * CAPACITY_FPS / sessions, **kwargs)
 
 
 def test_under_3x_overload_degradation_keeps_100ms_targets() -> None:
-    with_ladder = simulate([load(3.0, end_s=30.0)], app=SteppingApp(ladder=True))
-    without = simulate([load(3.0, end_s=30.0)], app=SteppingApp(ladder=False))
+    with_ladder = simulate([load(3.0, end_s=30.0)], app=LadderSteps())
+    without = simulate([load(3.0, end_s=30.0)], app=FixedSteps())
     met_on, met_off = with_ladder.met_share(0, 30), without.met_share(0, 30)
     assert met_on >= 0.95, met_on
     assert met_off < 0.5, met_off  # latest frame wins: two in three frames dropped, the rest late
@@ -74,7 +75,7 @@ def test_the_level_does_not_flap_under_steady_load_at_a_boundary(times_capacity:
 
 
 def test_tight_targets_are_served_first() -> None:
-    app = SteppingApp(ladder=False)
+    app = FixedSteps()
     loose = load(0.35, sessions=10, target_ms=1000.0, end_s=30.0, first_session=10)
     out = simulate([load(0.35, sessions=10, target_ms=60.0, end_s=30.0), loose], app=app)
     tight_ids, loose_ids = set(range(10)), set(range(10, 20))
@@ -90,7 +91,7 @@ def test_tight_targets_are_served_first() -> None:
 def test_sessions_without_a_target_are_not_starved_by_targeted_ones() -> None:
     targeted = load(2.0, sessions=10, target_ms=50.0, end_s=20.0)
     best_effort = load(0.2, sessions=5, target_ms=None, end_s=20.0, first_session=10)
-    out = simulate([targeted, best_effort], app=SteppingApp(ladder=False))
+    out = simulate([targeted, best_effort], app=FixedSteps())
     for session in range(10, 15):
         answered = sorted(r.answered_s for r in out.records if r.session == session and r.answered_s is not None)
         gaps = [b - a for a, b in itertools.pairwise(answered)]
@@ -98,7 +99,9 @@ def test_sessions_without_a_target_are_not_starved_by_targeted_ones() -> None:
 
 
 def frame(name: str, t: float, target_s: float | None = None, steps: int = 4) -> Frame:
-    f = Frame(StepIn(steps=steps), steps, t, lambda r: None, tag=name, target_s=target_s, cost=float(steps))
+    f = Frame(
+        StepsInput(num_inference_steps=steps), steps, t, lambda r: None, tag=name, target_s=target_s, cost=float(steps)
+    )
     return f
 
 
@@ -160,13 +163,13 @@ def test_cost_model_with_one_batch_size_puts_all_time_per_unit() -> None:
 
 
 def test_a_level_change_re_resolves_pending_frames() -> None:
-    app = SteppingApp()
+    app = LadderSteps()
     (ep,) = app.endpoints().values()
     planner = Planner([ep], governor=GovernorSettings(min_samples=1, settle_s=0.0))
     planner.open(ep, "a", 2, target_latency_ms=10.0)
     planner.open(ep, "b", 2, target_latency_ms=10.0)
     planner.answered(_answered(planner, "a", 0.0), 1.0)  # 100x late
-    pending = Frame(StepIn(steps=4), None, 1.0, lambda r: None, tag="p")
+    pending = Frame(StepsInput(num_inference_steps=4), None, 1.0, lambda r: None, tag="p")
     planner.push("b", pending, 1.0)
     assert (pending.level, pending.batch_key) == (0, 4)
     assert planner.next(1.0) == pytest.approx(0.004)  # the level rose; the frame waits out the fill window
@@ -174,12 +177,17 @@ def test_a_level_change_re_resolves_pending_frames() -> None:
     found = planner.next(1.004)
     assert isinstance(found, tuple)
     (ran,) = found[1]
-    assert ran is pending and (ran.level, ran.batch_key, ran.inp.steps, ran.submitted.steps) == (1, 2, 2, 4)
-    assert ran.degradation == "steps 4→2"
+    assert ran is pending and (
+        ran.level,
+        ran.batch_key,
+        ran.inp.num_inference_steps,
+        ran.submitted.num_inference_steps,
+    ) == (1, 2, 2, 4)
+    assert ran.degradation == "num_inference_steps 4→2"
 
 
 def _answered(planner: Planner, stream: str, t: float) -> Frame:
-    f = Frame(StepIn(steps=4), None, t, lambda r: None, tag="x")
+    f = Frame(StepsInput(num_inference_steps=4), None, t, lambda r: None, tag="x")
     planner.push(stream, f, t)
     found = planner.next(t + 0.01)
     assert isinstance(found, tuple)
@@ -187,16 +195,16 @@ def _answered(planner: Planner, stream: str, t: float) -> Frame:
 
 
 def test_requests_run_as_sent_even_when_degraded() -> None:
-    app = SteppingApp()
+    app = LadderSteps()
     (ep,) = app.endpoints().values()
     planner = Planner([ep], governor=GovernorSettings(min_samples=1, settle_s=0.0))
     planner.open(ep, "a", 2, target_latency_ms=10.0)
     planner.answered(_answered(planner, "a", 0.0), 1.0)
     planner.next(1.0)
     assert planner.level == 1
-    request = Frame(StepIn(steps=4), None, 1.0, lambda r: None)
+    request = Frame(StepsInput(num_inference_steps=4), None, 1.0, lambda r: None)
     planner.push_request(ep, request)
-    assert request.level == 0 and request.inp.steps == 4
+    assert request.level == 0 and request.inp.num_inference_steps == 4
 
 
 def test_governor_settings_refuse_a_gap_without_hysteresis() -> None:

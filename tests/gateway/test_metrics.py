@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
+from framewire.bench.fake_engine import LadderSteps
 from framewire.engine.api import AppRegistry, FrameIdentity
 from framewire.engine.apps.echo import EchoApp, EchoInput
 from framewire.engine.governor import GovernorSettings
@@ -19,7 +20,6 @@ from framewire.gateway.app import create_app
 from framewire.gateway.platform.metrics import Metrics
 from framewire.gateway.settings import Settings
 from tests.conftest import BatchingApp
-from tests.engine.simulation import SteppingApp
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -115,7 +115,7 @@ class SeededEcho(EchoApp):
 def load_client() -> Iterator[TestClient]:
     metrics = Metrics()
     governor = GovernorSettings(min_samples=1, settle_s=0.0)  # react to the first late frame
-    engine = LocalEngine(AppRegistry([SeededEcho(), SteppingApp()]), on_batch=metrics.on_batch, governor=governor)
+    engine = LocalEngine(AppRegistry([SeededEcho(), LadderSteps()]), on_batch=metrics.on_batch, governor=governor)
     with TestClient(create_app(Settings(), engine, metrics=metrics)) as c:
         yield c
 
@@ -131,21 +131,24 @@ def test_targets_degradation_and_skips_show_in_timings_and_metrics(load_client: 
     assert outs[1]["image"] == outs[0]["image"] == b"canvas"
     # A 1 ms target is missed by the fill window alone: the ladder's first level follows.
     degraded = None
-    with load_client.websocket_connect("/sim/stepping/realtime?target_latency_ms=1") as ws:
-        for i in range(40):
-            ws.send_bytes(msgpack.packb({"steps": 4, "session": i}))
+    with load_client.websocket_connect("/bench/steps/realtime?target_latency_ms=1") as ws:
+        for _ in range(40):
+            ws.send_bytes(msgpack.packb({"num_inference_steps": 4}))
             out = msgpack.unpackb(ws.receive_bytes())
             if out["timings"].get("degraded"):
                 degraded = out
                 break
             time.sleep(0.06)  # the level is reconsidered at most every 50 ms
-    assert degraded is not None and degraded["steps"] == 2
-    assert degraded["timings"]["degradation"] == "steps 4→2" and degraded["timings"]["target_met"] in (True, False)
+    assert degraded is not None and degraded["num_inference_steps"] == 2
+    assert degraded["timings"]["degradation"] == "num_inference_steps 4→2" and degraded["timings"]["target_met"] in (
+        True,
+        False,
+    )
     samples = scrape(load_client)
     assert value(samples, "framewire_realtime_target_frames_total", app="test/seeded-echo", outcome="met") == 2
     assert value(samples, "framewire_realtime_skipped_frames_total", app="test/seeded-echo", kind="exact") == 1
-    assert value(samples, "framewire_realtime_degraded_frames_total", app="sim/stepping", level="1") == 1
-    assert value(samples, "framewire_realtime_target_frames_total", app="sim/stepping", outcome="missed") >= 1
+    assert value(samples, "framewire_realtime_degraded_frames_total", app="bench/steps", level="1") == 1
+    assert value(samples, "framewire_realtime_target_frames_total", app="bench/steps", outcome="missed") >= 1
 
 
 @pytest.mark.parametrize(
