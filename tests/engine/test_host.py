@@ -257,6 +257,7 @@ class PicIn(BaseModel):
     label: str = ""
     seed: int | None = 1
     block: bool = False  # the run stage waits for the next frame's prepare; finish for the next run
+    hold: bool = False  # the finish stage waits until the test lets it go
 
 
 class PicOut(BaseModel):
@@ -277,6 +278,7 @@ class StagedApp(App):
         self.running = threading.Event()  # a run stage started
         self.run_started_later = threading.Event()  # a second run stage started
         self.waited: dict[str, bool] = {}
+        self.let_finish = threading.Event()
 
     @realtime("/realtime", buffering=4, max_batch_size=4)
     def run(self, inputs: list[PicIn]) -> list[PicOut]:
@@ -311,6 +313,8 @@ class StagedApp(App):
         self.threads["finish"].add(threading.current_thread().name)
         if any(i.block for i, _ in ran):
             self.waited["run"] = self.run_started_later.wait(5)
+        if any(i.hold for i, _ in ran):
+            self.waited["finish"] = self.let_finish.wait(5)
         return [PicOut(image=data[::-1], label=i.label) for i, data in ran]
 
 
@@ -370,6 +374,22 @@ async def test_an_unchanged_frame_is_answered_with_the_last_output_without_runni
     assert got[1].output is got[0].output and got[3].output is got[2].output  # the very same output
     assert got[1].batch_size == 0 and got[1].inference_ms == 0.0 and got[1].timings["skipped"] == "exact"
     assert [r.output.label for r in got] == ["a", "a", "b", "b", "b", "b"]  # type: ignore[union-attr]
+
+
+async def test_a_repeat_of_a_frame_still_finishing_waits_for_that_output_in_order() -> None:
+    app, engine, stream, got = await _staged_stream()
+    frame = PicIn(image=b"canvas", label="a", hold=True)
+    engine.submit(stream, frame, tag=1)
+    assert await asyncio.to_thread(app.running.wait, 5)
+    await asyncio.sleep(0.05)  # batch 1 ran and now waits in its finish stage (encoding)
+    engine.submit(stream, frame, tag=2)  # the same input: answered with batch 1's output, once it exists
+    await asyncio.sleep(0.05)
+    assert got == []
+    app.let_finish.set()
+    await _results(got, 2)
+    await engine.stop()
+    assert [(r.tag, r.skipped) for r in got] == [(1, ""), (2, "exact")]
+    assert got[1].output is got[0].output and app.runs == 1 and app.waited["finish"]
 
 
 def _jpeg_with_dot(x: int) -> bytes:
