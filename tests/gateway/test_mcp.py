@@ -137,7 +137,7 @@ async def wait_completed(client: Client, request_id: str, timeout_s: float = 60.
 
 
 async def exercise_every_tool(client: Client) -> None:
-    """Call each tool on the echo app, the tiny LCM app and the --app test app; check each answer."""
+    """Call each tool with the echo app and the tiny LCM app (and the --app test app); check each answer."""
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     app_tools = {f"{a}_{e}" for a in ("run", "submit") for e in ("framewire_echo", "framewire_lcm", "test_stepping")}
     assert GENERAL | app_tools | {"run_framewire_lcm_image-to-image"} <= set(tools)
@@ -159,6 +159,12 @@ async def exercise_every_tool(client: Client) -> None:
     assert endpoint["input_schema"]["properties"]["num_inference_steps"]["maximum"] == 8
     assert "images" in endpoint["output_schema"]["properties"]
     assert "ImageSize" in described.structured_content["components"]["schemas"]
+    echo_described = await client.call_tool("describe_app", {"app_id": "framewire/echo"})
+    assert isinstance(echo_described.structured_content, dict)
+    [echo_endpoint] = echo_described.structured_content["endpoints"]
+    assert (
+        echo_endpoint["run_tool"] == "run_framewire_echo" and "delay_ms" in echo_endpoint["input_schema"]["properties"]
+    )
 
     # upload_file → a URL that serves the bytes and that an app input takes.
     picture = jpeg_bytes()
@@ -185,6 +191,12 @@ async def exercise_every_tool(client: Client) -> None:
     stored = drawn.structured_content["images"][0]["url"]
     assert httpx.get(stored).content == base64.b64decode(image.data)  # the same image, also as a URL
 
+    # The uploaded picture as the input image of the tiny LCM's image-to-image endpoint.
+    repainted = await client.call_tool("run_framewire_lcm_image-to-image", {**LCM_64, "image_url": url})
+    assert not repainted.is_error, text_of(repainted)
+    [image] = images_of(repainted)
+    assert Image.open(io.BytesIO(base64.b64decode(image.data))).size == (64, 64)
+
     # The queue: submit, follow, fetch; cancel a long job.
     submitted = await client.call_tool("submit_framewire_lcm", {**LCM_64, "seed": 8})
     assert not submitted.is_error and isinstance(submitted.structured_content, dict)
@@ -193,6 +205,23 @@ async def exercise_every_tool(client: Client) -> None:
     await wait_completed(client, request_id)
     fetched = await client.call_tool("get_result", {"request_id": request_id})
     assert not fetched.is_error and len(images_of(fetched)) == 1
+
+    queued_echo = await client.call_tool("submit_framewire_echo", {"prompt": "queued", "image_url": url})
+    assert isinstance(queued_echo.structured_content, dict)
+    echo_id = queued_echo.structured_content["request_id"]
+    assert (await wait_completed(client, echo_id)).get("error") is None
+    echo_result = await client.call_tool("get_result", {"request_id": echo_id})
+    [image] = images_of(echo_result)
+    assert base64.b64decode(image.data) == picture and image.data not in text_of(echo_result)
+
+    slow_echo = await client.call_tool("submit_framewire_echo", {"delay_ms": 1000})
+    assert isinstance(slow_echo.structured_content, dict)
+    slow_id = slow_echo.structured_content["request_id"]
+    assert (await client.call_tool("cancel_request", {"request_id": slow_id})).structured_content == {
+        "status": "CANCELLATION_REQUESTED",
+        "request_id": slow_id,
+    }
+    assert (await wait_completed(client, slow_id))["error_type"] == "request_cancelled"
 
     long_job = await client.call_tool("submit_test_stepping", {"steps": 1000, "delay_ms": 50})
     assert isinstance(long_job.structured_content, dict)
