@@ -14,7 +14,6 @@ stdout carries the protocol).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -28,8 +27,6 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR
-
-log = logging.getLogger("framewire.mcp.bridge")
 
 #: Seconds to connect, write and wait for a pool slot; reads may take as long as a run does.
 CONNECT_TIMEOUT_S = 30.0

@@ -2,9 +2,9 @@
 
 Built on the official SDK's low-level server and its streamable-HTTP session manager, in
 stateless mode with JSON answers: every POST stands alone, so any edge behind a load
-balancer can answer it and nothing is held between calls; a GET (a standalone event stream) or DELETE (ending a
-session) is answered 405. Both protocol eras the SDK serves work (the ``initialize``
-handshake, and 2026-07-28's self-contained requests).
+balancer can answer it and nothing is held between calls; a GET (a standalone event
+stream) or DELETE (ending a session) is answered 405. Both protocol eras the SDK serves
+work (the ``initialize`` handshake, and 2026-07-28's self-contained requests).
 
 Who may call: the same keys as every other surface, as ``Authorization: Key <id>:<secret>``
 or in the MCP spec's bearer form, ``Authorization: Bearer <id>:<secret>`` (a token from
