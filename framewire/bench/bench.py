@@ -7,6 +7,7 @@ and report numbers, ratios, plots and (for goals) benchmarks/RESULTS.md.
     framewire bench plot benchmarks/out/<run>/results.json    # redraw plots from JSON
     framewire bench workers                                   # engine worker processes (own flags)
     framewire bench link                                      # the edge-worker link's transport
+    framewire bench scheduler                                 # overload and idle-canvas scenarios
 
 Every target runs the same scenario one after the other (never at the same time), each
 server in its own process; with ``--repeats`` the order rotates between repeats so slow
@@ -378,6 +379,11 @@ def parser() -> argparse.ArgumentParser:
     p_plot.add_argument("results", type=Path)
     p_plot.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the JSON)")
     p_plot.add_argument("--results-md", type=Path, help="also rewrite the generated block of this Markdown file")
+    sub.add_parser(
+        "scheduler",
+        help="latency targets and degradation under 3x overload, skipping on a mostly idle canvas (fake engine)",
+        add_help=False,
+    )
     return root
 
 
@@ -527,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from framewire.bench import link_bench
 
         return link_bench.main(argv[1:])
+    if argv[:1] == ["scheduler"]:
+        from framewire.bench import scheduler_bench
+
+        return scheduler_bench.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         if args.command == "run":

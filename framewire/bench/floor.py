@@ -52,7 +52,15 @@ class LoopEngine:
     async def stop(self, timeout_s: float = 10.0) -> None:
         self.ready = False
 
-    def open_stream(self, endpoint: Endpoint, capacity: int, on_result: ResultCallback) -> _Stream:
+    def open_stream(
+        self,
+        endpoint: Endpoint,
+        capacity: int,
+        on_result: ResultCallback,
+        *,
+        target_latency_ms: float | None = None,
+        similarity_threshold: float = 0.0,
+    ) -> _Stream:
         return _Stream(endpoint, on_result, capacity)
 
     def _run(self, endpoint: Endpoint, inp: BaseModel, tag: Any) -> FrameResult:

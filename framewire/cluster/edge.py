@@ -101,9 +101,17 @@ class Partial(BaseModel):
 class RemoteStream:
     """The edge side of one realtime session; see the module docstring for its window."""
 
-    def __init__(self, engine: RemoteEngine, endpoint: Endpoint, capacity: int, on_result: ResultCallback) -> None:
+    def __init__(
+        self,
+        engine: RemoteEngine,
+        endpoint: Endpoint,
+        capacity: int,
+        on_result: ResultCallback,
+        options: dict[str, Any],
+    ) -> None:
         self.engine = engine
         self.endpoint = endpoint
+        self.options = options  # target latency and similarity threshold, sent with each OPEN
         self.app_id = endpoint.app.app_id
         self._capacity = capacity
         self.window = capacity + 1
@@ -367,8 +375,8 @@ class _Worker:
         self.engine._state_changed(self, old)
 
     def _result(self, link: Link, message: list[Any]) -> None:
-        wire.field_count(message, 7)
-        _, sid, seq, output, error, queue_ms, inference_ms, batch_size = message
+        wire.field_count(message, 8)
+        _, sid, seq, output, error, queue_ms, inference_ms, batch_size, details = message
         stream = self.streams.get(wire.ident(sid, "a stream id"))
         wire.ident(seq, "a frame id")
         if stream is None:
@@ -376,7 +384,7 @@ class _Worker:
         sent = stream.in_flight.pop(seq, None)
         if sent is None:
             raise Violation(f"a result for frame {seq!r} of stream {sid}, which is not in flight")
-        result = _frame_result(stream.endpoint, output, error, queue_ms, inference_ms, batch_size, sent[1])
+        result = _frame_result(stream.endpoint, output, error, (queue_ms, inference_ms, batch_size), details, sent[1])
         stream.on_result(result)
         stream.pump()
 
@@ -390,8 +398,8 @@ class _Worker:
         self.engine._replace(stream, self, error if isinstance(error, AppError) else EngineError(str(error)))
 
     def _reply(self, link: Link, message: list[Any]) -> None:
-        wire.field_count(message, 6)
-        _, cid, output, error, queue_ms, inference_ms, batch_size = message
+        wire.field_count(message, 7)
+        _, cid, output, error, queue_ms, inference_ms, batch_size, details = message
         call = self.calls.pop(wire.ident(cid, "a call id"), None)
         if call is None:
             return  # cancelled meanwhile
@@ -401,7 +409,7 @@ class _Worker:
                 if not call.future.done():
                     call.future.set_result(decoded)
                 return
-        result = _frame_result(call.endpoint, output, error, queue_ms, inference_ms, batch_size, None)
+        result = _frame_result(call.endpoint, output, error, (queue_ms, inference_ms, batch_size), details, None)
         if not call.future.done():
             call.future.set_result(result)
 
@@ -447,12 +455,16 @@ def _frame_result(
     endpoint: Endpoint,
     output: Any,
     error: Any,
-    queue_ms: Any,
-    inference_ms: Any,
-    batch_size: Any,
+    timings: tuple[Any, Any, Any],
+    details: Any,
     tag: Any,
 ) -> FrameResult:
-    """A result as the gateway expects it; a malformed one becomes an engine error for that input."""
+    """A result as the gateway expects it; a malformed one becomes an engine error for that input.
+
+    ``timings`` is (queue_ms, inference_ms, batch_size); ``details`` what
+    :func:`framewire.cluster.wire.result_details` sent.
+    """
+    queue_ms, inference_ms, batch_size = timings
     out: BaseModel | None = None
     err: AppError | None = None
     if error is not None:
@@ -468,7 +480,8 @@ def _frame_result(
         raise Violation("a result needs an output map or an error")
     if not (isinstance(queue_ms, int | float) and isinstance(inference_ms, int | float) and type(batch_size) is int):
         raise Violation("a result's timings must be numbers")
-    return FrameResult(out, err, float(queue_ms), float(inference_ms), batch_size, tag)
+    extra = wire.parse_result_details(details)
+    return FrameResult(out, err, float(queue_ms), float(inference_ms), batch_size, tag, **extra)
 
 
 class RemoteEngine:
@@ -620,7 +633,7 @@ class RemoteEngine:
         stream.sid = next(self._ids)
         stream.moving = False
         worker.streams[stream.sid] = stream
-        worker.link.send([Kind.OPEN, stream.sid, stream.endpoint.key, stream.window])
+        worker.link.send([Kind.OPEN, stream.sid, stream.endpoint.key, stream.window, stream.options])
         return True
 
     def _detach(self, stream: RemoteStream) -> None:
@@ -701,10 +714,23 @@ class RemoteEngine:
 
     # -- EngineClient: streams ------------------------------------------------------------------
 
-    def open_stream(self, endpoint: Endpoint, capacity: int, on_result: ResultCallback) -> RemoteStream:
+    def open_stream(
+        self,
+        endpoint: Endpoint,
+        capacity: int,
+        on_result: ResultCallback,
+        *,
+        target_latency_ms: float | None = None,
+        similarity_threshold: float = 0.0,
+    ) -> RemoteStream:
+        options = wire.stream_options(target_latency_ms, similarity_threshold)
+        try:
+            wire.parse_stream_options(options)
+        except Violation as exc:
+            raise ValueError(str(exc)) from None
         if not self._started or self._stopping:
             raise EngineUnavailable("the engine is not running")
-        stream = RemoteStream(self, endpoint, capacity, on_result)
+        stream = RemoteStream(self, endpoint, capacity, on_result, options)
         if not self._place(stream):
             self._homeless.discard(stream)
             raise EngineUnavailable(f"no worker serves {endpoint.app.app_id} right now; retry shortly")

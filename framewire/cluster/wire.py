@@ -41,6 +41,8 @@ import msgpack
 from pydantic import BaseModel
 
 from framewire.engine.api import (
+    SIMILARITY_RANGE,
+    TARGET_LATENCY_RANGE_MS,
     App,
     AppError,
     AppRegistry,
@@ -48,6 +50,7 @@ from framewire.engine.api import (
     EngineError,
     EngineFault,
     EngineUnavailable,
+    FrameResult,
     InputError,
     StartTimeout,
 )
@@ -180,6 +183,65 @@ def ident(value: Any, what: str) -> int:
 def dump(model: BaseModel) -> dict[str, Any]:
     """A model as a map msgpack can carry (bytes stay bytes)."""
     return model.model_dump()
+
+
+# -- stream options and result details ------------------------------------------------------------
+
+
+def stream_options(target_latency_ms: float | None, similarity_threshold: float) -> dict[str, Any]:
+    """OPEN's options map: what the session asked of its frames."""
+    return {"target_latency_ms": target_latency_ms, "similarity_threshold": similarity_threshold}
+
+
+def parse_stream_options(value: Any) -> tuple[float | None, float]:
+    """(target_latency_ms, similarity_threshold) from OPEN's map; :class:`Violation` when out of range."""
+    if not isinstance(value, dict):
+        raise Violation("OPEN's options must be a map")
+    target, similarity = value.get("target_latency_ms"), value.get("similarity_threshold", 0.0)
+    low_ms, high_ms = TARGET_LATENCY_RANGE_MS
+    if target is not None and not (isinstance(target, int | float) and low_ms <= target <= high_ms):
+        raise Violation(f"target_latency_ms must be nil or in {low_ms:g}..{high_ms:g}")
+    low, high = SIMILARITY_RANGE
+    if not (isinstance(similarity, int | float) and low <= similarity <= high):
+        raise Violation(f"similarity_threshold must be in {low:g}..{high:g}")
+    return (None if target is None else float(target)), float(similarity)
+
+
+def result_details(result: FrameResult) -> dict[str, Any] | None:
+    """What a result says beyond its timings (engine latency, target, degradation, skip), or None."""
+    details: dict[str, Any] = {}
+    if result.latency_ms is not None:
+        details["latency_ms"] = result.latency_ms
+    if result.target_latency_ms is not None:
+        details["target_latency_ms"] = result.target_latency_ms
+    if result.degraded:
+        details["degraded"], details["degradation"] = result.degraded, result.degradation
+    if result.skipped:
+        details["skipped"] = result.skipped
+    return details or None
+
+
+def parse_result_details(value: Any) -> dict[str, Any]:
+    """:func:`result_details` as :class:`FrameResult` keyword arguments; :class:`Violation` when malformed."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Violation("a result's details must be a map or nil")
+    out: dict[str, Any] = {}
+    for name in ("latency_ms", "target_latency_ms"):
+        if name in value:
+            if not isinstance(value[name], int | float):
+                raise Violation(f"{name} must be a number")
+            out[name] = float(value[name])
+    if "degraded" in value:
+        if type(value["degraded"]) is not int or not isinstance(value.get("degradation", ""), str):
+            raise Violation("degraded must be an integer level with a text degradation")
+        out["degraded"], out["degradation"] = value["degraded"], value.get("degradation", "")
+    if "skipped" in value:
+        if not isinstance(value["skipped"], str):
+            raise Violation("skipped must be text")
+        out["skipped"] = value["skipped"]
+    return out
 
 
 # -- errors ------------------------------------------------------------------------------------

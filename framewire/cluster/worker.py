@@ -176,8 +176,9 @@ class _EdgeConnection:
     # -- realtime streams ------------------------------------------------------------------
 
     def _open(self, link: Link, message: list[Any]) -> None:
-        wire.field_count(message, 3)
-        _, sid, key, capacity = message
+        wire.field_count(message, 4)
+        _, sid, key, capacity, options = message
+        target_latency_ms, similarity_threshold = wire.parse_stream_options(options)
         if type(sid) is not int or not isinstance(key, str) or type(capacity) is not int:
             raise Violation("OPEN needs stream id, endpoint key, capacity")
         if sid in self.streams:
@@ -187,7 +188,13 @@ class _EdgeConnection:
         server = self.server
         try:
             endpoint = server.accepting(key)
-            stream = server.engine.open_stream(endpoint, capacity, functools.partial(self._result, sid))
+            stream = server.engine.open_stream(
+                endpoint,
+                capacity,
+                functools.partial(self._result, sid),
+                target_latency_ms=target_latency_ms,
+                similarity_threshold=similarity_threshold,
+            )
         except AppError as exc:
             link.send([Kind.STREAM_ERROR, sid, wire.encode_error(exc)])
             return
@@ -206,11 +213,11 @@ class _EdgeConnection:
         try:
             dropped = self.server.engine.submit(entry.stream, _validated(entry.endpoint, fields), seq)
         except AppError as exc:
-            link.send([Kind.RESULT, sid, seq, None, wire.encode_error(exc), 0.0, 0.0, 0])
+            link.send([Kind.RESULT, sid, seq, None, wire.encode_error(exc), 0.0, 0.0, 0, None])
             return
         if dropped is not None:  # the edge sent more than its window: tell it, like any other answer
             superseded = EngineUnavailable("superseded by a newer frame at the worker", code="FRAME_SUPERSEDED")
-            link.send([Kind.RESULT, sid, dropped, None, wire.encode_error(superseded), 0.0, 0.0, 0])
+            link.send([Kind.RESULT, sid, dropped, None, wire.encode_error(superseded), 0.0, 0.0, 0, None])
 
     def _result(self, sid: int, result: FrameResult) -> None:
         link = self.link
@@ -218,9 +225,8 @@ class _EdgeConnection:
             return
         output = None if result.output is None else wire.dump(result.output)
         error = None if result.error is None else wire.encode_error(result.error)
-        link.send(
-            [Kind.RESULT, sid, result.tag, output, error, result.queue_ms, result.inference_ms, result.batch_size]
-        )
+        timings = (result.queue_ms, result.inference_ms, result.batch_size)
+        link.send([Kind.RESULT, sid, result.tag, output, error, *timings, wire.result_details(result)])
 
     def _close(self, link: Link, message: list[Any]) -> None:
         wire.field_count(message, 1)
@@ -247,7 +253,7 @@ class _EdgeConnection:
             endpoint = server.accepting(key)
             inp = _validated(endpoint, fields)
         except AppError as exc:
-            link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0])
+            link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0, None])
             return
         progress = functools.partial(self._progress, cid) if wants_progress else None
         task = asyncio.create_task(self._run_call(link, cid, endpoint, inp, priority, progress, start_timeout_s))
@@ -269,11 +275,12 @@ class _EdgeConnection:
                 endpoint, inp, priority=priority, on_progress=progress, start_timeout_s=start_timeout_s
             )
         except (StartTimeout, AppError) as exc:
-            link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0])
+            link.send([Kind.REPLY, cid, None, wire.encode_error(exc), 0.0, 0.0, 0, None])
         else:
             output = None if result.output is None else wire.dump(result.output)
             error = None if result.error is None else wire.encode_error(result.error)
-            link.send([Kind.REPLY, cid, output, error, result.queue_ms, result.inference_ms, result.batch_size])
+            timings = (result.queue_ms, result.inference_ms, result.batch_size)
+            link.send([Kind.REPLY, cid, output, error, *timings, wire.result_details(result)])
         finally:
             if self.calls.get(cid) is asyncio.current_task():
                 del self.calls[cid]

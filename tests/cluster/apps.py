@@ -7,7 +7,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, Progress, endpoint, realtime
+from framewire.engine.api import App, FrameIdentity, Progress, endpoint, realtime
 
 
 class SleepIn(BaseModel):
@@ -49,6 +49,11 @@ class SleepApp(App):
             time.sleep(delay_ms / 1000.0)
         pid = os.getpid()
         return [SleepOut(n=i.n, pid=pid, batch=batch, image_bytes=len(i.image or b"")) for i in inputs]
+
+    def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
+        """Equal inputs give equal outputs (but for the pid), so repeats of a frame may be skipped."""
+        assert isinstance(inp, SleepIn)
+        return FrameIdentity(f"{inp.n}:{inp.sleep_ms}:{inp.origin}".encode(), inp.image)
 
     @realtime("/realtime", buffering=2, session_timeout=30.0, max_batch_size=8)
     def frames(self, inputs: list[SleepIn]) -> list[SleepOut]:

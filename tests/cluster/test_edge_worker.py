@@ -457,3 +457,20 @@ async def test_random_messages_from_a_worker_never_break_an_edge() -> None:
         result = await edge.call(_endpoint(edge, realtime=False), SleepIn(n=1))
         assert result.output is not None
     server.close()
+
+
+async def test_a_sessions_target_and_skipping_reach_the_worker_and_come_back() -> None:
+    async with cluster() as (edge, (worker,)):
+        results = Results()
+        stream = edge.open_stream(_endpoint(edge), 2, results, target_latency_ms=500.0, similarity_threshold=0.0)
+        for answered in (1, 2):  # the same frame twice: the worker may answer the repeat without running it
+            edge.submit(stream, SleepIn(n=1, image=b"same"), answered)
+            await wait_for(lambda n=answered: len(results.got) == n, what="a result")
+        first, second = results.got
+        assert first.target_latency_ms == 500.0 and first.latency_ms is not None and first.target_met
+        assert first.skipped == "" and second.skipped == "exact" and second.batch_size == 0
+        assert second.timings["skipped"] == "exact"
+        app = worker.apps[0]
+        assert isinstance(app, SleepApp) and app.seen == [[":1"]]  # ran once
+        with pytest.raises(ValueError, match="target_latency_ms"):
+            edge.open_stream(_endpoint(edge), 2, results, target_latency_ms=0.0)

@@ -132,3 +132,21 @@ def test_load_reports_round_trip_and_refuse_garbage() -> None:
     for bad in (None, {"state": "bogus", "sessions": 1, "calls": 0, "edges": 0}, {"state": "ready"}):
         with pytest.raises(Violation):
             WorkerLoad.from_wire(bad)
+
+
+def test_stream_options_and_result_details_cross_the_link() -> None:
+    from framewire.engine.api import FrameResult
+
+    assert wire.parse_stream_options(wire.stream_options(80.0, 0.05)) == (80.0, 0.05)
+    assert wire.parse_stream_options({}) == (None, 0.0)
+    for bad in ({"target_latency_ms": 0}, {"similarity_threshold": 0.9}, {"target_latency_ms": "x"}, []):
+        with pytest.raises(Violation):
+            wire.parse_stream_options(bad)
+    result = FrameResult(None, None, 1.0, 2.0, 3, latency_ms=4.0, target_latency_ms=5.0, degraded=1, degradation="4→2")
+    details = msgpack.unpackb(msgpack.packb(wire.result_details(result)))
+    assert FrameResult(None, None, 1.0, 2.0, 3, **wire.parse_result_details(details)) == result
+    assert wire.result_details(FrameResult(None, None, 1.0, 2.0, 3)) is None
+    assert wire.parse_result_details(None) == {}
+    for bad in ("x", {"latency_ms": "slow"}, {"degraded": 1.5}, {"skipped": 3}):
+        with pytest.raises(Violation):
+            wire.parse_result_details(bad)

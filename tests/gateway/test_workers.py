@@ -51,10 +51,10 @@ class WorkerEngine(LocalEngine):
             ),
         ]
 
-    def open_stream(self, endpoint: Any, capacity: int, on_result: Any) -> Any:
+    def open_stream(self, endpoint: Any, capacity: int, on_result: Any, **options: Any) -> Any:
         if self.refuse_streams:
             raise EngineUnavailable("no worker serves framewire/echo right now; retry shortly")
-        return super().open_stream(endpoint, capacity, on_result)
+        return super().open_stream(endpoint, capacity, on_result, **options)
 
 
 def _client(tmp_path: Path, engine: LocalEngine) -> TestClient:
