@@ -667,6 +667,8 @@ class RemoteEngine:
         streams, calls = list(worker.streams.values()), list(worker.calls.values())
         worker.streams.clear()
         worker.calls.clear()
+        if self._stopping:  # the edge closes its links itself: nothing moves, nothing runs again
+            return
         if streams or calls:
             worker.failovers += 1
             log.warning(
