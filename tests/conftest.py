@@ -32,6 +32,7 @@ from framewire.engine.apps.echo import EchoApp
 from framewire.engine.host import LocalEngine
 from framewire.gateway.app import create_app
 from framewire.gateway.settings import Settings
+from tests.redis_server import RedisServer, redis_server
 
 # Any accidental hub lookup fails fast, and random weights built by servers that tests start
 # go to a throwaway folder (subprocesses inherit both).
@@ -166,3 +167,17 @@ def serve_process(*args: str, env: dict[str, str] | None = None, port: int | Non
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for the tests that only need an empty one (see ``redis_url``)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(shared_redis: RedisServer) -> str:
+    """The URL of an empty Redis database (the shared server, flushed before the test)."""
+    shared_redis.flush()
+    return shared_redis.url

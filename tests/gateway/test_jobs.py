@@ -1,4 +1,4 @@
-"""The embedded store and the SQLite job store, without a server."""
+"""The embedded store (SQLite on its own thread); the job stores' contract is in test_job_contract.py."""
 
 from __future__ import annotations
 
@@ -13,14 +13,10 @@ import pytest
 from framewire.gateway.db import Database, DatabaseClosed, Migration
 from framewire.gateway.requests.job_store import (
     MIGRATIONS,
-    CancelResult,
-    JobStatus,
     NewJob,
     Priority,
-    QueueFull,
     SqliteJobStore,
 )
-from framewire.gateway.requests.outcomes import Outcome
 
 
 @pytest.fixture
@@ -93,86 +89,3 @@ async def test_concurrent_writes_share_commits_and_a_failing_one_rolls_back_alon
     assert commits < 100  # grouped: far fewer commits than writes
     with pytest.raises(DatabaseClosed):
         await db.read(lambda c: None)
-
-
-async def test_submit_respects_the_queue_limit_and_positions_follow_priority(store: SqliteJobStore) -> None:
-    low, low_position = await store.submit(new_job(Priority.LOW), 10)
-    first = (await store.submit(new_job(), 10))[0]
-    second, second_position = await store.submit(new_job(), 10)
-    assert (low_position, second_position) == (0, 1)  # at submit time
-    assert [await store.queue_position(j) for j in (first, second, low)] == [0, 1, 2]
-    with pytest.raises(QueueFull):
-        (await store.submit(new_job(), 3))[0]
-    other_app = (await store.submit(new_job(app="c/d"), 3))[0]
-    assert await store.queue_position(other_app) == 0
-    claimed = await store.claim("a/b", 2, 0.0)
-    assert [j.id for j in claimed] == [first.id, second.id]
-    assert all(j.status == JobStatus.IN_PROGRESS and j.attempts == 1 for j in claimed)
-
-
-async def test_only_the_current_attempt_completes_a_job(store: SqliteJobStore) -> None:
-    job = (await store.submit(new_job(webhook_url="http://hook"), 10))[0]
-    (run1,) = await store.claim("a/b", 1, 0.0)
-    again, spent = await store.recover(max_attempts=3)  # as after a crash
-    assert again == [job.id] and spent == []
-    (run2,) = await store.claim("a/b", 1, 0.0)
-    assert run2.attempts == 2
-    stale = await store.complete(job.id, run1.attempts, Outcome({"late": True}), b"{}")
-    fresh = await store.complete(job.id, run2.attempts, Outcome({"ok": True}), b'{"ok": true}')
-    twice = await store.complete(job.id, run2.attempts, Outcome({"again": True}), b"{}")
-    assert (stale, fresh, twice) == (False, True, False)
-    done = await store.get(job.id)
-    assert done is not None and done.outcome is not None and done.outcome.body == {"ok": True}
-    deliveries = await store.due_deliveries(10**10, 10)
-    assert [d.body for d in deliveries] == [b'{"ok": true}']  # one webhook, from the completion
-
-
-async def test_recover_gives_up_on_jobs_that_used_every_attempt(store: SqliteJobStore) -> None:
-    job = (await store.submit(new_job(), 10))[0]
-    for _ in range(2):
-        await store.claim("a/b", 1, 0.0)
-        await store.recover(max_attempts=2)
-    await store.claim("a/b", 1, 0.0)
-    again, spent = await store.recover(max_attempts=2)
-    assert again == [] and spent == [job.id]
-
-
-async def test_release_requeues_without_using_an_attempt(store: SqliteJobStore) -> None:
-    job = (await store.submit(new_job(), 10))[0]
-    (run,) = await store.claim("a/b", 1, 0.0)
-    assert await store.release(job.id, run.attempts)
-    (again,) = await store.claim("a/b", 1, 0.0)
-    assert again.attempts == 1
-
-
-async def test_cancel_flags_depend_on_the_state(store: SqliteJobStore) -> None:
-    queued = (await store.submit(new_job(), 10))[0]
-    running = (await store.submit(new_job(), 10))[0]
-    assert await store.request_cancel("missing") == CancelResult.NOT_FOUND
-    await store.claim("a/b", 1, 0.0)  # takes `queued` (first in line)
-    assert await store.request_cancel(queued.id) == CancelResult.SIGNALLED
-    assert await store.request_cancel(running.id) == CancelResult.REMOVED
-    assert await store.complete(running.id, None, Outcome(None, 499, "cancelled", "request_cancelled"), None)
-    assert await store.request_cancel(running.id) == CancelResult.ALREADY_COMPLETED
-
-
-async def test_expired_and_purged_jobs(store: SqliteJobStore) -> None:
-    late = (await store.submit(new_job(start_deadline=5.0), 10))[0]
-    (await store.submit(new_job(start_deadline=10**10), 10))[0]
-    assert [j.id for j in await store.expired(6.0)] == [late.id]
-    assert await store.claim("a/b", 5, 6.0) != []  # claims only the one still in time
-    assert await store.complete(late.id, None, Outcome(None), None)
-    assert await store.purge(completed_before=10**10) == 1
-    assert await store.get(late.id) is None
-
-
-async def test_status_snapshots_leave_the_result_out(store: SqliteJobStore) -> None:
-    job, _ = await store.submit(new_job(), 10)
-    (run,) = await store.claim("a/b", 1, 0.0)
-    assert await store.complete(job.id, run.attempts, Outcome({"big": "x" * 1000}, metrics={"t": 1}), None)
-    full = await store.snapshot(job.id, with_logs=True)
-    light = await store.snapshot(job.id, with_logs=False, with_result=False)
-    assert full is not None and full.job.outcome is not None and full.job.outcome.body == {"big": "x" * 1000}
-    assert full.logs is not None and full.position is None
-    assert light is not None and light.job.outcome is not None and light.job.outcome.body is None
-    assert light.job.outcome.metrics == {"t": 1} and light.logs is None

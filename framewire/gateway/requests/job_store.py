@@ -6,6 +6,13 @@ failure or a cancellation is ``COMPLETED`` with ``error``/``error_type``). Once
 only the current attempt may complete it, so a job completes exactly once even when a
 crash makes it run again. A job's webhook is queued in the outbox in the same
 transaction that completes the job, so no completion loses its webhook.
+
+Two implementations keep this contract: :class:`SqliteJobStore` (one process, the
+default) and :class:`framewire.gateway.stores.redis_jobs.RedisJobStore` (many edges
+sharing one Redis). Where several processes take jobs, each running job is *claimed* by
+one of them: the claim lapses unless renewed within :attr:`JobStore.claim_lease_s`, and
+a lapsed claim is taken over by another process (a new attempt). The same contract
+tests run against both (``tests/gateway/test_job_contract.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from framewire.gateway.db import Database, Migration
@@ -51,6 +58,10 @@ class NewJob:
     base_url: str  # scheme://host the client used, for URLs in outputs
     webhook_url: str | None = None
     start_deadline: float | None = None  # wall clock; fail if not started by then
+    # A client's Idempotency-Key, scoped to ``owner``: a second submit with it answers with
+    # the first job. ``fingerprint`` says what was asked (a repeat must ask the same).
+    idempotency_key: str | None = None
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,35 @@ class Delivery:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """What :meth:`JobStore.renew` found: jobs no longer this process's to complete, jobs whose caller cancelled."""
+
+    lost: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+class JobListener(Protocol):
+    """Told about changes made by other processes (called on the event loop)."""
+
+    def changed(self, job_id: str) -> None:
+        """The job's status, logs or position may have changed."""
+
+    def cancel_requested(self, job_id: str) -> None:
+        """Its caller asked to cancel the job (it may be running here)."""
+
+    def queued(self, app_key: str) -> None:
+        """A job of the app was queued (or put back in the queue)."""
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was used before for a different request."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"this Idempotency-Key was used for another request ({job_id}); use a new key")
+        self.job_id = job_id
+
+
 class QueueFull(Exception):
     def __init__(self, length: int, limit: int) -> None:
         super().__init__(f"the queue holds {length} jobs; the limit is {limit}")
@@ -118,11 +158,17 @@ class CancelResult(enum.Enum):
 
 
 class JobStore(Protocol):
-    """Where jobs, their logs and their webhook outbox live. All methods are async."""
+    """Where jobs, their logs and their webhook outbox live. All I/O methods are async."""
+
+    #: Seconds a claim lasts unless renewed (:meth:`renew`); None: claims never lapse (one process).
+    claim_lease_s: float | None
 
     async def submit(self, job: NewJob, max_queue_length: int) -> tuple[Job, int]:
         """Persist a queued job; returns it with its queue position.
 
+        With ``job.idempotency_key`` set and a job of the same owner already submitted
+        with it, returns that job (its id differs from ``job.id``) and stores nothing;
+        :class:`IdempotencyConflict` when that job was for another request (fingerprint).
         Raises :class:`QueueFull` when the app's queue is full.
         """
 
@@ -138,7 +184,19 @@ class JobStore(Protocol):
         """Jobs of the same app that will start before ``job`` (0 = next)."""
 
     async def claim(self, app_key: str, limit: int, now: float) -> list[Job]:
-        """Move up to ``limit`` queued jobs of an app to IN_PROGRESS, best first, as a new attempt."""
+        """Move up to ``limit`` queued jobs of an app to IN_PROGRESS, best first, as a new attempt.
+
+        Where claims lapse, this also takes over running jobs whose claim lapsed (their
+        ``attempts`` count the lost run)."""
+
+    async def renew(self, held: Sequence[tuple[str, int]]) -> Renewal:
+        """Renew this process's claims on running jobs, given as (job id, attempt).
+
+        Returns the jobs that are no longer this attempt's (taken over, completed) and the
+        jobs whose caller asked to cancel them."""
+
+    def watch(self, listener: JobListener) -> None:
+        """Tell ``listener`` about changes other processes make (nothing where there are none)."""
 
     async def complete(
         self,
@@ -243,6 +301,14 @@ MIGRATIONS = (
         CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at);
         """,
     ),
+    Migration(
+        "jobs_2",
+        """
+        ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+        ALTER TABLE jobs ADD COLUMN fingerprint TEXT;
+        CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        """,
+    ),
 )
 
 
@@ -323,7 +389,9 @@ def _insert_logs(conn: sqlite3.Connection, job_seq: int, entries: Sequence[LogEn
 
 
 class SqliteJobStore:
-    """:class:`JobStore` on the embedded :class:`Database`."""
+    """:class:`JobStore` on the embedded :class:`Database`: one process takes every job, so claims never lapse."""
+
+    claim_lease_s: float | None = None
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -332,6 +400,15 @@ class SqliteJobStore:
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> tuple[Job, int]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (job.owner, job.idempotency_key)
+                ).fetchone()
+                if row is not None:
+                    if row["fingerprint"] != job.fingerprint:
+                        raise IdempotencyConflict(row["id"])
+                    earlier = _job(row)
+                    return earlier, _position(conn, earlier) if earlier.status == JobStatus.IN_QUEUE else 0
             (length,) = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE app_key = ? AND status = 'IN_QUEUE'", (job.app_key,)
             ).fetchone()
@@ -339,8 +416,8 @@ class SqliteJobStore:
                 raise QueueFull(length, max_queue_length)
             row = conn.execute(
                 "INSERT INTO jobs (id, app_path, endpoint_path, app_key, owner, status, priority, input, base_url,"
-                " webhook_url, start_deadline, created_at) VALUES (?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?, ?, ?, ?, ?)"
-                " RETURNING *",
+                " webhook_url, start_deadline, created_at, idempotency_key, fingerprint)"
+                " VALUES (?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     job.id,
                     job.app_path,
@@ -353,6 +430,8 @@ class SqliteJobStore:
                     job.webhook_url,
                     job.start_deadline,
                     now,
+                    job.idempotency_key,
+                    job.fingerprint,
                 ),
             ).fetchone()
             new = _job(row)
@@ -399,6 +478,24 @@ class SqliteJobStore:
         if limit <= 0:
             return []
         return await self.db.write(take)
+
+    async def renew(self, held: Sequence[tuple[str, int]]) -> Renewal:
+        def read(conn: sqlite3.Connection) -> Renewal:
+            lost, cancelled = [], []
+            for job_id, attempt in held:
+                row = conn.execute(
+                    "SELECT status, attempts, cancel_requested FROM jobs WHERE id = ?", (job_id,)
+                ).fetchone()
+                if row is None or row["status"] != JobStatus.IN_PROGRESS or row["attempts"] != attempt:
+                    lost.append(job_id)
+                elif row["cancel_requested"]:
+                    cancelled.append(job_id)
+            return Renewal(lost, cancelled)
+
+        return await self.db.read(read) if held else Renewal()
+
+    def watch(self, listener: JobListener) -> None:
+        return None  # every change is made by this process, which notifies its own waiters
 
     async def complete(
         self,
