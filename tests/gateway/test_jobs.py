@@ -4,44 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from framewire.gateway.db import Database, DatabaseClosed, Migration
-from framewire.gateway.requests.job_store import (
-    MIGRATIONS,
-    NewJob,
-    Priority,
-    SqliteJobStore,
-)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    db = Database(tmp_path / "jobs.db", MIGRATIONS)
-    await db.open()
-    try:
-        yield SqliteJobStore(db)
-    finally:
-        await db.close()
-
-
-def new_job(priority: Priority = Priority.NORMAL, app: str = "a/b", **kw: object) -> NewJob:
-    fields: dict[str, object] = dict(
-        id=str(uuid.uuid4()),
-        app_path=app,
-        endpoint_path=app,
-        app_key=app,
-        owner="k1",
-        priority=priority,
-        input={"n": 1},
-        base_url="http://h",
-    )
-    fields.update(kw)
-    return NewJob(**fields)  # type: ignore[arg-type]
 
 
 async def test_migrations_run_once_and_are_recorded(tmp_path: Path) -> None:
