@@ -1,9 +1,15 @@
-"""API keys: lifecycle, hashing at rest, the in-memory mirror, tokens, the CLI."""
+"""API keys: lifecycle, hashing at rest, the in-memory mirror, tokens, the CLI.
+
+The key store's contract runs against both backends (SQLite, Redis): two backends over
+the same keys stand for two processes (a server and ``framewire keys``, or two edges).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +19,9 @@ from framewire import cli
 from framewire.gateway.app import MIGRATIONS
 from framewire.gateway.db import Database
 from framewire.gateway.platform.auth import Authenticator, AuthError, Limits, StaticKeys, TokenIssuer
-from framewire.gateway.platform.keys import KeyChain, KeyStore, NewKey
+from framewire.gateway.platform.keys import KeyBackend, KeyChain, KeyStore, NewKey, SqliteKeys
+from framewire.gateway.stores.redis_keys import RedisKeys
+from tests.gateway.stores import KINDS, database, state
 
 SECRET = "token-secret-0123456789abcdef0123456789"
 
@@ -26,8 +34,20 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.close()
 
 
-async def test_key_lifecycle_create_verify_update_revoke(db: Database) -> None:
-    store = KeyStore(db)
+@pytest.fixture(params=KINDS)
+async def backends(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[KeyBackend, KeyBackend]]:
+    """Two backends over the same keys."""
+    if request.param == "sqlite":
+        async with database(tmp_path) as one, database(tmp_path) as two:
+            yield SqliteKeys(one), SqliteKeys(two)
+    else:
+        url = request.getfixturevalue("redis_url")
+        async with state(url) as one, state(url) as two:
+            yield RedisKeys(one), RedisKeys(two)
+
+
+async def test_key_lifecycle_create_verify_update_revoke(backends: tuple[KeyBackend, KeyBackend]) -> None:
+    store = KeyStore(backends[0])
     await store.reload()
     record, key = await store.create(NewKey("ci", ("echo",), False, Limits(requests_per_s=5)))
     key_id, _, secret = key.partition(":")
@@ -66,21 +86,60 @@ async def test_the_secret_is_not_in_the_database_files(db: Database, tmp_path: P
     assert hash_alg == "sha256"
 
 
-async def test_changes_by_another_process_reach_the_mirror_on_refresh(db: Database, tmp_path: Path) -> None:
-    server = KeyStore(db)
+async def test_changes_by_another_process_reach_the_mirror_on_refresh(
+    backends: tuple[KeyBackend, KeyBackend],
+) -> None:
+    server = KeyStore(backends[0])
     await server.reload()
-    other_db = Database(tmp_path / "framewire.db", MIGRATIONS)  # e.g. `framewire keys create` meanwhile
-    await other_db.open()
-    try:
-        record, key = await KeyStore(other_db).create(NewKey("late"))
-        assert server.verify(key) is None
-        assert await server.refresh() is True
-        assert server.verify(key) is not None
-        assert await server.refresh() is False  # nothing new: no reload
-        await KeyStore(other_db).revoke(record.id)
-        assert await server.refresh() is True and server.verify(key) is None
-    finally:
-        await other_db.close()
+    other = KeyStore(backends[1])  # e.g. `framewire keys create` meanwhile, or another edge
+    record, key = await other.create(NewKey("late", limits=Limits(requests_per_s=2.5)))
+    assert server.verify(key) is None
+    assert await server.refresh() is True
+    principal = server.verify(key)
+    assert principal is not None and principal.limits == Limits(requests_per_s=2.5)
+    assert await server.refresh() is False  # nothing new: no reload
+    await other.update(record.id, {"requests_per_s": None, "admin": True})
+    assert await server.refresh() is True
+    changed = server.principal(record.id)
+    assert changed is not None and changed.admin and changed.limits == Limits()
+    await other.revoke(record.id)
+    assert await server.refresh() is True and server.verify(key) is None
+    assert [r.id for r in await server.list(include_revoked=True)] == [record.id]
+
+
+async def test_redis_a_revocation_on_one_edge_reaches_every_edge_at_once(redis_url: str) -> None:
+    async with state(redis_url, start=True) as edge_a, state(redis_url, start=True) as edge_b:
+        a, b = KeyStore(RedisKeys(edge_a), poll_s=30.0), KeyStore(RedisKeys(edge_b), poll_s=30.0)
+        await b.reload()
+        changes: list[float] = []
+        b.on_change(lambda: changes.append(time.monotonic()))
+        watching = asyncio.create_task(b.watch())
+        try:
+            await asyncio.sleep(0.3)  # b's subscription is up
+            record, key = await a.create(NewKey("shared"))
+            for _ in range(100):
+                if b.verify(key) is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert b.verify(key) is not None  # long before the 30 s poll
+            revoked_at = time.monotonic()
+            await a.revoke(record.id)
+            for _ in range(100):
+                if b.verify(key) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert b.verify(key) is None and changes[-1] - revoked_at < 1.0
+        finally:
+            watching.cancel()
+
+
+async def test_redis_keeps_only_the_secret_hash(redis_url: str) -> None:
+    async with state(redis_url) as conn:
+        store = KeyStore(RedisKeys(conn))
+        record, key = await store.create(NewKey("x"))
+        secret = key.partition(":")[2]
+        stored = await conn.client.hgetall(conn.key("key", record.id))
+        assert stored["hash_alg"] == "sha256" and secret not in json.dumps(stored)
 
 
 async def test_bad_scopes_and_limits_name_the_field() -> None:
@@ -92,8 +151,8 @@ async def test_bad_scopes_and_limits_name_the_field() -> None:
         NewKey(apps=())
 
 
-async def test_tokens_end_with_their_key_and_only_narrow_its_scope(db: Database) -> None:
-    store = KeyStore(db)
+async def test_tokens_end_with_their_key_and_only_narrow_its_scope(backends: tuple[KeyBackend, KeyBackend]) -> None:
+    store = KeyStore(backends[0])
     await store.reload()
     record, key = await store.create(NewKey("browser", ("echo", "lcm"), False, Limits(max_sessions=1)))
     auth = Authenticator(True, KeyChain(StaticKeys(["root:pw"]), store), TokenIssuer(SECRET))

@@ -18,11 +18,18 @@ database (``framewire keys revoke`` while the server runs) bump a generation cou
 (SQLite triggers) that :meth:`KeyStore.watch` polls every ``poll_s`` seconds (1 s by
 default), reloading the mirror when it moved. Unknown ids never reach the database, so
 guessing keys costs the server nothing but a dictionary lookup.
+
+Where keys are kept is a :class:`KeyBackend`: :class:`SqliteKeys` (the data dir's
+database) or :class:`framewire.gateway.stores.redis_keys.RedisKeys` (shared by every
+edge). A Redis backend also publishes each change, so every edge reloads its mirror
+(and closes a revoked key's sessions) within milliseconds; the generation poll stays
+as the guarantee when a notice is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -36,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from framewire.gateway.db import Database, Migration
 from framewire.gateway.platform.auth import NO_LIMITS, Limits, Principal, StaticKeys
@@ -173,15 +180,126 @@ class _Entry:
     principal: Principal
 
 
-class KeyStore:
-    """Keys in SQLite, verified from an in-memory mirror (see the module docstring)."""
+class KeyBackend(Protocol):
+    """Where keys are kept. Every change moves a generation counter other processes can watch."""
 
-    def __init__(self, db: Database, *, poll_s: float = 1.0) -> None:
+    async def load(self) -> tuple[int, list[tuple[bytes, KeyRecord]]]:
+        """The generation, then every active key with its secret's hash (read in that order)."""
+
+    async def generation(self) -> int: ...
+
+    async def insert(self, record: KeyRecord, secret_hash: bytes) -> None: ...
+
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list(self, *, include_revoked: bool) -> list[KeyRecord]:
+        """Records in creation order."""
+
+    async def revoke(self, key_id: str, at: float) -> KeyRecord | None:
+        """Mark the key revoked (if it is not already); its record, None if unknown."""
+
+    async def write(self, key_id: str, new: NewKey) -> None:
+        """Replace the key's name, scope, admin flag and limits."""
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` when another process changed the keys (nothing where only polling tells)."""
+
+
+class SqliteKeys:
+    """:class:`KeyBackend` on the embedded :class:`Database` (triggers move the generation)."""
+
+    def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def load(self) -> tuple[int, list[tuple[bytes, KeyRecord]]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[bytes, KeyRecord]]]:
+            (generation,) = conn.execute("SELECT generation FROM api_keys_generation WHERE id = 1").fetchone()
+            rows = conn.execute("SELECT * FROM api_keys WHERE revoked_at IS NULL").fetchall()
+            return int(generation), [(bytes(r["secret_hash"]), _record(r)) for r in rows]
+
+        return await self.db.read(read)
+
+    async def generation(self) -> int:
+        return await self.db.read(
+            lambda conn: int(conn.execute("SELECT generation FROM api_keys_generation WHERE id = 1").fetchone()[0])
+        )
+
+    async def insert(self, record: KeyRecord, secret_hash: bytes) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO api_keys (id, secret_hash, hash_alg, name, apps, admin, requests_per_s, max_sessions,"
+                " frames_per_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    secret_hash,
+                    HASH_ALG,
+                    record.name,
+                    None if record.apps is None else json.dumps(list(record.apps)),
+                    int(record.admin),
+                    record.limits.requests_per_s,
+                    record.limits.max_sessions,
+                    record.limits.frames_per_s,
+                    record.created_at,
+                ),
+            )
+
+        await self.db.write(insert)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        row = await self.db.read(lambda conn: conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone())
+        return None if row is None else _record(row)
+
+    async def list(self, *, include_revoked: bool) -> list[KeyRecord]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        rows = await self.db.read(
+            lambda conn: conn.execute(f"SELECT * FROM api_keys{where} ORDER BY created_at").fetchall()
+        )
+        return [_record(r) for r in rows]
+
+    async def revoke(self, key_id: str, at: float) -> KeyRecord | None:
+        def update(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id))
+            row: sqlite3.Row | None = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return row
+
+        row = await self.db.write(update)
+        return None if row is None else _record(row)
+
+    async def write(self, key_id: str, new: NewKey) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE api_keys SET name = ?, apps = ?, admin = ?, requests_per_s = ?, max_sessions = ?,"
+                " frames_per_s = ? WHERE id = ?",
+                (
+                    new.name,
+                    None if new.apps is None else json.dumps(list(new.apps)),
+                    int(new.admin),
+                    new.limits.requests_per_s,
+                    new.limits.max_sessions,
+                    new.limits.frames_per_s,
+                    key_id,
+                ),
+            )
+
+        await self.db.write(write)
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        return None  # other processes' changes are seen by polling the generation
+
+
+class KeyStore:
+    """Keys in a :class:`KeyBackend`, verified from an in-memory mirror (see the module docstring).
+
+    Given a :class:`Database`, the keys live in it (:class:`SqliteKeys`).
+    """
+
+    def __init__(self, backend: KeyBackend | Database, *, poll_s: float = 1.0) -> None:
+        self.backend: KeyBackend = SqliteKeys(backend) if isinstance(backend, Database) else backend
         self.poll_s = poll_s
         self._active: dict[str, _Entry] = {}
         self._generation = -1
         self._listeners: list[Callable[[], None]] = []
+        self._poked: asyncio.Event | None = None
         self.reloads = 0
 
     # -- verification (in memory, on the event loop) --------------------------------
@@ -207,12 +325,7 @@ class KeyStore:
     # -- the mirror --------------------------------------------------------------------
 
     async def reload(self) -> None:
-        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[bytes, KeyRecord]]]:
-            (generation,) = conn.execute("SELECT generation FROM api_keys_generation WHERE id = 1").fetchone()
-            rows = conn.execute("SELECT * FROM api_keys WHERE revoked_at IS NULL").fetchall()
-            return int(generation), [(bytes(r["secret_hash"]), _record(r)) for r in rows]
-
-        generation, rows = await self.db.read(read)
+        generation, rows = await self.backend.load()
         self._active = {rec.id: _Entry(h, rec.principal()) for h, rec in rows}
         self._generation = generation
         self.reloads += 1
@@ -224,18 +337,21 @@ class KeyStore:
 
     async def refresh(self) -> bool:
         """Reload when another process changed the keys; True if it did."""
-        generation = await self.db.read(
-            lambda conn: int(conn.execute("SELECT generation FROM api_keys_generation WHERE id = 1").fetchone()[0])
-        )
+        generation = await self.backend.generation()
         if generation == self._generation:
             return False
         await self.reload()
         return True
 
     async def watch(self) -> None:
-        """Poll for changes made by other processes until cancelled."""
+        """Follow changes made by other processes until cancelled: at each notice, and every ``poll_s``."""
+        poked = self._poked = asyncio.Event()
+        self.backend.watch(poked.set)
         while True:
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await poked.wait()
+            poked.clear()
             try:
                 if await self.refresh():
                     log.info("API keys changed in the database; %d active", len(self._active))
@@ -248,53 +364,21 @@ class KeyStore:
         """Store a new key; returns its record and the full ``id:secret`` (shown once)."""
         key_id, secret = str(uuid.uuid4()), new_secret()
         record = KeyRecord(key_id, new.name, new.apps, new.admin, new.limits, time.time(), None)
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO api_keys (id, secret_hash, hash_alg, name, apps, admin, requests_per_s, max_sessions,"
-                " frames_per_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key_id,
-                    hash_secret(secret),
-                    HASH_ALG,
-                    new.name,
-                    None if new.apps is None else json.dumps(list(new.apps)),
-                    int(new.admin),
-                    new.limits.requests_per_s,
-                    new.limits.max_sessions,
-                    new.limits.frames_per_s,
-                    record.created_at,
-                ),
-            )
-
-        await self.db.write(insert)
+        await self.backend.insert(record, hash_secret(secret))
         await self.reload()
         return record, f"{key_id}:{secret}"
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        row = await self.db.read(lambda conn: conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone())
-        return None if row is None else _record(row)
+        return await self.backend.get(key_id)
 
     async def list(self, *, include_revoked: bool = False) -> list[KeyRecord]:
-        where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        rows = await self.db.read(
-            lambda conn: conn.execute(f"SELECT * FROM api_keys{where} ORDER BY created_at").fetchall()
-        )
-        return [_record(r) for r in rows]
+        return await self.backend.list(include_revoked=include_revoked)
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
-        """Revoke a key at once (it keeps its row, for usage and audit); None if unknown."""
-
-        def update(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
-            )
-            row: sqlite3.Row | None = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-            return row
-
-        row = await self.db.write(update)
+        """Revoke a key at once (it keeps its record, for usage and audit); None if unknown."""
+        record = await self.backend.revoke(key_id, time.time())
         await self.reload()
-        return None if row is None else _record(row)
+        return record
 
     async def update(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         """Change a key's ``name``, ``apps``, ``admin`` or limits; None if unknown.
@@ -318,23 +402,7 @@ class KeyStore:
             admin=changes.get("admin", current.admin),
             limits=limits,
         )
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE api_keys SET name = ?, apps = ?, admin = ?, requests_per_s = ?, max_sessions = ?,"
-                " frames_per_s = ? WHERE id = ?",
-                (
-                    new.name,
-                    None if new.apps is None else json.dumps(list(new.apps)),
-                    int(new.admin),
-                    new.limits.requests_per_s,
-                    new.limits.max_sessions,
-                    new.limits.frames_per_s,
-                    key_id,
-                ),
-            )
-
-        await self.db.write(write)
+        await self.backend.write(key_id, new)
         await self.reload()
         return await self.get(key_id)
 

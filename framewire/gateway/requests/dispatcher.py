@@ -10,6 +10,15 @@ run again (each run is a new attempt; only the current attempt may complete a jo
 result is recorded exactly once). A job that has used ``max_attempts`` runs fails with
 ``runner_disconnected`` instead of taking the server down forever. On a clean shutdown
 running jobs are put back without using an attempt.
+
+With a store shared by several edges (claims that lapse, ``JobStore.claim_lease_s``),
+the dispatcher renews the claims of the jobs it runs every third of the lease; a job it
+no longer holds (taken over after a pause longer than the lease) is abandoned without a
+result, and a job whose caller cancelled it on another edge is cancelled here. It hears
+of jobs queued, changed and cancelled on other edges through the store's notices, and
+looks at every app once a second for jobs whose edge went away. When the store cannot
+be reached it keeps running what it has and retries recording outcomes for up to
+:data:`OUTCOME_RETRY_S`.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -39,12 +48,15 @@ from framewire.gateway.requests.outcomes import (
 )
 from framewire.gateway.requests.webhooks import webhook_body
 from framewire.gateway.storage.store import FileStore
+from framewire.state.connection import StateUnavailable
 
 log = logging.getLogger("framewire.queue")
 
 SWEEP_INTERVAL_S = 1.0
 PURGE_INTERVAL_S = 600.0
 MAX_IDLE_S = 1.0
+#: Longest an outcome waits for an unreachable store before the job is left to run again elsewhere.
+OUTCOME_RETRY_S = 120.0
 
 
 class JobEvents:
@@ -103,8 +115,12 @@ class Dispatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel: set[str] = set()
         self._interruptible: set[str] = set()  # jobs waiting on downloads or the engine
+        self._held: dict[str, Job] = {}  # running jobs, for claim renewals
+        self._lost: set[str] = set()  # taken over elsewhere: finish without an outcome
         self._stopping = False
+        self._unreachable = False  # the store failed last time (logged once per outage)
         self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
         self._next_purge = 0.0
         self.completed = 0
@@ -120,7 +136,10 @@ class Dispatcher:
             if job is not None:
                 await self._finish(job, job.attempts, disconnected_outcome(job.attempts))
         self._maybe_queued.update((await self.store.queue_lengths()).keys())
+        self.store.watch(self)
         self._loop_task = asyncio.create_task(self._loop(), name="queue-dispatcher")
+        if self.store.claim_lease_s is not None:
+            self._renew_task = asyncio.create_task(self._renew(self.store.claim_lease_s), name="queue-renewals")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop claiming, let running jobs finish (bounded), put the rest back in the queue."""
@@ -136,6 +155,23 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._renew_task is not None:  # after the jobs: those still running keep their claims meanwhile
+            self._renew_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew_task
+
+    # -- JobListener: what other edges did ------------------------------------------------
+
+    def changed(self, job_id: str) -> None:
+        self.events.notify(job_id)
+
+    def cancel_requested(self, job_id: str) -> None:
+        if job_id in self._tasks:
+            self.cancel(job_id)
+
+    def queued(self, app_key: str) -> None:
+        if not self._stopping:
+            self.submitted(app_key)
 
     def limit(self, app_key: str) -> int:
         if self.in_flight_setting > 0:
@@ -173,6 +209,9 @@ class Dispatcher:
             self._wake.clear()
             now = time.time()
             try:
+                if self.store.claim_lease_s is not None and now >= self._next_sweep:
+                    # Other edges' jobs: queued while a notice was lost, or left by an edge that died.
+                    self._maybe_queued.update(app.app_id for app in self.engine.registry)
                 for app_key in list(self._maybe_queued):
                     limit, running = self.limit(app_key), len(self._running[app_key])
                     free = limit - running
@@ -187,6 +226,14 @@ class Dispatcher:
                 if now >= self._next_sweep:
                     self._next_sweep = now + SWEEP_INTERVAL_S
                     await self._sweep(now)
+                if self._unreachable:
+                    self._unreachable = False
+                    log.warning("the job store answers again; the queue goes on")
+            except StateUnavailable as exc:  # Redis is away: run what we hold, look again shortly
+                if not self._unreachable:
+                    log.error("the job store cannot be reached; no new jobs start until it can: %s", exc)
+                self._unreachable = True
+                await asyncio.sleep(0.5)
             except Exception:  # the store failed; keep the loop alive and try again shortly
                 log.exception("queue dispatcher iteration failed")
                 await asyncio.sleep(0.5)
@@ -196,12 +243,15 @@ class Dispatcher:
 
     def _spawn(self, job: Job) -> None:
         self._running[job.app_key].add(job.id)
+        self._held[job.id] = job
         self.events.notify(job.id)
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(job.id, None)
+            self._held.pop(job.id, None)
+            self._lost.discard(job.id)
             self._charged.pop(job.id, None)
             self._cancel.discard(job.id)
             self._free_slot(job)
@@ -215,6 +265,29 @@ class Dispatcher:
             running.discard(job.id)
             self._maybe_queued.add(job.app_key)
             self._wake.set()
+
+    async def _renew(self, lease_s: float) -> None:
+        """Renew the claims of running jobs every third of the lease; drop the lost, cancel the cancelled."""
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            held = [(job.id, job.attempts) for job in self._held.values()]
+            if not held:
+                continue
+            try:
+                renewal = await self.store.renew(held)
+            except StateUnavailable:
+                continue  # the loop logs the outage; the jobs run on, their claims may lapse
+            except Exception:
+                log.exception("could not renew the claims of running jobs")
+                continue
+            for job_id in renewal.lost:
+                log.warning("job %s was taken over by another edge (this one paused too long); dropping it", job_id)
+                self._lost.add(job_id)
+                task = self._tasks.get(job_id)
+                if task is not None and job_id in self._interruptible:
+                    task.cancel()
+            for job_id in renewal.cancelled:
+                self.cancel(job_id)
 
     async def _sweep(self, now: float) -> None:
         for job in await self.store.expired(now):
@@ -237,6 +310,8 @@ class Dispatcher:
         try:
             if job.cancel_requested or job.id in self._cancel:
                 outcome = cancelled_outcome()
+            elif job.attempts > self.max_attempts:  # its edge went away during each run
+                outcome = disconnected_outcome(job.attempts - 1)
             else:
                 outcome = await self._execute(job, logs)
         except asyncio.CancelledError:
@@ -244,6 +319,8 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await self.store.release(job.id, job.attempts)
                 raise
+            if job.id in self._lost:
+                return
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -304,7 +381,7 @@ class Dispatcher:
         self, job: Job, attempt: int | None, outcome: Outcome, logs: list[LogEntry] | None = None
     ) -> None:
         body = webhook_body(job.id, outcome) if job.webhook_url else None
-        done = await self.store.complete(job.id, attempt, outcome, body, logs or ())
+        done = await self._record(job.id, attempt, outcome, body, logs or ())
         if job.id not in self._tasks:
             self._cancel.discard(job.id)  # a cancel that raced with a completion elsewhere
         if done:
@@ -318,3 +395,20 @@ class Dispatcher:
                 except Exception:
                     log.exception("usage of job %s could not be recorded", job.id)
         self.events.notify(job.id)
+
+    async def _record(
+        self, job_id: str, attempt: int | None, outcome: Outcome, body: bytes | None, logs: Sequence[LogEntry]
+    ) -> bool:
+        """Store an outcome, waiting out a store that cannot be reached (up to :data:`OUTCOME_RETRY_S`)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + OUTCOME_RETRY_S
+        delay_s = 0.1
+        while True:
+            try:
+                return await self.store.complete(job_id, attempt, outcome, body, logs)
+            except StateUnavailable:
+                if loop.time() + delay_s > give_up:
+                    log.error("the outcome of job %s could not be stored; it runs again elsewhere", job_id)
+                    raise
+            await asyncio.sleep(delay_s)
+            delay_s = min(2 * delay_s, 2.0)
