@@ -50,9 +50,9 @@ def _record(h: dict[str, str]) -> KeyRecord:
     )
 
 
-def _fields(new: NewKey) -> tuple[dict[str, Any], list[str]]:
+def _fields(new: NewKey) -> tuple[dict[Any, Any], list[str]]:
     """The hash fields of a key's settings, and the fields to delete (limits left out)."""
-    fields: dict[str, Any] = {
+    fields: dict[Any, Any] = {
         "name": new.name,
         "apps": "" if new.apps is None else json.dumps(list(new.apps)),
         "admin": "1" if new.admin else "0",
