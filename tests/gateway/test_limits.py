@@ -1,11 +1,18 @@
-"""Per-key limits: token buckets driven by a fake clock, session counting."""
+"""Per-key limits: token buckets driven by a fake clock, session counting, the shared requests/s store."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from framewire.gateway.platform.auth import Limits, Principal
-from framewire.gateway.platform.limits import Limiter, RateLimiter, retry_after_header
+from framewire.gateway.platform.limits import Limiter, LocalRates, RateLimiter, RateStore, retry_after_header
+from framewire.gateway.stores.redis_limits import RedisRates
+from framewire.state.connection import StateConnection, StateOptions
+from tests.conftest import free_port
+from tests.gateway.stores import KINDS, state
 
 
 class Clock:
@@ -70,3 +77,52 @@ def test_zero_sessions_means_no_realtime_at_all() -> None:
     limiter = Limiter(Clock())
     assert not limiter.open_session(Principal("k", limits=Limits(max_sessions=0)))
     assert limiter.sessions_of("k") == 0
+
+
+# -- the requests/s store, embedded and shared by edges on Redis (real time: rates are fast) -------
+
+
+@pytest.fixture(params=KINDS)
+async def rates(request: pytest.FixtureRequest) -> AsyncIterator[RateStore]:
+    if request.param == "sqlite":  # the embedded kind keeps buckets in memory
+        yield LocalRates()
+    else:
+        async with state(request.getfixturevalue("redis_url")) as conn:
+            yield RedisRates(conn)
+
+
+async def test_a_rate_store_allows_a_second_of_burst_then_the_rate(rates: RateStore) -> None:
+    took = [await rates.take("k", 10.0) for _ in range(10)]
+    assert took == [None] * 10
+    wait_s = await rates.take("k", 10.0)
+    assert wait_s is not None and 0.0 < wait_s <= 0.1
+    await asyncio.sleep(wait_s + 0.02)
+    assert await rates.take("k", 10.0) is None
+    assert await rates.take("other", 10.0) is None  # keys have their own buckets
+    assert await rates.take("slow", 0.5) is None
+    slow_wait = await rates.take("slow", 0.5)
+    assert slow_wait is not None and 1.8 < slow_wait <= 2.0
+
+
+async def test_a_limiter_charges_only_keys_with_a_rate(rates: RateStore) -> None:
+    limiter = Limiter(requests=rates)
+    free, limited = Principal("free"), Principal("k", limits=Limits(requests_per_s=1.0))
+    assert all([await limiter.request(free) is None for _ in range(20)])
+    assert await limiter.request(limited) is None and await limiter.request(limited) is not None
+
+
+async def test_redis_two_edges_share_one_bucket(redis_url: str) -> None:
+    async with state(redis_url) as one, state(redis_url) as two:
+        edges = [RedisRates(one), RedisRates(two)]
+        granted = [await edges[i % 2].take("k", 5.0) is None for i in range(10)]
+        assert granted.count(True) == 5  # one second of burst in all, not per edge
+
+
+async def test_redis_limits_fall_back_to_the_edge_when_redis_is_gone() -> None:
+    conn = StateConnection(StateOptions(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5))  # nothing listens
+    try:
+        rates = RedisRates(conn)
+        granted = [await rates.take("k", 2.0) is None for _ in range(4)]
+        assert granted == [True, True, False, False]  # this edge's own bucket: two tokens, then the rate
+    finally:
+        await conn.close()

@@ -255,10 +255,10 @@ class McpSurface:
         assert isinstance(args, UploadArgs)
         return await self._upload(args, base)
 
-    def _refusal(self, principal: Principal, endpoint: Endpoint, surface: str) -> types.CallToolResult | None:
+    async def _refusal(self, principal: Principal, endpoint: Endpoint, surface: str) -> types.CallToolResult | None:
         """The tool error when work may not start now (:func:`admit`), else None (and the key is charged)."""
         try:
-            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
+            await admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
         except Refused as exc:
             return content.error(str(exc), exc.error_type)
         return None
@@ -266,7 +266,7 @@ class McpSurface:
     async def _run(
         self, principal: Principal, endpoint: Endpoint, arguments: dict[str, Any], base: str, name: str
     ) -> types.CallToolResult:
-        refused = self._refusal(principal, endpoint, "run")
+        refused = await self._refusal(principal, endpoint, "run")
         if refused is not None:
             return refused
         started = time.perf_counter()
@@ -292,7 +292,7 @@ class McpSurface:
     async def _submit(
         self, principal: Principal, endpoint: Endpoint, arguments: dict[str, Any], base: str, name: str
     ) -> types.CallToolResult:
-        refused = self._refusal(principal, endpoint, "queue")
+        refused = await self._refusal(principal, endpoint, "queue")
         if refused is not None:
             return refused
         try:

@@ -5,6 +5,12 @@ loop. State is kept per key id (all of a key's tokens share it) and only for key
 have a limit; the rate is read from the caller's :class:`~framewire.gateway.platform.auth.Principal` on each
 call, so a changed limit applies at once. A bucket holds one second of its rate (at least
 one token): a key may burst that much, then gets its rate.
+
+Requests/s go through a :class:`RateStore`: :class:`LocalRates` (this process's buckets)
+or :class:`framewire.gateway.stores.redis_limits.RedisRates` (one bucket per key shared by
+every edge, taken from in one atomic script, so two edges cannot each grant the full
+rate). Frames/s and open sessions are counted by each edge alone: the realtime frame
+path never waits on another server.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from framewire.gateway.platform.auth import Principal
 
@@ -71,22 +78,40 @@ class RateLimiter:
         return len(self._buckets)
 
 
+class RateStore(Protocol):
+    """Where the requests/s buckets live."""
+
+    async def take(self, key_id: str, rate_per_s: float) -> float | None:
+        """Take one token from the key's bucket; None, or the seconds until one is available."""
+
+
+class LocalRates:
+    """:class:`RateStore` in this process (:class:`RateLimiter`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.buckets = RateLimiter(clock)
+
+    async def take(self, key_id: str, rate_per_s: float) -> float | None:
+        return self.buckets.take(key_id, rate_per_s)
+
+
 def retry_after_header(wait_s: float) -> str:
     """``Retry-After`` is whole seconds; round up so a client that obeys it succeeds."""
     return str(max(1, math.ceil(wait_s)))
 
 
 class Limiter:
-    """All of a server's per-key limits."""
+    """All of a server's per-key limits; requests/s in ``requests`` (default: this process's buckets)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.requests = RateLimiter(clock)
+    def __init__(self, clock: Callable[[], float] = time.monotonic, requests: RateStore | None = None) -> None:
+        self.requests = requests if requests is not None else LocalRates(clock)
         self.frames = RateLimiter(clock)
         self._sessions: dict[str, int] = {}
 
-    def request(self, principal: Principal) -> float | None:
+    async def request(self, principal: Principal) -> float | None:
         """Charge one request; None, or seconds until the key may send another."""
-        return self.requests.take(principal.key_id, principal.limits.requests_per_s)
+        rate = principal.limits.requests_per_s
+        return None if rate is None else await self.requests.take(principal.key_id, rate)
 
     def frame(self, principal: Principal) -> float | None:
         """Charge one realtime frame; None, or seconds until the key may send another."""

@@ -76,9 +76,9 @@ class Meter:
             duration_s=None if started_s is None else time.perf_counter() - started_s,
         )
 
-    def rate_limited(self, principal: Principal, app: str, surface: str) -> float | None:
+    async def rate_limited(self, principal: Principal, app: str, surface: str) -> float | None:
         """Charge one request to the key; seconds to wait when over its limit (recorded), else None."""
-        wait_s = self.limiter.request(principal)
+        wait_s = await self.limiter.request(principal)
         if wait_s is not None:
             self.metrics.rate_limited.labels("requests").inc()
             self.request(principal.key_id, app, surface, error_code="RATE_LIMITED")

@@ -186,7 +186,7 @@ class QueueSurface:
         except (LookupError, ValueError):
             return http.error(404, f"Path /{path} not found")
         try:
-            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, "queue")
+            await admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, "queue")
         except Refused as exc:
             return exc.response()
         try:

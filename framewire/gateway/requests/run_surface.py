@@ -91,7 +91,7 @@ class RunSurface:
             return http.error(exc.status, exc.reason)
         surface = "stream" if streaming else "run"
         try:
-            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
+            await admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
         except Refused as exc:
             return exc.response()
         started = time.perf_counter()

@@ -83,7 +83,7 @@ class RateLimited(Refused):
         )
 
 
-def admit(
+async def admit(
     engine: EngineClient, state: ServerState, meter: Meter, principal: Principal, app_id: str, surface: str
 ) -> None:
     """Let one request that starts work through, charging it to the key's rate; raises :class:`Refused`.
@@ -91,7 +91,7 @@ def admit(
     A refusal for the rate is recorded in usage and metrics (``rate_limited``)."""
     if state.draining or not engine.ready:
         raise NotReady()
-    wait_s = meter.rate_limited(principal, app_id, surface)
+    wait_s = await meter.rate_limited(principal, app_id, surface)
     if wait_s is not None:
         raise RateLimited(principal.limits.requests_per_s, wait_s)
 
