@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +20,19 @@ from framewire.engine.apps.echo import EchoApp
 from framewire.engine.host import BatchRecord, LocalEngine
 from framewire.gateway.app import MIGRATIONS, create_app
 from framewire.gateway.db import Database
-from framewire.gateway.platform.usage import UsageMeter, UsageQuery, parse_time
+from framewire.gateway.platform.usage import (
+    GRANULARITIES,
+    SqliteUsage,
+    TallyRow,
+    UsageMeter,
+    UsageQuery,
+    UsageStore,
+    parse_time,
+)
 from framewire.gateway.settings import Settings
+from framewire.gateway.stores.redis_usage import RedisUsage
 from tests.conftest import BatchingApp
+from tests.gateway.stores import KINDS, database, state
 
 ROOT = {"authorization": "Key root:rootsecret-0123456789"}
 QUEUE = {"host": "queue.local"}
@@ -161,3 +173,97 @@ def test_usage_of_a_scripted_workload_is_exact_and_survives_a_restart(
         other = client.get(f"/v1/usage?key_id={key_a['id']}", headers={"authorization": f"Key {key_b['key']}"})
         assert other.status_code == 403
         assert client.get("/v1/usage?granularity=week", headers=ROOT).status_code == 422
+
+
+# -- the usage store: SQLite and Redis answer every query the same way ----------------------------
+
+
+@pytest.fixture(params=KINDS)
+async def usage_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UsageStore]:
+    if request.param == "sqlite":
+        async with database(tmp_path) as db:
+            yield SqliteUsage(db)
+    else:
+        async with state(request.getfixturevalue("redis_url")) as conn:
+            yield RedisUsage(conn)
+
+
+DAY = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+def scripted_rows() -> list[TallyRow]:
+    """Tallies over three days, two keys, two apps, several surfaces and statuses (two adds of some)."""
+    rng = random.Random(7)
+    rows: list[TallyRow] = []
+    for _ in range(400):
+        bucket = DAY + rng.randrange(0, 3 * 86400) // 60 * 60
+        key, app = rng.choice(["k1", "k2"]), rng.choice(["app/a", "app/b"])
+        surface, status = rng.choice(["realtime", "run", "queue"]), rng.choice(["ok", "ok", "dropped", "invalid_input"])
+        rows.append((bucket, key, app, surface, status, rng.randint(1, 50), rng.randint(0, 5), rng.randint(0, 999) / 4))
+    return rows
+
+
+QUERIES = [
+    UsageQuery(granularity="total"),
+    UsageQuery(granularity="day", key_id="k1"),
+    UsageQuery(granularity="hour", app="app/b", start=DAY + 3000.5, end=DAY + 2 * 86400 + 125),
+    UsageQuery(granularity="minute", start=DAY + 86400 - 600, end=DAY + 86400 + 600),
+    UsageQuery(granularity="total", start=DAY + 3599, end=DAY + 86400 * 2 + 61),
+    UsageQuery(granularity="day", key_id="nobody"),
+]
+
+
+async def test_usage_stores_answer_every_query_like_a_sum_of_minute_rows(usage_store: UsageStore) -> None:
+    rows = scripted_rows()
+    await usage_store.add(rows[:250])
+    await usage_store.add(rows[250:])
+    for query in QUERIES:
+        expected: dict[tuple[int | None, str, str], list[float]] = {}
+        width = GRANULARITIES[query.granularity]
+        for bucket, key, app, _surface, _status, requests, outputs, compute_ms in rows:
+            if query.key_id not in (None, key) or query.app not in (None, app):
+                continue
+            if (query.start is not None and bucket < int(query.start) // 60 * 60) or (
+                query.end is not None and bucket >= query.end
+            ):
+                continue
+            shown = None if width is None else bucket // width * width
+            totals = expected.setdefault((shown, key, app), [0, 0, 0.0])
+            totals[0] += requests
+            totals[1] += outputs
+            totals[2] += compute_ms
+        got = {
+            (r.bucket, r.key_id, r.app): [r.requests, r.outputs, r.compute_ms] for r in await usage_store.query(query)
+        }
+        assert got.keys() == expected.keys(), query
+        for key, values in expected.items():
+            assert got[key][:2] == values[:2] and got[key][2] == pytest.approx(values[2]), (query, key)
+
+
+async def test_purged_usage_is_gone_from_every_query(usage_store: UsageStore) -> None:
+    await usage_store.add(scripted_rows())
+    assert await usage_store.purge(DAY + 86400) > 0
+    minutes = await usage_store.query(UsageQuery(granularity="minute", end=DAY + 86400))
+    assert minutes == []
+    later = await usage_store.query(UsageQuery(granularity="minute", start=DAY + 86400))
+    assert sum(r.requests for r in later) > 0
+
+
+async def test_redis_the_same_flush_twice_counts_once(redis_url: str) -> None:
+    async with state(redis_url) as conn:
+        store = RedisUsage(conn)
+        row: TallyRow = (DAY, "k", "app/a", "run", "ok", 3, 1, 2.5)
+        assert await store.add_once("flush-1", [row]) and not await store.add_once("flush-1", [row])
+        assert await store.add_once("flush-2", [row])
+        (total,) = await store.query(UsageQuery(granularity="total"))
+        assert (total.requests, total.outputs, total.compute_ms) == (6, 2, 5.0)
+
+
+async def test_redis_edges_adding_at_once_lose_nothing(redis_url: str) -> None:
+    async with state(redis_url) as one, state(redis_url) as two:
+        meters = [UsageMeter(RedisUsage(one)), UsageMeter(RedisUsage(two))]
+        for i in range(300):
+            meters[i % 2].record("k", "app/a", "realtime", "ok", outputs=1, compute_ms=0.5)
+        await asyncio.gather(*(m.flush() for m in meters))
+        (total,) = await meters[0].query(UsageQuery(granularity="total"))
+        assert (total.requests, total.outputs, total.compute_ms) == (300, 300, 150.0)

@@ -13,6 +13,10 @@ Recording is an in-memory addition (O(1), on the event loop): tallies are kept p
 shutdown, so no frame costs a database row and totals are exact. A killed process
 loses at most the last interval. Queries flush first, so they include everything
 recorded until then.
+
+Where the tallies are written is a :class:`UsageStore`: :class:`SqliteUsage` (the data
+dir's database) or :class:`framewire.gateway.stores.redis_usage.RedisUsage` (counters
+every edge adds to, per key, app and minute). Both answer the same queries the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import datetime
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -178,18 +182,64 @@ def report_json(query: UsageQuery, rows: list[UsageRow]) -> dict[str, Any]:
     }
 
 
+#: One tally as stored: bucket, key_id, app, surface, status, requests, outputs, compute_ms.
+TallyRow = tuple[int, str, str, str, str, int, int, float]
+
+
+class UsageStore(Protocol):
+    """Where usage tallies add up."""
+
+    async def add(self, rows: Sequence[TallyRow]) -> None:
+        """Add the rows to what is stored, all or none."""
+
+    async def query(self, query: UsageQuery) -> list[UsageRow]: ...
+
+    async def purge(self, before: float) -> int:
+        """Delete usage older than ``before`` (unix seconds); returns how many records went."""
+
+
+class SqliteUsage:
+    """:class:`UsageStore` on the embedded :class:`Database`: one row per (minute, key, app, surface, status)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, rows: Sequence[TallyRow]) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO usage (bucket, key_id, app, surface, status, requests, outputs, compute_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (bucket, key_id, app, surface, status) DO UPDATE SET"
+                " requests = requests + excluded.requests, outputs = outputs + excluded.outputs,"
+                " compute_ms = compute_ms + excluded.compute_ms",
+                rows,
+            )
+
+        await self.db.write(write)
+
+    async def query(self, query: UsageQuery) -> list[UsageRow]:
+        return await self.db.read(lambda conn: select(conn, query))
+
+    async def purge(self, before: float) -> int:
+        cutoff = int(before) // BUCKET_S * BUCKET_S
+        return await self.db.write(lambda conn: conn.execute("DELETE FROM usage WHERE bucket < ?", (cutoff,)).rowcount)
+
+
 class UsageMeter:
-    """Aggregates usage in memory and writes it to the store in batches (module docstring)."""
+    """Aggregates usage in memory and writes it to the store in batches (module docstring).
+
+    Given a :class:`Database`, the tallies go to it (:class:`SqliteUsage`).
+    """
 
     def __init__(
         self,
-        db: Database,
+        store: UsageStore | Database,
         *,
         flush_interval_s: float = 5.0,
         retention_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db = db
+        self.store: UsageStore = SqliteUsage(store) if isinstance(store, Database) else store
         self.flush_interval_s = flush_interval_s
         self.retention_s = retention_s  # 0: keep usage forever
         self.clock = clock
@@ -242,20 +292,9 @@ class UsageMeter:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, {}
-            rows = [(*k, t.requests, t.outputs, t.compute_ms) for k, t in batch.items()]
-
-            def write(conn: sqlite3.Connection) -> None:
-                conn.executemany(
-                    "INSERT INTO usage (bucket, key_id, app, surface, status, requests, outputs, compute_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (bucket, key_id, app, surface, status) DO UPDATE SET"
-                    " requests = requests + excluded.requests, outputs = outputs + excluded.outputs,"
-                    " compute_ms = compute_ms + excluded.compute_ms",
-                    rows,
-                )
-
+            rows: list[TallyRow] = [(*k, t.requests, t.outputs, t.compute_ms) for k, t in batch.items()]
             try:
-                await self.db.write(write)
+                await self.store.add(rows)
             except BaseException:
                 # Put the tallies back (added to anything recorded meanwhile): nothing is lost.
                 self.flush_failures += 1
@@ -304,12 +343,11 @@ class UsageMeter:
     async def query(self, query: UsageQuery) -> list[UsageRow]:
         """Usage matching ``query``, including what was recorded until now."""
         await self.flush()
-        return await self.db.read(lambda conn: select(conn, query))
+        return await self.store.query(query)
 
     async def purge(self, before: float) -> int:
-        """Delete usage older than ``before`` (unix seconds); returns the rows deleted."""
-        cutoff = int(before) // BUCKET_S * BUCKET_S
-        return await self.db.write(lambda conn: conn.execute("DELETE FROM usage WHERE bucket < ?", (cutoff,)).rowcount)
+        """Delete usage older than ``before`` (unix seconds); returns the records deleted."""
+        return await self.store.purge(before)
 
 
 def select(conn: sqlite3.Connection, query: UsageQuery) -> list[UsageRow]:
