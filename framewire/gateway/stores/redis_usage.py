@@ -115,7 +115,7 @@ class RedisUsage:
             existing: dict[int, set[int]] = {}
             for w in {p[0] for p in pieces}:
                 found = await client.zrangebyscore(self._prefix + f"idx:{w}", start, end)
-                existing[w] = {int(b) for b in found}
+                existing[w] = {int(str(b)) for b in found}
             pieces = [(w, b) for w, b in pieces if b in existing[w]]
             async with client.pipeline(transaction=False) as pipe:
                 for w, b in pieces:
