@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,9 @@ WORKER_OPTIONS = (
     "device",
     "worker_secret",
     "worker_timeout_s",
+    "redis_url",
+    "worker_lease_s",
+    "advertise",
 )
 
 
@@ -217,9 +221,15 @@ def local_worker_commands(settings: Settings, registry: AppRegistry) -> list[Any
     return commands
 
 
-def build_engine(settings: Settings, registry: AppRegistry, on_batch: Callable[[Any], None] | None) -> Any:
-    """The engine the gateway talks to: in this process, or over links to worker processes."""
-    if not settings.workers and not settings.devices:
+def build_engine(
+    settings: Settings, registry: AppRegistry, on_batch: Callable[[Any], None] | None, shared: Any = None
+) -> Any:
+    """The engine the gateway talks to: in this process, or over links to worker processes.
+
+    With ``shared`` (the state plane's :class:`~framewire.state.connection.StateConnection`,
+    from ``--redis-url``) the workers include every worker registered there.
+    """
+    if not settings.workers and not settings.devices and shared is None:
         from framewire.engine.host import LocalEngine
 
         return LocalEngine(
@@ -233,14 +243,22 @@ def build_engine(settings: Settings, registry: AppRegistry, on_batch: Callable[[
     from framewire.cluster import wire
     from framewire.cluster.directory import Directories, Directory, StaticDirectory, parse_addresses
     from framewire.cluster.edge import LinkOptions, RemoteEngine
+    from framewire.cluster.registry import RedisRegistry, RegistryDirectory
     from framewire.cluster.spawn import LocalWorkers
 
+    if shared is not None and settings.worker_secret is None:
+        raise ValueError(
+            "--redis-url: this edge reaches the workers registered there with their secret;"
+            " give it --worker-secret (or FRAMEWIRE_WORKER_SECRET)"
+        )
     secret = wire.parse_secret(settings.worker_secret) if settings.worker_secret else wire.new_secret()
     parts: list[Directory] = []
     if settings.devices:
         parts.append(LocalWorkers(local_worker_commands(settings, registry), secret))
     if settings.workers:
         parts.append(StaticDirectory(parse_addresses(settings.workers, tls=settings.worker_cafile is not None)))
+    if shared is not None:
+        parts.append(RegistryDirectory(RedisRegistry(shared, settings.worker_lease_s)))
     context = None
     if settings.worker_cafile is not None:
         try:
@@ -266,10 +284,11 @@ def serve(settings: Settings) -> None:
 
     registry = build_registry(settings)
     metrics = Metrics()  # platform: an in-process engine reports each batch to the metrics
-    if not settings.workers and not settings.devices:
+    shared = shared_state(settings)
+    if not settings.workers and not settings.devices and shared is None:
         configure_kernels(settings)  # workers configure their own
-    engine = build_engine(settings, registry, metrics.on_batch)
-    gateway = create_gateway(settings, engine, metrics=metrics)
+    engine = build_engine(settings, registry, metrics.on_batch, shared)
+    gateway = create_gateway(settings, engine, metrics=metrics, shared=shared)
     config = uvicorn.Config(
         gateway.app,
         log_level=settings.log_level,
@@ -290,6 +309,8 @@ def serve(settings: Settings) -> None:
         where += f"; engine workers on {settings.devices}"
     if settings.workers:
         where += f"; engine workers at {', '.join(settings.workers)}"
+    if shared is not None:
+        where += f"; jobs, keys, limits, usage and workers shared in {shared.url}"
     print(
         f"FrameWire serving {', '.join(a.app_id for a in registry)} on {scheme}://{settings.host}:{settings.port}"
         + (f" (queue on port {settings.queue_port})" if settings.queue_port else "")
@@ -313,14 +334,29 @@ def serve(settings: Settings) -> None:
     DrainingServer(config, gateway.drain, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
+def shared_state(settings: Settings) -> Any:
+    """The state plane's connection for ``--redis-url`` (None without it), after checking the
+    server answers; StateError (naming the URL) when it does not."""
+    if settings.redis_url is None:
+        return None
+    import asyncio
+
+    from framewire.state import connection
+
+    options = connection.StateOptions(settings.redis_url)
+    asyncio.run(connection.check(options))
+    return connection.StateConnection(options)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from framewire.gateway.platform import logs
+    from framewire.state.connection import StateError
 
     try:
         settings = settings_mod.from_sources(args)
         logs.configure(settings.log_level, settings.log_format)
         serve(settings)
-    except ValueError as exc:
+    except (ValueError, StateError) as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -336,6 +372,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from framewire.cluster import worker as worker_mod
     from framewire.engine.host import LocalEngine
     from framewire.gateway.platform import logs
+    from framewire.state.connection import StateError
 
     try:
         options = [o for o in settings_mod.OPTIONS if o.name in WORKER_OPTIONS]
@@ -404,19 +441,65 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    main = worker_mod.run(
-        server,
-        [sock],
-        ssl_context=context,
-        drain_timeout_s=settings.shutdown_timeout_s,
-        on_ready=ready,
-        parent_pid=args.parent_pid,
-    )
+    advertised = advertised_address(settings, port, tls=context is not None)
+
+    async def main() -> int:
+        if settings.redis_url is None:
+            return await worker_mod.run(
+                server,
+                [sock],
+                ssl_context=context,
+                drain_timeout_s=settings.shutdown_timeout_s,
+                on_ready=ready,
+                parent_pid=args.parent_pid,
+            )
+        from framewire.cluster.registry import Announcer, RedisRegistry, lease_of
+        from framewire.state.connection import StateConnection, StateOptions
+
+        conn = StateConnection(StateOptions(settings.redis_url))
+        await conn.connect()
+        started = time.time()
+        capacity = {key: ep.max_batch_size for key, ep in server.endpoints.items()}
+        apps = [app.app_id for app in registry]
+
+        def current() -> Any:
+            return lease_of(worker_id, advertised, settings.device, apps, capacity, server.load(), started)
+
+        try:
+            announcer = Announcer(RedisRegistry(conn, settings.worker_lease_s), current)
+            return await worker_mod.run(
+                server,
+                [sock],
+                ssl_context=context,
+                drain_timeout_s=settings.shutdown_timeout_s,
+                on_ready=ready,
+                parent_pid=args.parent_pid,
+                announcer=announcer,
+            )
+        finally:
+            await conn.close()
+
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(main())
+        return uvloop.run(main())
+    except StateError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+
+
+def advertised_address(settings: Settings, port: int, *, tls: bool) -> Any:
+    """Where edges reach this worker: ``--advertise``, else its host (this machine's name when it
+    listens on every interface) and port."""
+    from framewire.cluster.directory import WorkerAddress, parse_address
+
+    if settings.advertise is not None:
+        found = parse_address(settings.advertise, tls=tls)
+        return WorkerAddress(found.host, found.port, tls=tls)
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    return WorkerAddress(host, port, tls=tls)
 
 
 def _cmd_apps(args: argparse.Namespace) -> int:
@@ -461,23 +544,42 @@ def _cmd_bench(argv: Sequence[str]) -> int:
 # -- platform: keys, usage, health -----------------------------------------------------------
 
 
-def _run_with_db(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
-    """Open the data dir's store (migrating it), run ``work(db)``, close it."""
+def _run_with_stores(settings: Settings, work: Callable[[Any, Any], Awaitable[int]]) -> int:
+    """Open the store (``--redis-url``'s Redis, else the data dir's database), run
+    ``work(key_backend, usage_store)``, close it. A Redis that does not answer is exit status 2."""
     import asyncio
     from pathlib import Path
 
     from framewire.gateway.app import MIGRATIONS
     from framewire.gateway.db import Database
+    from framewire.gateway.platform.keys import SqliteKeys
+    from framewire.gateway.platform.usage import SqliteUsage
+    from framewire.state.connection import StateError
 
     async def main() -> int:
+        if settings.redis_url is not None:
+            from framewire.gateway.stores.redis_keys import RedisKeys
+            from framewire.gateway.stores.redis_usage import RedisUsage
+            from framewire.state.connection import StateConnection, StateOptions
+
+            conn = StateConnection(StateOptions(settings.redis_url))
+            try:
+                await conn.connect()
+                return await work(RedisKeys(conn), RedisUsage(conn))
+            finally:
+                await conn.close()
         db = Database(Path(settings.data_dir) / "framewire.db", MIGRATIONS)
         await db.open()
         try:
-            return await work(db)
+            return await work(SqliteKeys(db), SqliteUsage(db))
         finally:
             await db.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except StateError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -488,7 +590,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     from framewire.gateway.platform.keys import KeyStore, NewKey, parse_apps
 
     try:
-        settings = settings_mod.from_sources({"data_dir": args.data_dir})
+        settings = settings_mod.from_sources({"data_dir": args.data_dir, "redis_url": args.redis_url})
         new = None
         if args.keys_command == "create":
             limits = Limits(args.requests_per_s, args.max_sessions, args.frames_per_s)
@@ -497,8 +599,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
 
-    async def work(db: Any) -> int:
-        store = KeyStore(db)
+    async def work(backend: Any, _usage: Any) -> int:
+        store = KeyStore(backend)
         if new is not None:
             record, key = await store.create(new)
             if args.json:
@@ -530,10 +632,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         if revoked is None:
             print(f"framewire: no key with id {args.key_id!r}", file=sys.stderr)
             return 1
-        print(f"revoked {revoked.id} (a running server stops accepting it within a second)")
+        print(f"revoked {revoked.id} (running servers stop accepting it within a second)")
         return 0
 
-    return _run_with_db(settings, work)
+    return _run_with_stores(settings, work)
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
@@ -541,10 +643,10 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from framewire.gateway.platform.usage import UsageQuery, parse_time, report_json, select
+    from framewire.gateway.platform.usage import UsageQuery, parse_time, report_json
 
     try:
-        settings = settings_mod.from_sources({"data_dir": args.data_dir})
+        settings = settings_mod.from_sources({"data_dir": args.data_dir, "redis_url": args.redis_url})
         end = parse_time(args.end, "--end") if args.end else None
         start = parse_time(args.start, "--start") if args.start else (end or time.time()) - 24 * 3600
         query = UsageQuery(key_id=args.key_id, app=args.app, start=start, end=end, granularity=args.granularity)
@@ -552,8 +654,8 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
 
-    async def work(db: Any) -> int:
-        rows = await db.read(lambda conn: select(conn, query))
+    async def work(_keys: Any, usage: Any) -> int:
+        rows = await usage.query(query)
         report = report_json(query, rows)
         if args.json:
             print(json.dumps(report, indent=2))
@@ -567,7 +669,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         print(f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}")
         return 0
 
-    return _run_with_db(settings, work)
+    return _run_with_stores(settings, work)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -607,8 +709,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _add_platform_commands(sub: Any) -> None:
-    data_dir = [o for o in settings_mod.OPTIONS if o.name == "data_dir"]
-    p_keys = sub.add_parser("keys", help="create, list and revoke API keys (in the data dir's store)")
+    data_dir = [o for o in settings_mod.OPTIONS if o.name in ("data_dir", "redis_url")]
+    p_keys = sub.add_parser("keys", help="create, list and revoke API keys (in the data dir's store, or --redis-url's)")
     keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
     p_create = keys_sub.add_parser("create", help="create a key; prints id:secret once")
     p_create.add_argument("--name", help="a label for the key")

@@ -3,6 +3,8 @@
 framewire.cluster (engine workers and the link to them) sits beside the gateway: it reaches
 engines only through framewire.engine.api, never imports torch, a web framework or the
 gateway, and the gateway reaches it only through the EngineClient the CLI hands it.
+framewire.state (the connection to the state plane's Redis) sits below both: it imports
+neither of them, nor the engine, nor a web framework.
 """
 
 from __future__ import annotations
@@ -64,8 +66,17 @@ def test_cluster_reaches_engines_only_through_the_engine_api(path: Path) -> None
     assert not {n for n in found if top(n) in HEAVY}, f"{path.name} imports a heavy library"
     assert not {n for n in found if any(within(n, web) for web in WEB)}, f"{path.name} imports a web framework"
     own = {n for n in found if top(n) == "framewire"}
-    outside = {n for n in own if not within(n, "framewire.cluster")}
+    outside = {n for n in own if not within(n, "framewire.cluster") and not within(n, "framewire.state")}
     assert outside <= {"framewire.engine.api"}, f"{path.name} imports {outside}"
+
+
+@pytest.mark.parametrize("path", modules("state"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_state_plane_imports_no_other_layer(path: Path) -> None:
+    found = imports_of(path)
+    assert not {n for n in found if top(n) in HEAVY}, f"{path.name} imports a heavy library"
+    assert not {n for n in found if any(within(n, web) for web in WEB)}, f"{path.name} imports a web framework"
+    own = {n for n in found if top(n) == "framewire"}
+    assert all(within(n, "framewire.state") for n in own), f"{path.name} imports {own}"
 
 
 @pytest.mark.parametrize("path", modules("gateway"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from framewire.cluster import wire
 from framewire.cluster.link import Link
+from framewire.cluster.registry import Announcer
 from framewire.cluster.wire import EndpointLoad, Kind, Violation, WorkerInfo, WorkerLoad, WorkerState
 from framewire.engine.api import (
     MAX_BUFFERING_RANGE,
@@ -362,6 +363,8 @@ class WorkerServer:
         self._servers: list[asyncio.Server] = []
         self._watch: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
+        #: Called (on the event loop) after the worker's state changed, e.g. to announce it.
+        self.state_listeners: list[Callable[[], None]] = []
 
     # -- state -------------------------------------------------------------------------------
 
@@ -408,6 +411,8 @@ class WorkerServer:
         for conn in list(self._links):
             if conn.link is not None and conn.link.authenticated:
                 conn.link.send([Kind.STATE, str(state), load])
+        for listener in list(self.state_listeners):
+            listener()
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -484,11 +489,14 @@ async def run(
     drain_timeout_s: float = 30.0,
     on_ready: Callable[[], None] | None = None,
     parent_pid: int | None = None,
+    announcer: Announcer | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (then drain, bounded by ``drain_timeout_s``); returns an exit status.
 
     A second signal stops waiting for the drain. With ``parent_pid`` (a worker an edge
-    started), the worker also stops when that process is gone.
+    started), the worker also stops when that process is gone. With ``announcer``, the
+    worker holds a lease in the worker registry from its first listen until it has
+    drained (its state changes are announced at once).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -510,6 +518,9 @@ async def run(
         orphan_watch = asyncio.create_task(_watch_parent(parent_pid, stop))
     for sock in sockets:
         await server.listen(sock, ssl_context)
+    if announcer is not None:
+        server.state_listeners.append(announcer.poke)
+        announcer.start()
     starting = asyncio.create_task(server.start_engine())
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -518,6 +529,8 @@ async def run(
         if exc is not None:
             log.error("the worker's apps did not start: %s", exc)
             await server.close()
+            if announcer is not None:
+                await announcer.stop()
             return 1
         if on_ready is not None:
             on_ready()
@@ -528,6 +541,8 @@ async def run(
         orphan_watch.cancel()
     log.info("stopping: draining for up to %.0f s", drain_timeout_s)
     await server.drain(drain_timeout_s)
+    if announcer is not None:
+        await announcer.stop()
     return 0
 
 

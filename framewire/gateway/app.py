@@ -14,6 +14,12 @@ path goes to the queue surface or the run surface, chosen per request
 (:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on
 both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health``, ``/ready`` and
 ``/mcp`` are therefore not available as app owners.
+
+Stores: by default the embedded ones (one SQLite file in the data dir). With
+``--redis-url`` every store is the Redis one (:mod:`framewire.gateway.stores`): jobs,
+keys, request rates and usage are shared with the other edges, the data dir holds only
+files and server secrets and must be the same folder on every edge, and readiness
+includes Redis answering.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -46,20 +55,20 @@ from framewire.gateway.platform.admin import AdminRoutes
 from framewire.gateway.platform.auth import Authenticator, KeyVerifier, StaticKeys, TokenIssuer
 from framewire.gateway.platform.catalog import CatalogRoutes
 from framewire.gateway.platform.health import HealthRoutes
-from framewire.gateway.platform.keys import KeyChain, KeyStore
-from framewire.gateway.platform.limits import Limiter
+from framewire.gateway.platform.keys import KeyBackend, KeyChain, KeyStore, SqliteKeys
+from framewire.gateway.platform.limits import Limiter, LocalRates, RateStore
 from framewire.gateway.platform.logs import AccessLog
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
 from framewire.gateway.platform.tokens import TokenRoutes
-from framewire.gateway.platform.usage import UsageMeter
+from framewire.gateway.platform.usage import SqliteUsage, UsageMeter, UsageStore
 from framewire.gateway.realtime.endpoint import RealtimeEndpoint
 from framewire.gateway.realtime.protocol import CloseCode
 from framewire.gateway.requests import job_store as job_store_mod
 from framewire.gateway.requests.dispatcher import Dispatcher
 from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import InputFetcher
-from framewire.gateway.requests.job_store import Job, SqliteJobStore
+from framewire.gateway.requests.job_store import Job, JobStore, SqliteJobStore
 from framewire.gateway.requests.outcomes import Outcome
 from framewire.gateway.requests.queue_surface import QueueSurface
 from framewire.gateway.requests.run_surface import RunSurface
@@ -69,6 +78,12 @@ from framewire.gateway.settings import Settings
 from framewire.gateway.state import ServerState
 from framewire.gateway.storage.routes import StorageRoutes
 from framewire.gateway.storage.store import FileStore, UrlSigner, load_secret
+from framewire.gateway.stores.redis_jobs import RedisJobStore
+from framewire.gateway.stores.redis_keys import RedisKeys
+from framewire.gateway.stores.redis_limits import RedisRates
+from framewire.gateway.stores.redis_usage import RedisUsage
+from framewire.gateway.stores.shared_files import check_shared_folder
+from framewire.state.connection import StateConnection, StateOptions, StateUnavailable
 
 log = logging.getLogger("framewire")
 
@@ -85,6 +100,51 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         status_code=500,
         headers={http.REQUEST_ID: str(uuid.uuid4()), "x-fal-error-type": "internal_error"},
     )
+
+
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The shared store (Redis) cannot be reached: 503 with ``Retry-After``, so clients retry shortly."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the server's store is unreachable; retry shortly", "error_type": "store_unavailable"},
+        status_code=503,
+        headers={http.REQUEST_ID: str(uuid.uuid4()), "Retry-After": "1", "x-fal-error-type": "store_unavailable"},
+    )
+
+
+def edge_name() -> str:
+    """This process's name among the edges sharing Redis (unique per process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Stores:
+    """Where an edge keeps its state: the embedded database, or Redis shared with other edges."""
+
+    jobs: JobStore
+    keys: KeyBackend
+    usage: UsageStore
+    rates: RateStore
+    db: Database | None = None
+    shared: StateConnection | None = None
+
+
+def build_stores(settings: Settings, shared: StateConnection | None) -> Stores:
+    """The embedded stores, or with ``shared`` (or ``--redis-url``) the Redis ones."""
+    if shared is None and settings.redis_url is not None:
+        shared = StateConnection(StateOptions(settings.redis_url))
+    if shared is None:
+        db = Database(Path(settings.data_dir) / "framewire.db", MIGRATIONS)
+        return Stores(SqliteJobStore(db), SqliteKeys(db), SqliteUsage(db), LocalRates(), db=db)
+    jobs = RedisJobStore(
+        shared,
+        edge_name(),
+        claim_lease_s=settings.job_lease_s,
+        idempotency_ttl_s=settings.job_retention_s,
+        delivery_lease_s=settings.webhook_timeout_s + 30.0,
+    )
+    usage = RedisUsage(shared, retention_s=settings.usage_retention_s)
+    return Stores(jobs, RedisKeys(shared), usage, RedisRates(shared), shared=shared)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,9 +166,10 @@ def create_app(
     *,
     keys: KeyVerifier | None = None,
     metrics: Metrics | None = None,
+    shared: StateConnection | None = None,
 ) -> Starlette:
     """The ASGI app of :func:`create_gateway`, for callers that do not drain (tests, embedding)."""
-    return create_gateway(settings, engine, keys=keys, metrics=metrics).app
+    return create_gateway(settings, engine, keys=keys, metrics=metrics, shared=shared).app
 
 
 def create_gateway(
@@ -117,19 +178,23 @@ def create_gateway(
     *,
     keys: KeyVerifier | None = None,
     metrics: Metrics | None = None,
+    shared: StateConnection | None = None,
 ) -> Gateway:
     """Build the gateway around an engine (started and stopped by the app's lifespan).
 
     ``keys`` replaces the default verifier (``--api-key`` keys, then the key store);
-    ``metrics`` is the instance whose ``on_batch`` the engine was built with, if any.
+    ``metrics`` is the instance whose ``on_batch`` the engine was built with, if any;
+    ``shared`` the Redis connection to keep state in (made from ``--redis-url`` when
+    absent; the lifespan connects and closes it either way).
     Reads (and on first use creates) the data dir's storage secret and webhook signing key.
     """
     data_dir = Path(settings.data_dir)
     state = ServerState()
+    stores = build_stores(settings, shared)
+    db, conn = stores.db, stores.shared
 
     # platform: keys, auth, limits, usage, metrics
-    db = Database(data_dir / "framewire.db", MIGRATIONS)
-    key_store = KeyStore(db)
+    key_store = KeyStore(stores.keys)
     auth = Authenticator(
         settings.auth,
         keys if keys is not None else KeyChain(StaticKeys(settings.api_keys), key_store),
@@ -137,8 +202,10 @@ def create_gateway(
     )
     metrics = metrics if metrics is not None else Metrics()
     metrics.watch_workers(engine)  # per-worker series when the engine runs in worker processes
-    usage = UsageMeter(db, flush_interval_s=settings.usage_flush_interval_s, retention_s=settings.usage_retention_s)
-    limiter = Limiter()
+    usage = UsageMeter(
+        stores.usage, flush_interval_s=settings.usage_flush_interval_s, retention_s=settings.usage_retention_s
+    )
+    limiter = Limiter(requests=stores.rates)
     meter = Meter(usage, metrics, limiter)
 
     # storage
@@ -154,7 +221,7 @@ def create_gateway(
         max_bytes=settings.max_fetch_bytes,
         private_networks=settings.private_networks,
     )
-    jobs = SqliteJobStore(db)
+    jobs = stores.jobs
     webhook_signer = WebhookSigner(load_signing_key(data_dir / "webhook_ed25519.pem"), settings.webhook_secret)
     webhooks = WebhookDeliverer(
         jobs,
@@ -232,7 +299,7 @@ def create_gateway(
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
     static = StaticFiles(directory=demo, html=True) if (demo / "index.html").is_file() else None
     routes = [
-        *HealthRoutes(engine, state, metrics, usage, jobs).routes(),
+        *HealthRoutes(engine, state, metrics, usage, jobs, conn).routes(),
         *CatalogRoutes(engine, auth).routes(),
         *AdminRoutes(engine, auth, key_store, usage).routes(),
         *TokenRoutes(engine, auth).routes(),
@@ -243,12 +310,32 @@ def create_gateway(
         Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
 
+    async def open_stores() -> None:
+        if db is not None:
+            await db.open()
+            return
+        assert conn is not None
+        await conn.connect()
+        conn.start()
+        await asyncio.to_thread(files.ensure)
+        await check_shared_folder(conn, files)
+
+    async def close_stores() -> None:
+        if db is not None:
+            await db.close()
+        if conn is not None:
+            await conn.close()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await db.open()
-        await key_store.reload()
+        try:
+            await open_stores()
+            await key_store.reload()
+        except BaseException:
+            await close_stores()
+            raise
         if settings.auth and keys is None and not settings.api_keys and not key_store.active_count():
-            await db.close()
+            await close_stores()
             raise RuntimeError(
                 "--auth is on but there is no API key: pass --api-key id:secret, "
                 "or create one first with `framewire keys create --admin`"
@@ -278,13 +365,13 @@ def create_gateway(
                 await usage.close()  # after the engine: the last results are counted
             except Exception:
                 log.exception("could not write the last usage tallies")
-            await db.close()
+            await close_stores()
 
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         # AccessLog also sets x-fal-request-id on every response that lacks one.
         middleware=[Middleware(AccessLog, on_status=metrics.count_response)],
-        exception_handlers={Exception: internal_error},
+        exception_handlers={StateUnavailable: store_unavailable, Exception: internal_error},
     )
     return Gateway(app, state, dispatcher)

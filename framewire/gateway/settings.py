@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from framewire.state.connection import check_url
+
 ENV_PREFIX = "FRAMEWIRE_"
 
 
@@ -102,6 +104,11 @@ class Settings:
     worker_cafile: str | None = None
     worker_heartbeat_s: float = 0.5
     worker_timeout_s: float = 1.5
+    # state plane (Redis): jobs, worker registry, keys, limits, usage shared by many edges
+    redis_url: str | None = None
+    job_lease_s: float = 30.0
+    worker_lease_s: float = 10.0
+    advertise: str | None = None
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -196,6 +203,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("worker_cafile", "CA bundle (PEM) that signed the workers' certificates: links to --workers use TLS"),
     Option("worker_heartbeat_s", "seconds between heartbeats on each worker link", float),
     Option("worker_timeout_s", "a worker silent this long is lost: its sessions move, its requests run again", float),
+    # state plane
+    Option(
+        "redis_url",
+        "share jobs, keys, limits, usage and the worker registry through this Redis/Valkey:"
+        " redis://[:password@]host:port/db (rediss:// for TLS)",
+    ),
+    Option(
+        "job_lease_s",
+        "with --redis-url: a queue job whose edge stops renewing its claim this long runs elsewhere",
+        float,
+    ),
+    Option(
+        "worker_lease_s",
+        "with --redis-url: a worker that stops renewing its registry entry this long is dropped",
+        float,
+    ),
+    Option(
+        "advertise", "a worker's HOST:PORT as edges reach it, registered in --redis-url (default: its host and port)"
+    ),
 )
 
 BACKENDS = ("eager", "compile", "tensorrt")
@@ -316,6 +342,14 @@ def validate(settings: Settings) -> None:
         raise ValueError("--app-devices places apps on the workers of --devices; give --devices too")
     if settings.worker_cafile is not None and not settings.workers:
         raise ValueError("--worker-cafile is for TLS links to --workers; give --workers too")
+    if settings.redis_url is not None:
+        check_url(settings.redis_url)
+    if settings.job_lease_s <= 0 or settings.worker_lease_s <= 0:
+        raise ValueError("--job-lease-s and --worker-lease-s must be > 0")
+    if settings.advertise is not None:
+        host, sep, port = settings.advertise.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--advertise {settings.advertise!r}: expected HOST:PORT, e.g. gpu-a.internal:7100")
     if not 0 < settings.worker_heartbeat_s < settings.worker_timeout_s:
         raise ValueError("--worker-heartbeat-s must be > 0 and below --worker-timeout-s")
     for size in settings.warmup_sizes:

@@ -319,7 +319,7 @@ class StateConnection:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = str(exc).strip().rstrip(".")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -3,7 +3,9 @@
 None of them needs a key. ``/health`` says the process answers (the event loop is not
 stuck); ``/ready`` says every app is set up and warm and the server is not draining (503
 with ``Retry-After`` and a ``reason`` otherwise; with engine workers it also lists each
-worker and the apps no ready worker serves); ``/metrics`` is the Prometheus text
+worker and the apps no ready worker serves; with ``--redis-url`` it is 503 ``store_unavailable``
+while Redis does not answer, so load balancers send new work to edges that can take it,
+while realtime sessions already open here go on); ``/metrics`` is the Prometheus text
 format (see :mod:`framewire.gateway.platform.metrics`), with the gauges that are read at
 scrape time (readiness, draining, queue depths, pending usage) brought up to date first.
 """
@@ -23,19 +25,30 @@ from framewire.gateway.platform.metrics import CONTENT_TYPE, Metrics
 from framewire.gateway.platform.usage import UsageMeter
 from framewire.gateway.requests.job_store import JobStore
 from framewire.gateway.state import ServerState
+from framewire.state.connection import StateConnection, StateUnavailable
 
 
 class HealthRoutes:
     """Liveness, readiness and the metrics scrape; see the module docstring."""
 
     def __init__(
-        self, engine: EngineClient, state: ServerState, metrics: Metrics, usage: UsageMeter, jobs: JobStore
+        self,
+        engine: EngineClient,
+        state: ServerState,
+        metrics: Metrics,
+        usage: UsageMeter,
+        jobs: JobStore,
+        shared: StateConnection | None = None,
     ) -> None:
         self.engine = engine
         self.state = state
         self.metrics = metrics
         self.usage = usage
         self.jobs = jobs
+        self.shared = shared
+
+    def _store_ok(self) -> bool:
+        return self.shared is None or self.shared.available
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -49,20 +62,27 @@ class HealthRoutes:
 
     async def ready(self, request: Request) -> JSONResponse:
         extra = workers.readiness(self.engine)  # with engine workers: each worker, and apps none serves
-        if self.engine.ready and not self.state.draining:
+        if self.shared is not None:
+            extra["store"] = {"url": self.shared.url, "available": self.shared.available}
+        if self.engine.ready and not self.state.draining and self._store_ok():
             return JSONResponse({"ready": True, **extra})
-        reason = "draining" if self.state.draining else "no_worker" if extra.get("unserved_apps") else "engine_starting"
+        if self.state.draining:
+            reason = "draining"
+        elif not self._store_ok():
+            reason = "store_unavailable"
+        else:
+            reason = "no_worker" if extra.get("unserved_apps") else "engine_starting"
         body = {"ready": False, "reason": reason, **extra}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     async def scrape(self, request: Request) -> Response:
         m, draining = self.metrics, self.state.draining
-        m.ready.set(1 if self.engine.ready and not draining else 0)
+        m.ready.set(1 if self.engine.ready and not draining and self._store_ok() else 0)
         m.draining.set(1 if draining else 0)
         m.usage_pending.set(self.usage.pending)
         try:
             lengths = await self.jobs.queue_lengths()
-        except DatabaseClosed:
+        except (DatabaseClosed, StateUnavailable):
             lengths = {}
         m.set_queue_depths(lengths, [app.app_id for app in self.engine.registry])
         return Response(await asyncio.to_thread(m.render), media_type=CONTENT_TYPE)

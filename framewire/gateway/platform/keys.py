@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from framewire.gateway.db import Database, Migration
 from framewire.gateway.platform.auth import NO_LIMITS, Limits, Principal, StaticKeys
+from framewire.state.connection import StateUnavailable
 
 log = logging.getLogger("framewire.keys")
 
@@ -347,6 +348,7 @@ class KeyStore:
         """Follow changes made by other processes until cancelled: at each notice, and every ``poll_s``."""
         poked = self._poked = asyncio.Event()
         self.backend.watch(poked.set)
+        unreachable = False
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_s):
@@ -354,7 +356,12 @@ class KeyStore:
             poked.clear()
             try:
                 if await self.refresh():
-                    log.info("API keys changed in the database; %d active", len(self._active))
+                    log.info("API keys changed in the store; %d active", len(self._active))
+                unreachable = False
+            except StateUnavailable as exc:  # Redis is away: keep the last mirror, reload when it is back
+                if not unreachable:
+                    log.error("cannot check the API keys for changes; keeping the last %d: %s", len(self._active), exc)
+                unreachable = True
             except Exception:  # the database failed; keep the last mirror and try again
                 log.exception("could not check the API keys for changes")
 

@@ -1,8 +1,14 @@
 """The queue surface (fal's ``queue.fal.run``, protocol §2): submit, status, status stream, result, cancel.
 
 - ``POST /{id}[/{path}]`` (``?fal_webhook=``, ``?fal_max_queue_length=``, headers
-  ``x-fal-queue-priority: normal|low``, ``x-fal-request-timeout: <s>``) → 200
+  ``x-fal-queue-priority: normal|low``, ``x-fal-request-timeout: <s>``,
+  ``Idempotency-Key: <key>``) → 200
   ``{status: IN_QUEUE, request_id, response_url, status_url, cancel_url, queue_position}``.
+  A repeated ``Idempotency-Key`` (same key, same caller) answers with the first job as it
+  is now (header ``Idempotent-Replayed: true``) and queues nothing; the same key for a
+  different request is 422. fal's clients send no such key (they retry submits on
+  transport errors, 429 and more); a caller that wants at-most-once submits passes one,
+  e.g. ``fal_client.submit(..., headers={"Idempotency-Key": key})``.
 - ``GET /{app}/requests/{id}/status[?logs=1]`` → 202 while queued/running, 200 when
   ``COMPLETED`` (failures carry ``error`` + ``error_type``).
 - ``GET /{app}/requests/{id}/status/stream`` → SSE of status objects, ends after COMPLETED.
@@ -16,6 +22,7 @@ Every response carries ``x-fal-request-id`` (the job id where there is one).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import re
 import time
@@ -38,6 +45,7 @@ from framewire.gateway.requests.addresses import refusal
 from framewire.gateway.requests.dispatcher import Dispatcher
 from framewire.gateway.requests.job_store import (
     CancelResult,
+    IdempotencyConflict,
     Job,
     JobStatus,
     JobStore,
@@ -62,6 +70,8 @@ _CANCEL_STATUS = {
 }
 #: Longest a status stream waits for a change before looking again (queue positions move).
 STATUS_POLL_S = 0.5
+#: The longest Idempotency-Key accepted (printable ASCII).
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def _iso(ts: float) -> str:
@@ -128,6 +138,23 @@ def _submit_options(request: Request, max_queue_length: int) -> tuple[Priority, 
     return priority, timeout_s, webhook, limit
 
 
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header (None without one); ValueError for one that is empty, too long or not ASCII."""
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        return None
+    key = raw.strip().strip('"')
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise ValueError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return key
+
+
+def fingerprint(path: str, data: dict[str, Any], priority: Priority, webhook: str | None) -> str:
+    """What a submit asks for, so a repeat of its Idempotency-Key can be told from another request."""
+    canonical = json.dumps([path, data, int(priority), webhook], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _result(job: Job) -> Response:
     if job.status != JobStatus.COMPLETED or job.outcome is None:
         where = "in the queue" if job.status == JobStatus.IN_QUEUE else "in progress"
@@ -191,6 +218,7 @@ class QueueSurface:
             return exc.response()
         try:
             priority, timeout_s, webhook, limit = _submit_options(request, self.max_queue_length)
+            key = idempotency_key(request)
             data = http.json_body(await request.body())
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
@@ -213,10 +241,14 @@ class QueueSurface:
                 timeout_s=timeout_s,
                 webhook=webhook,
                 max_queue_length=limit,
+                idempotency_key=key,
             )
         except QueueFull as exc:
             return http.error(429, str(exc), error_type="queue_full")
-        return _with_id(JSONResponse(body), body["request_id"])
+        except IdempotencyConflict as exc:
+            return http.error(422, str(exc), error_type="idempotency_conflict")
+        headers = {"Idempotent-Replayed": "true"} if body.pop("replayed", False) else None
+        return _with_id(JSONResponse(body, headers=headers), body["request_id"])
 
     async def enqueue(
         self,
@@ -230,11 +262,14 @@ class QueueSurface:
         timeout_s: float | None = None,
         webhook: str | None = None,
         max_queue_length: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Queue a validated input for ``endpoint`` (reached at ``path``); returns the submit answer.
 
         ``base`` is the URL the job's status and result URLs start with. Raises
-        :class:`QueueFull` past ``max_queue_length`` (default: the server's)."""
+        :class:`QueueFull` past ``max_queue_length`` (default: the server's). With an
+        ``idempotency_key`` used before, answers with that job (``replayed`` true) or raises
+        :class:`IdempotencyConflict`."""
         app_path, _, _ = split_app_id(path)
         now = time.time()
         new = NewJob(
@@ -248,17 +283,25 @@ class QueueSurface:
             base_url=base,
             webhook_url=webhook,
             start_deadline=None if timeout_s is None else now + timeout_s,
+            idempotency_key=idempotency_key,
+            fingerprint="" if idempotency_key is None else fingerprint(path, data, priority, webhook),
         )
         limit = self.max_queue_length if max_queue_length is None else max_queue_length
         job, position = await self.jobs.submit(new, limit)
-        self.dispatcher.submitted(job.app_key, job.start_deadline)
-        return {
-            "status": "IN_QUEUE",
+        replayed = job.id != new.id
+        if not replayed:
+            self.dispatcher.submitted(job.app_key, job.start_deadline)
+        body: dict[str, Any] = {
+            "status": str(job.status),
             "request_id": job.id,
             "gateway_request_id": job.id,
-            **_urls(new.base_url, job),
-            "queue_position": position,
+            **_urls(job.base_url, job),
         }
+        if job.status == JobStatus.IN_QUEUE:
+            body["queue_position"] = position
+        if replayed:
+            body["replayed"] = True
+        return body
 
     # -- request-specific ----------------------------------------------------------------------
 

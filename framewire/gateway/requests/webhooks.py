@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from starlette.routing import BaseRoute, Route
 from framewire.gateway.requests.addresses import refusal
 from framewire.gateway.requests.job_store import Delivery, JobStore
 from framewire.gateway.requests.outcomes import Outcome
+from framewire.gateway.storage.store import create_once
 
 log = logging.getLogger("framewire.webhooks")
 
@@ -56,18 +56,20 @@ def _b64url(data: bytes) -> str:
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    """The server's Ed25519 key, kept in ``path`` (PEM, 0600, created on first use)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    """The server's Ed25519 key, kept in ``path`` (PEM, 0600, created on first use).
+
+    Edges sharing a data dir start with the same key (:func:`~framewire.gateway.storage.store.create_once`);
+    ValueError when the file holds another kind of key."""
+
+    def generate() -> bytes:
+        return Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    pem = create_once(path, generate, lambda data: data.startswith(b"-----BEGIN"))
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
 
 

@@ -20,7 +20,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -73,18 +73,51 @@ def valid_key(file_id: str, name: str) -> bool:
     return bool(_ID.match(file_id) and _NAME.match(name))
 
 
-def load_secret(path: Path) -> bytes:
-    """A 32-byte server secret kept in ``path`` (created 0600 on first use)."""
+def create_once(path: Path, make: Callable[[], bytes], valid: Callable[[bytes], bool]) -> bytes:
+    """The contents of ``path``, created (0600) from ``make()`` when it is missing or not ``valid``.
+
+    Safe when several processes start at once on one shared folder (edges sharing a data
+    dir): each writes a temp file and links it into place; the first link wins and the
+    others read the winner's, so all of them end up with the same contents.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         data = path.read_bytes()
-        if len(data) >= 32:
+        if valid(data):
             return data
-    data = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        data = make()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            existing = path.read_bytes()
+            if valid(existing):
+                return existing
+            os.replace(tmp, path)  # a broken file (e.g. cut short by a crash): replace it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return data
+
+
+def load_secret(path: Path) -> bytes:
+    """A 32-byte server secret kept in ``path`` (created 0600 on first use, see :func:`create_once`)."""
+    return create_once(path, lambda: secrets.token_bytes(32), lambda data: len(data) >= 32)
+
+
+#: Marks a files folder with a random id, so edges can tell they share one (:func:`folder_id`).
+FOLDER_ID = ".framewire-folder-id"
+
+
+def folder_id(root: Path) -> str:
+    """The random id of a files folder (created on first use; the same for every process using that folder)."""
+    raw = create_once(root / FOLDER_ID, lambda: secrets.token_hex(16).encode(), lambda data: len(data.strip()) == 32)
+    return raw.decode().strip()
 
 
 class UrlSigner:

@@ -415,7 +415,8 @@ class RedisJobStore:
             raise ValueError("the claim lease must be > 0 seconds")
         self.conn = conn
         self.consumer = consumer
-        self.claim_lease_s = claim_lease_s
+        self.lease_s = claim_lease_s
+        self.claim_lease_s: float | None = claim_lease_s  # the JobStore attribute: claims here do lapse
         self.reclaim_interval_s = reclaim_interval_s if reclaim_interval_s is not None else min(1.0, claim_lease_s / 4)
         self.idempotency_ttl_s = idempotency_ttl_s
         self.delivery_lease_s = delivery_lease_s
@@ -555,7 +556,7 @@ class RedisJobStore:
             limit,
             repr(now),
             "1" if due else "0",
-            int(self.claim_lease_s * 1000),
+            int(self.lease_s * 1000),
             self.conn.key("job", ""),
             self.channel,
             app_key,
