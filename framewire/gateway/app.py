@@ -52,6 +52,7 @@ from framewire.gateway.mcp.surface import McpSurface
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import usage as usage_mod
 from framewire.gateway.platform.admin import AdminRoutes
+from framewire.gateway.platform.apps import AppsRoutes
 from framewire.gateway.platform.auth import Authenticator, KeyVerifier, StaticKeys, TokenIssuer
 from framewire.gateway.platform.catalog import CatalogRoutes
 from framewire.gateway.platform.health import HealthRoutes
@@ -302,6 +303,7 @@ def create_gateway(
         *HealthRoutes(engine, state, metrics, usage, jobs, conn).routes(),
         *CatalogRoutes(engine, auth).routes(),
         *AdminRoutes(engine, auth, key_store, usage).routes(),
+        *AppsRoutes(engine, auth, jobs).routes(),
         *TokenRoutes(engine, auth).routes(),
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
