@@ -68,11 +68,40 @@ def test_the_sd15_and_sdxl_configs_build_the_real_models(arch: str, unet_params:
     assert out.shape == (2, 4, 64, 64)
 
 
-def test_no_weights_means_tiny_random_weights_built_once_into_the_cache(tmp_path: Path) -> None:
-    folder, random = weights.resolve(None, family="sdxl", cache_dir=tmp_path)
-    again, _ = weights.resolve(None, family="sdxl", cache_dir=tmp_path)
-    assert random and folder == again and folder.is_relative_to(tmp_path)
-    assert (folder / "model_index.json").is_file() and (folder / "text_encoder_2").is_dir()
+def test_random_weights_are_built_once_into_the_cache(tmp_path: Path) -> None:
+    found = weights.resolve("random", family="sdxl", cache_dir=tmp_path, app="sdxl-turbo")
+    again = weights.resolve("random", family="sdxl", cache_dir=tmp_path)
+    assert found.random and found.folder == again.folder and found.folder.is_relative_to(tmp_path)
+    assert (found.folder / "model_index.json").is_file() and (found.folder / "text_encoder_2").is_dir()
+    assert "--weights random" in found.reason and "without --weights random" in found.fix
+
+
+def test_default_weights_unreachable_fall_back_to_random_saying_why_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    found = weights.resolve(None, family="sd15", cache_dir=tmp_path, app="lcm")
+    assert found.random and found.source == "tiny random weights"
+    assert "SimianLuo/LCM_Dreamshaper_v7" in found.reason and "HF_HUB_OFFLINE=1" in found.reason
+    assert "framewire pull lcm" in found.fix and "hf download SimianLuo/LCM_Dreamshaper_v7" in found.fix
+    offline = weights.resolve(None, family="sd15", cache_dir=tmp_path, app="lcm", offline=True)
+    assert offline.random and "--offline" in offline.reason
+
+
+def test_default_weights_in_the_cache_are_real_and_need_no_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from tests.engine import hub_layouts
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = "stabilityai/sdxl-turbo"
+    snapshot = hub_layouts.install_in_cache(hub_layouts.write_repo(repo, tmp_path / "turbo"), repo, tmp_path / "hub")
+    found = weights.resolve(None, family="sdxl", cache_dir=tmp_path, app="sdxl-turbo", offline=True)
+    assert not found.random and found.folder == snapshot and found.source == repo and found.variant == "fp16"
 
 
 def test_bad_weights_specs_fail_with_a_message_naming_the_fix(tmp_path: Path) -> None:
@@ -83,11 +112,15 @@ def test_bad_weights_specs_fail_with_a_message_naming_the_fix(tmp_path: Path) ->
         weights.resolve(str(tmp_path / "empty"), family="sd15", cache_dir=tmp_path)
 
 
-def test_a_hub_id_offline_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_named_hub_repo_offline_fails_with_what_to_do_never_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(weights.WeightsError) as info:
         weights.resolve("someone/not-downloaded", family="sd15", cache_dir=tmp_path, app="lcm")
-    assert "--weights lcm=DIR" in str(info.value) and "framewire pull lcm" in str(info.value)
+    message = str(info.value)
+    assert "--weights lcm=DIR" in message and "framewire pull lcm" in message
+    assert "hf download someone/not-downloaded" in message and "huggingface-cli" not in message
 
 
 def test_framewire_pull_offline_exits_with_a_clear_message(tmp_path: Path) -> None:
