@@ -481,22 +481,30 @@ class DiffusionRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def warmup(self, sizes: Sequence[tuple[int, int]], *, img2img: bool = True) -> float:
-        """Run each (size, bucket) once so compiled graphs exist before serving; returns seconds."""
+    def warmup(self, sizes: Sequence[tuple[int, int]], *, img2img: bool = True, cfg: bool = False) -> float:
+        """Run every graph a request can hit once, so that none compiles while a user waits.
+
+        Per size and batch bucket: text-to-image (UNet step, VAE decoder), image-to-image
+        (the VAE encoder too) and, with ``cfg``, a guidance scale above 1 (the step with its
+        doubled, unconditional half). Every bucket with a static-shape backend or on CUDA;
+        eager on the CPU has no graphs, and one bucket warms its kernels. Returns seconds.
+        """
         started = time.perf_counter()
-        modes = ("txt2img", "img2img") if img2img else ("txt2img",)
+        passes = [("txt2img", False)]
+        if img2img:
+            passes.append(("img2img", False))
+        if cfg:
+            passes.append(("txt2img", True))
+        buckets = self.config.batch_buckets if self.backend.static_shapes or self.device.type == "cuda" else (1,)
         for width, height in sizes:
             blank = np.full((height, width, 3), 127, np.uint8)
-            for mode in modes:
-                buckets = (
-                    self.config.batch_buckets if self.backend.static_shapes or self.device.type == "cuda" else (1,)
+            for mode, guided in passes:
+                strength = 1.0 if mode == "txt2img" else 0.5
+                probe = Sample(
+                    prompt="", seed=0, steps=1, strength=strength, guidance_scale=2.0 if guided else 1.0, image=blank
                 )
+                key = BatchKey(mode, width, height, self.sampler.steps_for(1, strength, mode == "img2img"), cfg=guided)
                 for bucket in buckets:
-                    steps = 1
-                    strength = 1.0 if mode == "txt2img" else 0.5
-                    probe = Sample(prompt="", seed=0, steps=steps, strength=strength, image=blank)
-                    actual = self.sampler.steps_for(steps, strength, mode == "img2img")
-                    key = BatchKey(mode, width, height, actual)
                     self.generate(key, [probe] * bucket)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -102,7 +102,7 @@ class DiffusionApp(App):
         self.runner = DiffusionRunner(self.family, self.config, app=self.app_name, scheduler=self.scheduler)
         self._lcm = self.runner.sampler.lcm
         sizes = self.config.warmup_sizes or (self.default_size,)
-        warm_s = self.runner.warmup(sizes)
+        warm_s = self.runner.warmup(sizes, cfg=self.uses_cfg)
         log.info(
             "%s ready in %.1f s (%s on %s, %s, warm-up %.1f s over %s)",
             self.app_id,
