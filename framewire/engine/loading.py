@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,15 +162,28 @@ def load_pipeline(
 
 
 def fuse_loras(pipe: Any, loras: list[tuple[str, float, Path]], app: str) -> None:
-    """Fuse each LoRA into the pipeline's weights at its scale, then drop the adapters."""
-    names = [f"lora{i}" for i in range(len(loras))]
-    with quiet_loading():
-        for name, (source, _, path) in zip(names, loras, strict=True):
+    """Fuse each LoRA into the pipeline's weights at its scale, then drop the adapters.
+
+    LoRA deltas add, so one file given twice is fused once at the sum of its scales.
+    """
+    scales: dict[Path, float] = {}
+    sources: dict[Path, str] = {}
+    for source, scale, path in loras:
+        key = path.resolve()
+        scales[key] = scales.get(key, 0.0) + scale
+        sources.setdefault(key, source)
+    names = [f"lora{i}" for i in range(len(scales))]
+    with quiet_loading(), warnings.catch_warnings():
+        # peft warns when a second adapter joins a model: several LoRAs are the point here.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+        for name, path in zip(names, scales, strict=True):
             try:
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             except (ValueError, KeyError, RuntimeError) as exc:
-                raise weights_mod.WeightsError(f"--lora {source}: cannot apply it to {app}'s weights ({exc})") from None
-        pipe.set_adapters(names, adapter_weights=[scale for _, scale, _ in loras])
+                raise weights_mod.WeightsError(
+                    f"--lora {sources[path]}: cannot apply it to {app}'s weights ({type(exc).__name__}: {exc})"
+                ) from None
+        pipe.set_adapters(names, adapter_weights=list(scales.values()))
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
         pipe.unload_lora_weights()
     log.info("%s: fused %s", app, ", ".join(f"{source} (scale {scale:g})" for source, scale, _ in loras))
