@@ -229,37 +229,47 @@ def _hub_error(repo: str, exc: Exception) -> WeightsError:
     return HubUnavailable(f"cannot reach {endpoint()} ({first_line})")
 
 
-def hub_listing(repo: str, timeout_s: float) -> tuple[str, dict[str, int | None]]:
-    """The commit of ``repo``'s main revision and its files with sizes, asked within ``timeout_s``."""
+def hub_listing(repo: str, timeout_s: float) -> dict[str, int | None]:
+    """The files of ``repo``'s main revision with their sizes, asked within ``timeout_s``."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HTTPError
 
     try:
         info = _within(
-            lambda: HfApi().model_info(repo, files_metadata=True, timeout=timeout_s), timeout_s, f"listing {repo}"
+            lambda: HfApi().model_info(repo, files_metadata=True, timeout=timeout_s),
+            timeout_s,
+            f"listing {repo}",
         )
     except (HTTPError, OSError) as exc:
         raise _hub_error(repo, exc) from None
-    listing = {s.rfilename: s.size for s in info.siblings or ()}
-    return str(info.sha), listing
+    return {s.rfilename: s.size for s in info.siblings or ()}
+
+
+def cached_snapshot(repo: str) -> Path | None:
+    """The Hugging Face cache's snapshot folder of ``repo``'s main revision, if one is recorded.
+
+    Read from the cache's documented layout (``models--OWNER--NAME/refs/main`` names the
+    commit, ``snapshots/COMMIT/`` holds the files), so that a snapshot holding only the
+    files a plan needs counts as complete: huggingface_hub's own offline lookup wants all.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    try:
+        commit = (root / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    return root / "snapshots" / commit if commit else None
 
 
 def _local_plan(
     repo: str, layout: Layout, components: Collection[str], filename: str | None, local_dir: Path | None
 ) -> tuple[Path, FilePlan] | None:
     """A complete local copy of the plan's files (the cache's snapshot, or ``local_dir``), if any."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    if local_dir is not None:
-        folder = local_dir
-        if not folder.is_dir():
-            return None
-    else:
-        try:
-            folder = Path(snapshot_download(repo, local_files_only=True))
-        except (LocalEntryNotFoundError, OSError, ValueError):  # nothing cached, or a broken cache entry
-            return None
+    folder = local_dir if local_dir is not None else cached_snapshot(repo)
+    if folder is None or not folder.is_dir():
+        return None
     try:
         return folder, plan_files(local_listing(folder), layout, components=components, filename=filename, repo=repo)
     except WeightsError:  # an incomplete copy: fetch what is missing
@@ -295,7 +305,7 @@ def fetch(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HTTPError
 
-    sha, listing = hub_listing(repo, timeout_s)
+    listing = hub_listing(repo, timeout_s)
     plan = plan_files(listing, layout, components=components, filename=filename, repo=repo)
     precision = "fp16 variant" if plan.variant else "no fp16 variant in the repo: float32 files"
     log.info(
@@ -308,7 +318,8 @@ def fetch(
         local_dir or cache_location(),
     )
     try:
-        folder = snapshot_download(repo, revision=sha, allow_patterns=list(plan.files), local_dir=local_dir)
+        # main (not the listed commit): then the cache records main, and later starts find it offline.
+        folder = snapshot_download(repo, allow_patterns=list(plan.files), local_dir=local_dir)
     except (HTTPError, OSError) as exc:
         raise _hub_error(repo, exc) from None
     return Path(folder), plan

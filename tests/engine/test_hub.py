@@ -12,7 +12,7 @@ import pytest
 
 from framewire.engine import hub
 from framewire.engine.hub import PIPELINE_COMPONENTS, Layout, WeightsError, plan_files
-from tests.engine import hub_layouts
+from tests.engine import fake_hub, hub_layouts
 
 GB = 1e9
 
@@ -200,3 +200,44 @@ def test_offline_mode_never_asks_the_hub(hub_cache: Path, silent_hub: str) -> No
     with pytest.raises(hub.HubUnavailable, match="--offline"):
         hub.fetch("madebyollin/taesd", Layout.MODEL, offline=True, timeout_s=30.0)
     assert time.monotonic() - started < 1.0  # a request to the silent Hub would wait 30 s
+
+
+@pytest.fixture
+def fake_hub_at(hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[fake_hub.FakeHub]:
+    """The tiny layouts served by a local Hub; huggingface_hub pointed at it, online."""
+    from huggingface_hub import constants
+
+    repos = ("stabilityai/sdxl-turbo", "madebyollin/taesdxl", "latent-consistency/lcm-lora-sdxl")
+    folders = {repo: hub_layouts.write_repo(repo, tmp_path / "src" / repo.replace("/", "--")) for repo in repos}
+    commits = {repo: hub_layouts.LISTINGS[repo]["commit"] for repo in repos}
+    with fake_hub.serve(folders, commits) as (served, url):
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        yield served
+
+
+def test_a_download_fetches_the_planned_files_only_and_states_the_size_first(
+    fake_hub_at: fake_hub.FakeHub, hub_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = "stabilityai/sdxl-turbo"
+    with caplog.at_level("INFO", logger="framewire.engine"):
+        folder, plan = hub.fetch(repo, Layout.PIPELINE, components=PIPELINE_COMPONENTS["sdxl"], label="sdxl-turbo")
+    downloaded = {d.removeprefix(repo + "/") for d in fake_hub_at.downloads}
+    assert downloaded <= set(plan.files) and plan.variant == "fp16"
+    assert set(plan.files) <= set(hub.local_listing(folder))  # complete (identical blobs are fetched once)
+    assert not any(d.endswith(("model.safetensors", "diffusion_pytorch_model.safetensors")) for d in downloaded)
+    announce = [r.getMessage() for r in caplog.records if "downloading" in r.getMessage()]
+    assert announce and f"{len(plan.files)} files, {plan.size_text} (fp16 variant)" in announce[0]
+    assert folder.is_relative_to(hub_cache)
+
+    fake_hub_at.downloads.clear()
+    asked = len(fake_hub_at.listings)
+    again, _ = hub.fetch(repo, Layout.PIPELINE, components=PIPELINE_COMPONENTS["sdxl"], timeout_s=0.5)
+    assert again == folder and not fake_hub_at.downloads and len(fake_hub_at.listings) == asked  # the cache alone
+
+
+def test_an_unknown_repo_is_an_error_saying_so_not_an_unreachable_hub(fake_hub_at: fake_hub.FakeHub) -> None:
+    with pytest.raises(WeightsError, match="does not exist") as info:
+        hub.fetch("nobody/nothing", Layout.MODEL)
+    assert not isinstance(info.value, hub.HubUnavailable)

@@ -137,6 +137,42 @@ def test_framewire_pull_offline_exits_with_a_clear_message(tmp_path: Path) -> No
     assert "SimianLuo/LCM_Dreamshaper_v7" in done.stderr and "--weights lcm=DIR" in done.stderr
 
 
+def test_framewire_pull_fetches_weights_tiny_vae_and_loras_then_serves_from_the_cache(tmp_path: Path) -> None:
+    """`framewire pull` against a local Hub: the plan's files, the size first, a progress bar,
+    and the start command; a second pull with the Hub gone finds everything in the cache."""
+    from tests.engine import fake_hub, hub_layouts
+
+    repos = ("stabilityai/sdxl-turbo", "madebyollin/taesdxl", "latent-consistency/lcm-lora-sdxl")
+    folders = {repo: hub_layouts.write_repo(repo, tmp_path / "src" / repo.replace("/", "--")) for repo in repos}
+    commits = {repo: hub_layouts.LISTINGS[repo]["commit"] for repo in repos}
+    cmd = [
+        sys.executable,
+        "-m",
+        "framewire.cli",
+        "pull",
+        "sdxl-turbo",
+        "--lora",
+        "latent-consistency/lcm-lora-sdxl:0.9",
+    ]
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    with fake_hub.serve(folders, commits) as (served, url):
+        done = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, env={**env, "HF_ENDPOINT": url}, timeout=180
+        )
+    assert done.returncode == 0, done.stderr
+    assert "downloading stabilityai/sdxl-turbo: 18 files" in done.stderr and "(fp16 variant)" in done.stderr
+    assert "Fetching 18 files" in done.stderr  # huggingface_hub's progress bar
+    assert {d.split("/", 2)[0] + "/" + d.split("/", 2)[1] for d in served.downloads} == set(repos)
+    assert (
+        "start with: framewire serve --tiny-vae --lora sdxl-turbo=latent-consistency/lcm-lora-sdxl:0.9" in done.stdout
+    )
+    again = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=180
+    )
+    assert again.returncode == 0, again.stderr
+    assert "downloading" not in again.stderr
+
+
 def test_framewire_init_weights_writes_a_loadable_folder(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "framewire.cli", "init-weights", "--arch", "tiny-sdxl", str(tmp_path / "w")],
