@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, AppError, Progress
+from framewire.engine.api import App, AppError, Progress, WeightsInfo
 from framewire.engine.config import DiffusionConfig
 from framewire.engine.media import (
     Image,
@@ -113,6 +113,17 @@ class DiffusionApp(App):
             warm_s,
             ", ".join(f"{w}x{h}" for w, h in sizes),
         )
+
+    def weights_info(self) -> WeightsInfo | None:
+        loaded = self.runner.loaded if self.runner is not None else None
+        if loaded is None:
+            return None
+        got = loaded.resolved
+        loras = tuple(f"{source}:{scale:g}" for source, scale, _ in loaded.loras)
+        reason = got.reason
+        if loaded.skipped_loras:
+            reason += f" (LoRAs not fused into random weights: {', '.join(loaded.skipped_loras)})"
+        return WeightsInfo("random" if got.random else "real", got.source, reason, got.fix, loras)
 
     def teardown(self) -> None:
         if self.runner is not None:
