@@ -144,7 +144,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from framewire.engine.host import LocalEngine
-    from framewire.gateway.app import create_app
+    from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
     from framewire.gateway.platform.metrics import Metrics
 
@@ -157,9 +157,9 @@ def serve(settings: Settings) -> None:
         max_batch_size_cap=settings.max_batch_size,
         on_batch=metrics.on_batch,
     )
-    app = create_app(settings, engine, metrics=metrics)
+    gateway = create_gateway(settings, engine, metrics=metrics)
     config = uvicorn.Config(
-        app,
+        gateway.app,
         log_level=settings.log_level,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
@@ -179,7 +179,7 @@ def serve(settings: Settings) -> None:
         + (" with auth" if settings.auth else " without auth"),
         flush=True,
     )
-    DrainingServer(config, app.state.framewire, settings.shutdown_timeout_s).run(sockets=sockets)
+    DrainingServer(config, gateway.drain, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

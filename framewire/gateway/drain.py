@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
 
 from framewire.gateway.realtime.protocol import CloseCode
-from framewire.gateway.resources import Resources
+from framewire.gateway.requests.dispatcher import Dispatcher
+from framewire.gateway.state import ServerState
 
 log = logging.getLogger("framewire.drain")
 
@@ -36,34 +38,38 @@ log = logging.getLogger("framewire.drain")
 RESERVE_S = 2.0
 
 
-async def drain(res: Resources, timeout_s: float) -> None:
+async def drain(state: ServerState, dispatcher: Dispatcher, timeout_s: float) -> None:
     """Steps 1-3 of the module docstring; returns within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    res.draining = True
-    sessions = list(res.sessions)
+    state.draining = True
+    sessions = list(state.sessions)
     log.info("draining: %d realtime sessions open, readiness off", len(sessions))
     wait_s = max(0.0, timeout_s / 2)
     closing = [
         asyncio.create_task(s.shutdown(CloseCode.GOING_AWAY, "server shutting down; reconnect", wait_s=wait_s))
         for s in sessions
     ]
-    stopping = asyncio.create_task(res.dispatcher.stop(max(0.1, timeout_s - RESERVE_S)))
+    stopping = asyncio.create_task(dispatcher.stop(max(0.1, timeout_s - RESERVE_S)))
     done, pending = await asyncio.wait([*closing, stopping], timeout=max(0.1, deadline - time.monotonic()))
     for task in pending:
         task.cancel()
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             log.error("drain step failed", exc_info=task.exception())
-    res.queue_stopped = True  # status streams of jobs that stay queued end now
+    state.queue_stopped = True  # status streams of jobs that stay queued end now
     log.info("drained in %.2f s", timeout_s - max(0.0, deadline - time.monotonic()))
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server with :func:`drain` between the first signal and the shutdown."""
+    """uvicorn's server with a drain between the first signal and the shutdown.
 
-    def __init__(self, config: uvicorn.Config, res: Resources, timeout_s: float) -> None:
+    ``drain(timeout_s)`` is the app's (:meth:`framewire.gateway.app.Gateway.drain`): it
+    must return within ``timeout_s``.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[float], Awaitable[None]], timeout_s: float) -> None:
         super().__init__(config)
-        self.res = res
+        self.drain = drain
         self.timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -89,7 +95,7 @@ class DrainingServer(uvicorn.Server):
     async def _run(self) -> None:
         started = time.monotonic()
         try:
-            await drain(self.res, max(0.1, self.timeout_s - RESERVE_S))
+            await self.drain(max(0.1, self.timeout_s - RESERVE_S))
         finally:
             left = self.timeout_s - (time.monotonic() - started)
             self.config.timeout_graceful_shutdown = max(1, int(left))

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from framewire.gateway.db import Database, DatabaseClosed, Migration
-from framewire.gateway.requests.jobs import (
+from framewire.gateway.requests.job_store import (
     MIGRATIONS,
     CancelResult,
     JobStatus,
     NewJob,
-    Outcome,
     Priority,
     QueueFull,
     SqliteJobStore,
 )
+from framewire.gateway.requests.outcomes import Outcome
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from framewire.engine.apps.echo import EchoApp
 from framewire.engine.host import LocalEngine
 from framewire.gateway.app import create_app
 from framewire.gateway.platform.auth import Principal
-from framewire.gateway.requests.outputs import OutputFinaliser, data_uri, sniff_content_type
+from framewire.gateway.requests.finaliser import OutputFinaliser, data_uri, sniff_content_type
+from framewire.gateway.requests.surfaces import is_queue
 from framewire.gateway.settings import Settings
 from framewire.gateway.storage.store import FileStore
-from framewire.gateway.surface import is_queue
 from tests.gateway.queue_apps import PNG_HEADER, ImageApp, SteppingApp
 
 

@@ -205,7 +205,7 @@ async def test_webhooks_to_private_addresses_are_refused_unless_allowed(tmp_path
             assert unknown.status_code == 400 and "cannot resolve" in unknown.json()["detail"]
 
     # Delivery checks again (a name's answer may change after the submit): no request is sent.
-    from framewire.gateway.requests.jobs import Delivery
+    from framewire.gateway.requests.job_store import Delivery
     from framewire.gateway.requests.webhooks import WebhookDeliverer, WebhookSigner, load_signing_key
 
     signer = WebhookSigner(load_signing_key(tmp_path / "webhook_ed25519.pem"))

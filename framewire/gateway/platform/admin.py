@@ -27,13 +27,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from framewire.engine.api import split_app_id
-from framewire.gateway import responses
-from framewire.gateway.platform.auth import AuthError, Limits, Principal, scope_matches
-from framewire.gateway.platform.keys import NewKey, valid_key_id
-from framewire.gateway.platform.usage import UsageQuery, parse_time, report_json
+from framewire.engine.api import EngineClient, split_app_id
+from framewire.gateway import http
+from framewire.gateway.platform.auth import Authenticator, AuthError, Limits, Principal, scope_matches
+from framewire.gateway.platform.keys import KeyStore, NewKey, valid_key_id
+from framewire.gateway.platform.usage import UsageMeter, UsageQuery, parse_time, report_json
 from framewire.gateway.realtime import protocol
-from framewire.gateway.resources import Resources
 
 #: The window ``GET /v1/usage`` covers when ``start`` is not given.
 DEFAULT_WINDOW_S = 24 * 3600.0
@@ -54,152 +53,145 @@ class KeyBody(BaseModel):
     limits: LimitsBody | None = None
 
 
-def _res(request: Request) -> Resources:
-    res: Resources = request.app.state.framewire
-    return res
-
-
-def _caller(request: Request, res: Resources, *, admin: bool) -> Principal | Response:
-    try:
-        principal = res.auth.request(request.headers)
-    except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
-    if admin and res.auth.enabled and not principal.admin:
-        return responses.error(403, "this needs an admin key (create one with `framewire keys create --admin`)")
-    return principal
-
-
 async def _body(request: Request) -> KeyBody | Response:
     try:
         data = json.loads(await request.body() or b"{}")
     except json.JSONDecodeError as exc:
-        return responses.error(400, f"body is not valid JSON ({exc})")
+        return http.error(400, f"body is not valid JSON ({exc})")
     try:
         return KeyBody.model_validate(data)
     except ValidationError as exc:
         return JSONResponse({"detail": protocol.validation_detail(exc)}, status_code=422)
 
 
-def _unknown_apps(res: Resources, apps: list[str] | None) -> Response | None:
-    registry = res.engine.registry
-    names = [registry.names_of(app) for app in registry]
-    for i, app in enumerate(apps or ()):
-        if not any(scope_matches([app], n) for n in names):
-            return JSONResponse(
-                {"detail": [{"loc": ["body", "apps", i], "msg": f"no app named {app!r}", "type": "value_error"}]},
-                status_code=422,
-            )
-    return None
-
-
-async def create_key(request: Request) -> Response:
-    res = _res(request)
-    caller = _caller(request, res, admin=True)
-    if isinstance(caller, Response):
-        return caller
-    body = await _body(request)
-    if isinstance(body, Response):
-        return body
-    unknown = _unknown_apps(res, body.apps)
-    if unknown is not None:
-        return unknown
-    limits = Limits(**body.limits.model_dump()) if body.limits is not None else Limits()
-    new = NewKey(body.name, None if body.apps is None else tuple(body.apps), body.admin, limits)
-    record, key = await res.keys.create(new)
-    return JSONResponse({**record.to_json(), "key": key}, status_code=201)
-
-
-async def list_keys(request: Request) -> Response:
-    res = _res(request)
-    caller = _caller(request, res, admin=True)
-    if isinstance(caller, Response):
-        return caller
-    revoked = request.query_params.get("revoked", "").lower() in ("1", "true", "yes")
-    records = await res.keys.list(include_revoked=revoked)
-    return JSONResponse({"keys": [r.to_json() for r in records]})
-
-
 def _not_found(key_id: str) -> Response:
-    return responses.error(404, f"no key with id {key_id!r}")
+    return http.error(404, f"no key with id {key_id!r}")
 
 
-async def key_endpoint(request: Request) -> Response:
-    res = _res(request)
-    caller = _caller(request, res, admin=True)
-    if isinstance(caller, Response):
-        return caller
-    key_id = request.path_params["key_id"]
-    if not valid_key_id(key_id):
-        return _not_found(key_id)
-    if request.method == "GET":
-        record = await res.keys.get(key_id)
-    elif request.method == "DELETE":
-        record = await res.keys.revoke(key_id)
-    else:
+class AdminRoutes:
+    """``/v1/keys`` and ``/v1/usage``; see the module docstring."""
+
+    def __init__(self, engine: EngineClient, auth: Authenticator, keys: KeyStore, usage: UsageMeter) -> None:
+        self.engine = engine
+        self.auth = auth
+        self.keys = keys
+        self.usage = usage
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/keys", self.list_keys, methods=["GET"]),
+            Route("/v1/keys", self.create_key, methods=["POST"]),
+            Route("/v1/keys/{key_id}", self.key_endpoint, methods=["GET", "PATCH", "DELETE"]),
+            Route("/v1/usage", self.usage_report, methods=["GET"]),
+        ]
+
+    def _caller(self, request: Request, *, admin: bool) -> Principal | Response:
+        try:
+            principal = self.auth.request(request.headers)
+        except AuthError as exc:
+            return http.error(exc.status, exc.reason)
+        if admin and self.auth.enabled and not principal.admin:
+            return http.error(403, "this needs an admin key (create one with `framewire keys create --admin`)")
+        return principal
+
+    def _unknown_apps(self, apps: list[str] | None) -> Response | None:
+        registry = self.engine.registry
+        names = [registry.names_of(app) for app in registry]
+        for i, app in enumerate(apps or ()):
+            if not any(scope_matches([app], n) for n in names):
+                return JSONResponse(
+                    {"detail": [{"loc": ["body", "apps", i], "msg": f"no app named {app!r}", "type": "value_error"}]},
+                    status_code=422,
+                )
+        return None
+
+    async def create_key(self, request: Request) -> Response:
+        caller = self._caller(request, admin=True)
+        if isinstance(caller, Response):
+            return caller
         body = await _body(request)
         if isinstance(body, Response):
             return body
-        unknown = _unknown_apps(res, body.apps)
+        unknown = self._unknown_apps(body.apps)
         if unknown is not None:
             return unknown
-        changes: dict[str, Any] = {k: getattr(body, k) for k in body.model_fields_set if k != "limits"}
-        if body.limits is not None:
-            changes.update({k: getattr(body.limits, k) for k in body.limits.model_fields_set})
-        elif "limits" in body.model_fields_set:  # "limits": null clears every limit
-            changes.update(requests_per_s=None, max_sessions=None, frames_per_s=None)
+        limits = Limits(**body.limits.model_dump()) if body.limits is not None else Limits()
+        new = NewKey(body.name, None if body.apps is None else tuple(body.apps), body.admin, limits)
+        record, key = await self.keys.create(new)
+        return JSONResponse({**record.to_json(), "key": key}, status_code=201)
+
+    async def list_keys(self, request: Request) -> Response:
+        caller = self._caller(request, admin=True)
+        if isinstance(caller, Response):
+            return caller
+        revoked = request.query_params.get("revoked", "").lower() in ("1", "true", "yes")
+        records = await self.keys.list(include_revoked=revoked)
+        return JSONResponse({"keys": [r.to_json() for r in records]})
+
+    async def key_endpoint(self, request: Request) -> Response:
+        caller = self._caller(request, admin=True)
+        if isinstance(caller, Response):
+            return caller
+        key_id = request.path_params["key_id"]
+        if not valid_key_id(key_id):
+            return _not_found(key_id)
+        if request.method == "GET":
+            record = await self.keys.get(key_id)
+        elif request.method == "DELETE":
+            record = await self.keys.revoke(key_id)
+        else:
+            body = await _body(request)
+            if isinstance(body, Response):
+                return body
+            unknown = self._unknown_apps(body.apps)
+            if unknown is not None:
+                return unknown
+            changes: dict[str, Any] = {k: getattr(body, k) for k in body.model_fields_set if k != "limits"}
+            if body.limits is not None:
+                changes.update({k: getattr(body.limits, k) for k in body.limits.model_fields_set})
+            elif "limits" in body.model_fields_set:  # "limits": null clears every limit
+                changes.update(requests_per_s=None, max_sessions=None, frames_per_s=None)
+            try:
+                record = await self.keys.update(key_id, changes)
+            except LookupError as exc:
+                return http.error(409, str(exc))
+            except ValueError as exc:
+                return http.error(422, str(exc))
+        if record is None:
+            return _not_found(key_id)
+        return JSONResponse(record.to_json())
+
+    def _app_id(self, name: str) -> str:
+        """The app id usage is recorded under for a name the caller gives (id, alias id or bare alias)."""
+        registry = self.engine.registry
         try:
-            record = await res.keys.update(key_id, changes)
-        except LookupError as exc:
-            return responses.error(409, str(exc))
+            app = registry.get(split_app_id(name)[0])
+        except ValueError:
+            app = next((a for a in registry if scope_matches([name], registry.names_of(a))), None)
+        return app.app_id if app is not None else name
+
+    async def usage_report(self, request: Request) -> Response:
+        caller = self._caller(request, admin=False)
+        if isinstance(caller, Response):
+            return caller
+        q = request.query_params
+        key_id = q.get("key_id")
+        if self.auth.enabled and not caller.admin:
+            if key_id is not None and key_id != caller.key_id:
+                return http.error(403, "a key that is not an admin key can only read its own usage")
+            key_id = caller.key_id
+        app = q.get("app") or q.get("endpoint_id")
+        try:
+            end = parse_time(q["end"], "end") if q.get("end") else None
+            start = parse_time(q["start"], "start") if q.get("start") else (end or time.time()) - DEFAULT_WINDOW_S
+            query = UsageQuery(
+                key_id=key_id,
+                app=None if app is None else self._app_id(app),
+                start=start,
+                end=end,
+                granularity=q.get("granularity") or q.get("timeframe") or "hour",
+            )
         except ValueError as exc:
-            return responses.error(422, str(exc))
-    if record is None:
-        return _not_found(key_id)
-    return JSONResponse(record.to_json())
-
-
-def _app_id(res: Resources, name: str) -> str:
-    """The app id usage is recorded under for a name the caller gives (id, alias id or bare alias)."""
-    registry = res.engine.registry
-    try:
-        app = registry.get(split_app_id(name)[0])
-    except ValueError:
-        app = next((a for a in registry if scope_matches([name], registry.names_of(a))), None)
-    return app.app_id if app is not None else name
-
-
-async def usage(request: Request) -> Response:
-    res = _res(request)
-    caller = _caller(request, res, admin=False)
-    if isinstance(caller, Response):
-        return caller
-    q = request.query_params
-    key_id = q.get("key_id")
-    if res.auth.enabled and not caller.admin:
-        if key_id is not None and key_id != caller.key_id:
-            return responses.error(403, "a key that is not an admin key can only read its own usage")
-        key_id = caller.key_id
-    app = q.get("app") or q.get("endpoint_id")
-    try:
-        end = parse_time(q["end"], "end") if q.get("end") else None
-        start = parse_time(q["start"], "start") if q.get("start") else (end or time.time()) - DEFAULT_WINDOW_S
-        query = UsageQuery(
-            key_id=key_id,
-            app=None if app is None else _app_id(res, app),
-            start=start,
-            end=end,
-            granularity=q.get("granularity") or q.get("timeframe") or "hour",
-        )
-    except ValueError as exc:
-        return responses.error(422, str(exc))
-    rows = await res.usage.query(query)
-    return JSONResponse(report_json(query, rows))
-
-
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/v1/keys", list_keys, methods=["GET"]),
-        Route("/v1/keys", create_key, methods=["POST"]),
-        Route("/v1/keys/{key_id}", key_endpoint, methods=["GET", "PATCH", "DELETE"]),
-        Route("/v1/usage", usage, methods=["GET"]),
-    ]
+            return http.error(422, str(exc))
+        rows = await self.usage.query(query)
+        return JSONResponse(report_json(query, rows))

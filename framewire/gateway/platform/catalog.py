@@ -25,11 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from framewire.engine.api import App, AppRegistry, Endpoint, split_app_id
-from framewire.gateway import responses
-from framewire.gateway.platform.auth import AuthError, Principal
-from framewire.gateway.resources import Resources
-from framewire.gateway.surface import base_url
+from framewire.engine.api import App, AppRegistry, Endpoint, EngineClient, split_app_id
+from framewire.gateway import http
+from framewire.gateway.http import base_url
+from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 
 log = logging.getLogger("framewire.catalog")
 
@@ -251,72 +250,67 @@ def openapi_document(app: App, registry: AppRegistry) -> dict[str, Any]:
     }
 
 
-def _principal(request: Request, res: Resources) -> Principal:
-    return res.auth.request(request.headers, request.query_params.get("fal_jwt_token"))
+class CatalogRoutes:
+    """``/models`` and each app's description and OpenAPI document; see the module docstring."""
 
+    def __init__(self, engine: EngineClient, auth: Authenticator) -> None:
+        self.engine = engine
+        self.auth = auth
 
-def _visible(res: Resources, principal: Principal) -> list[App]:
-    registry = res.engine.registry
-    return [app for app in registry if principal.may_use(registry.names_of(app))]
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/models", self.list_models, methods=["GET"]),
+            Route("/models/{app_id:path}/openapi.json", self.openapi, methods=["GET"]),
+            Route("/models/{app_id:path}", self.get_model, methods=["GET"]),
+        ]
 
+    def _principal(self, request: Request) -> Principal:
+        return self.auth.request(request.headers, request.query_params.get("fal_jwt_token"))
 
-def _requested_app(request: Request) -> App | Response:
-    """The app named in the path, if the caller's credentials may use it; else the error response."""
-    res: Resources = request.app.state.framewire
-    try:
-        principal = _principal(request, res)
-    except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
-    name = request.path_params["app_id"].strip("/")
-    registry = res.engine.registry
-    try:
-        base, _, sub = split_app_id(name)
-    except ValueError:
-        base, sub = name, ""
-    app = None if sub else registry.get(base)
-    if app is None:
-        return responses.error(404, f"no model named {name!r}; GET /models lists them")
-    if not principal.may_use(registry.names_of(app)):
-        return responses.error(403, f"credentials are not valid for {name!r}")
-    return app
-
-
-async def list_models(request: Request) -> Response:
-    res: Resources = request.app.state.framewire
-    try:
-        principal = _principal(request, res)
-    except AuthError as exc:
-        return responses.error(exc.status, exc.reason)
-    registry = res.engine.registry
-    return JSONResponse({"models": [describe(app, registry) for app in _visible(res, principal)]})
-
-
-async def get_model(request: Request) -> Response:
-    found = _requested_app(request)
-    if isinstance(found, Response):
-        return found
-    return JSONResponse(describe(found, request.app.state.framewire.engine.registry))
-
-
-async def openapi(request: Request) -> Response:
-    res: Resources = request.app.state.framewire
-    found = _requested_app(request)
-    if isinstance(found, Response):
-        return found
-    document = _documents.get(found)
-    if document is None:
+    def _requested_app(self, request: Request) -> App | Response:
+        """The app named in the path, if the caller's credentials may use it; else the error response."""
         try:
-            document = await asyncio.to_thread(openapi_document, found, res.engine.registry)
-        except (PydanticUserError, TypeError, ValueError) as exc:
-            log.exception("cannot generate the OpenAPI document of %s", found.app_id)
-            return responses.error(500, f"cannot describe {found.app_id}: {exc}", error_type="internal_error")
-        _documents[found] = document
-    return JSONResponse({**document, "servers": [{"url": base_url(request)}]})
+            principal = self._principal(request)
+        except AuthError as exc:
+            return http.error(exc.status, exc.reason)
+        name = request.path_params["app_id"].strip("/")
+        registry = self.engine.registry
+        try:
+            base, _, sub = split_app_id(name)
+        except ValueError:
+            base, sub = name, ""
+        app = None if sub else registry.get(base)
+        if app is None:
+            return http.error(404, f"no model named {name!r}; GET /models lists them")
+        if not principal.may_use(registry.names_of(app)):
+            return http.error(403, f"credentials are not valid for {name!r}")
+        return app
 
+    async def list_models(self, request: Request) -> Response:
+        try:
+            principal = self._principal(request)
+        except AuthError as exc:
+            return http.error(exc.status, exc.reason)
+        registry = self.engine.registry
+        visible = [app for app in registry if principal.may_use(registry.names_of(app))]
+        return JSONResponse({"models": [describe(app, registry) for app in visible]})
 
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/models", list_models, methods=["GET"]),
-        Route("/models/{app_id:path}/openapi.json", openapi, methods=["GET"]),
-        Route("/models/{app_id:path}", get_model, methods=["GET"]),
-    ]
+    async def get_model(self, request: Request) -> Response:
+        found = self._requested_app(request)
+        if isinstance(found, Response):
+            return found
+        return JSONResponse(describe(found, self.engine.registry))
+
+    async def openapi(self, request: Request) -> Response:
+        found = self._requested_app(request)
+        if isinstance(found, Response):
+            return found
+        document = _documents.get(found)
+        if document is None:
+            try:
+                document = await asyncio.to_thread(openapi_document, found, self.engine.registry)
+            except (PydanticUserError, TypeError, ValueError) as exc:
+                log.exception("cannot generate the OpenAPI document of %s", found.app_id)
+                return http.error(500, f"cannot describe {found.app_id}: {exc}", error_type="internal_error")
+            _documents[found] = document
+        return JSONResponse({**document, "servers": [{"url": base_url(request)}]})

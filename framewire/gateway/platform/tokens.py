@@ -11,10 +11,11 @@ import json
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
-from framewire.gateway.platform.auth import AuthError, scope_matches
+from framewire.engine.api import EngineClient
+from framewire.gateway.platform.auth import Authenticator, AuthError, scope_matches
 from framewire.gateway.realtime import protocol
-from framewire.gateway.resources import Resources
 
 
 class TokenRequest(BaseModel):
@@ -22,36 +23,44 @@ class TokenRequest(BaseModel):
     token_expiration: int = Field(120, ge=1)
 
 
-def _names_of_all(res: Resources) -> list[list[str]]:
-    registry = res.engine.registry
-    return [registry.names_of(app) for app in registry]
+class TokenRoutes:
+    """``POST /tokens/`` (and ``/tokens``); see the module docstring."""
 
+    def __init__(self, engine: EngineClient, auth: Authenticator) -> None:
+        self.engine = engine
+        self.auth = auth
 
-async def create_token(request: Request) -> JSONResponse:
-    res: Resources = request.app.state.framewire
-    try:
-        principal = res.auth.request(request.headers)
-    except AuthError as exc:
-        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
-    try:
-        body = json.loads(await request.body() or b"null")
-        req = TokenRequest.model_validate(body)
-    except json.JSONDecodeError as exc:
-        return JSONResponse({"detail": f"body is not valid JSON: {exc}"}, status_code=400)
-    except ValidationError as exc:
-        return JSONResponse({"detail": protocol.validation_detail(exc)}, status_code=422)
-    limit = res.auth.tokens.max_expiration_s
-    if req.token_expiration > limit:
-        return JSONResponse(
-            {"detail": f"token_expiration must be at most {limit} seconds, got {req.token_expiration}"},
-            status_code=422,
-        )
-    apps = _names_of_all(res)
-    for i, name in enumerate(req.allowed_apps):
-        names = next((n for n in apps if scope_matches([name], n)), None)
-        if names is None:
-            return JSONResponse({"detail": f"allowed_apps[{i}]: no app named {name!r}"}, status_code=422)
-        if not principal.may_use(names):
-            return JSONResponse({"detail": f"this key may not use {name!r}"}, status_code=403)
-    token = res.auth.tokens.issue(principal, req.allowed_apps, req.token_expiration)
-    return JSONResponse(token)
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/tokens/", self.create_token, methods=["POST"]),
+            Route("/tokens", self.create_token, methods=["POST"]),
+        ]
+
+    async def create_token(self, request: Request) -> JSONResponse:
+        try:
+            principal = self.auth.request(request.headers)
+        except AuthError as exc:
+            return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+        try:
+            body = json.loads(await request.body() or b"null")
+            req = TokenRequest.model_validate(body)
+        except json.JSONDecodeError as exc:
+            return JSONResponse({"detail": f"body is not valid JSON: {exc}"}, status_code=400)
+        except ValidationError as exc:
+            return JSONResponse({"detail": protocol.validation_detail(exc)}, status_code=422)
+        limit = self.auth.tokens.max_expiration_s
+        if req.token_expiration > limit:
+            return JSONResponse(
+                {"detail": f"token_expiration must be at most {limit} seconds, got {req.token_expiration}"},
+                status_code=422,
+            )
+        registry = self.engine.registry
+        apps = [registry.names_of(app) for app in registry]
+        for i, name in enumerate(req.allowed_apps):
+            names = next((n for n in apps if scope_matches([name], n)), None)
+            if names is None:
+                return JSONResponse({"detail": f"allowed_apps[{i}]: no app named {name!r}"}, status_code=422)
+            if not principal.may_use(names):
+                return JSONResponse({"detail": f"this key may not use {name!r}"}, status_code=403)
+        token = self.auth.tokens.issue(principal, req.allowed_apps, req.token_expiration)
+        return JSONResponse(token)

@@ -11,21 +11,27 @@ status, can show the reason too.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
 
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from framewire.engine.api import DEFAULT_BUFFERING, Endpoint
+from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineClient
+from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
-from framewire.gateway.platform.auth import AuthError, Principal, origin_allowed
+from framewire.gateway.platform.auth import Authenticator, AuthError, Principal, origin_allowed
+from framewire.gateway.platform.limits import Limiter
+from framewire.gateway.platform.metering import Meter
+from framewire.gateway.platform.metrics import Metrics
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
 from framewire.gateway.realtime.session import RealtimeSession
-from framewire.gateway.resources import Resources
-from framewire.gateway.surface import base_url
+from framewire.gateway.requests.finaliser import OutputFinaliser
+from framewire.gateway.state import ServerState
 
 log = logging.getLogger("framewire.realtime")
 
@@ -34,107 +40,168 @@ log = logging.getLogger("framewire.realtime")
 RETRY_AFTER_MS = 1000
 
 
-async def _refuse(ws: WebSocket, code: str, reason: str, close_code: int, **extra: object) -> None:
-    res: Resources = ws.app.state.framewire
-    res.metrics.sessions_refused.labels(str(code)).inc()
-    await ws.send_text(protocol.error_message(code, reason, **extra))
-    await ws.close(close_code, reason[:120])
+class RealtimeEndpoint:
+    """The realtime WebSocket routes; see the module docstring.
 
+    Open sessions are kept in ``state.sessions`` so the drain and the lifespan can close
+    them; :meth:`close_revoked_sessions` is the key store's change listener.
+    """
 
-async def realtime_endpoint(ws: WebSocket) -> None:
-    res: Resources = ws.app.state.framewire
-    settings = res.settings
-    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins):
-        detail = f"origin {ws.headers.get('origin')!r} is not allowed"
-        if "websocket.http.response" in ws.scope.get("extensions", {}):
-            await ws.send_denial_response(JSONResponse({"detail": detail}, status_code=403))
-        else:
-            await ws.close(1008, detail)
-        return
-    await ws.accept()
-    app_path = ws.path_params.get("app_path", "")
-    try:
-        principal = res.auth.request(ws.headers, ws.query_params.get("fal_jwt_token"))
+    def __init__(
+        self,
+        engine: EngineClient,
+        auth: Authenticator,
+        limiter: Limiter,
+        meter: Meter,
+        metrics: Metrics,
+        finaliser: OutputFinaliser,
+        state: ServerState,
+        *,
+        allowed_origins: tuple[str, ...],
+        max_frame_bytes: int,
+    ) -> None:
+        self.engine = engine
+        self.auth = auth
+        self.limiter = limiter
+        self.meter = meter
+        self.metrics = metrics
+        self.finaliser = finaliser
+        self.state = state
+        self.allowed_origins = allowed_origins
+        self.max_frame_bytes = max_frame_bytes
+        self._closing: set[asyncio.Future[None]] = set()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            WebSocketRoute("/{app_path:path}/realtime", self.connect),
+            WebSocketRoute("/{app_path:path}/ws", self.connect),
+            WebSocketRoute("/{path:path}", self.unknown),
+        ]
+
+    async def _refuse(self, ws: WebSocket, code: str, reason: str, close_code: int, **extra: object) -> None:
+        self.metrics.sessions_refused.labels(str(code)).inc()
+        await ws.send_text(protocol.error_message(code, reason, **extra))
+        await ws.close(close_code, reason[:120])
+
+    async def connect(self, ws: WebSocket) -> None:
+        """A client opens a session: check it, then run it until either side closes."""
+        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), self.allowed_origins):
+            detail = f"origin {ws.headers.get('origin')!r} is not allowed"
+            if "websocket.http.response" in ws.scope.get("extensions", {}):
+                await ws.send_denial_response(JSONResponse({"detail": detail}, status_code=403))
+            else:
+                await ws.close(1008, detail)
+            return
+        await ws.accept()
+        app_path = ws.path_params.get("app_path", "")
+        registry = self.engine.registry
         try:
-            endpoint = res.engine.registry.resolve(app_path, realtime=True)
-        except (LookupError, ValueError) as exc:
-            raise ProtocolError(ErrorCode.NOT_FOUND, exc.args[0] if exc.args else str(exc)) from None
-        res.auth.check_app(principal, res.engine.registry.names_of(endpoint.app))
-        max_buffering = protocol.parse_max_buffering(ws.query_params.get("max_buffering"))
-    except AuthError as exc:
-        close = CloseCode.UNAUTHORIZED if exc.status == 401 else CloseCode.FORBIDDEN
-        await _refuse(ws, exc.code, exc.reason, close)
-        return
-    except ProtocolError as exc:
-        close = CloseCode.NOT_FOUND if exc.code == ErrorCode.NOT_FOUND else CloseCode.BAD_REQUEST
-        await _refuse(ws, exc.code, exc.reason, close)
-        return
-    if not res.engine.ready or res.draining:
-        reason = "the server is shutting down; reconnect" if res.draining else "the server is not ready; retry shortly"
-        await _refuse(
-            ws, ErrorCode.ENGINE_UNAVAILABLE, reason, CloseCode.TRY_AGAIN_LATER, retry_after_ms=RETRY_AFTER_MS
-        )
-        return
-    if not res.limiter.open_session(principal):
-        res.metrics.rate_limited.labels("sessions").inc()
-        limit = principal.limits.max_sessions
-        await _refuse(
+            principal = self.auth.request(ws.headers, ws.query_params.get("fal_jwt_token"))
+            try:
+                endpoint = registry.resolve(app_path, realtime=True)
+            except (LookupError, ValueError) as exc:
+                raise ProtocolError(ErrorCode.NOT_FOUND, exc.args[0] if exc.args else str(exc)) from None
+            self.auth.check_app(principal, registry.names_of(endpoint.app))
+            max_buffering = protocol.parse_max_buffering(ws.query_params.get("max_buffering"))
+        except AuthError as exc:
+            close = CloseCode.UNAUTHORIZED if exc.status == 401 else CloseCode.FORBIDDEN
+            await self._refuse(ws, exc.code, exc.reason, close)
+            return
+        except ProtocolError as exc:
+            close = CloseCode.NOT_FOUND if exc.code == ErrorCode.NOT_FOUND else CloseCode.BAD_REQUEST
+            await self._refuse(ws, exc.code, exc.reason, close)
+            return
+        draining = self.state.draining
+        if not self.engine.ready or draining:
+            reason = "the server is shutting down; reconnect" if draining else "the server is not ready; retry shortly"
+            await self._refuse(
+                ws, ErrorCode.ENGINE_UNAVAILABLE, reason, CloseCode.TRY_AGAIN_LATER, retry_after_ms=RETRY_AFTER_MS
+            )
+            return
+        if not self.limiter.open_session(principal):
+            self.metrics.rate_limited.labels("sessions").inc()
+            limit = principal.limits.max_sessions
+            await self._refuse(
+                ws,
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"this key may have {limit} realtime session{'s' if limit != 1 else ''} open at once; close one first",
+                CloseCode.TOO_MANY_SESSIONS,
+            )
+            return
+        try:
+            await self._run_session(ws, principal, endpoint, max_buffering)
+        finally:
+            self.limiter.close_session(principal)
+
+    async def _run_session(
+        self, ws: WebSocket, principal: Principal, endpoint: Endpoint, max_buffering: int | None
+    ) -> None:
+        app_id = endpoint.app.app_id
+        session_id = uuid.uuid4().hex
+        logs.session_id.set(session_id)
+        capacity = max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
+        session = RealtimeSession(
             ws,
-            ErrorCode.TOO_MANY_SESSIONS,
-            f"this key may have {limit} realtime session{'s' if limit != 1 else ''} open at once; close one first",
-            CloseCode.TOO_MANY_SESSIONS,
+            endpoint,
+            self.engine,
+            capacity=capacity,
+            session_timeout_s=endpoint.spec.session_timeout_s,
+            max_frame_bytes=self.max_frame_bytes,
+            store_files=functools.partial(self.finaliser.for_realtime_blocking, base_url=base_url(ws)),
+            meter=self.meter.session(principal, app_id),
         )
-        return
-    try:
-        await _run_session(ws, res, principal, endpoint, max_buffering)
-    finally:
-        res.limiter.close_session(principal)
+        self.state.sessions.add(session)
+        open_gauge = self.metrics.sessions_open.labels(app_id)
+        open_gauge.inc()
+        self.metrics.sessions_opened.labels(app_id).inc()
+        log.info("session opened: %s by key %s", endpoint.key, principal.key_id)
+        try:
+            stats = await session.run()
+        finally:
+            self.state.sessions.discard(session)
+            open_gauge.dec()
+        log.info(
+            "session closed: %s in=%d out=%d dropped=%d errors=%d",
+            endpoint.key,
+            stats.frames_in,
+            stats.frames_out,
+            stats.frames_dropped,
+            stats.errors,
+        )
 
+    async def unknown(self, ws: WebSocket) -> None:
+        """Any other WebSocket path: say which paths exist."""
+        await ws.accept()
+        await self._refuse(
+            ws,
+            ErrorCode.NOT_FOUND,
+            f"no WebSocket endpoint at {ws.url.path!r}; use /{{owner}}/{{alias}}/realtime",
+            CloseCode.NOT_FOUND,
+        )
 
-async def _run_session(
-    ws: WebSocket, res: Resources, principal: Principal, endpoint: Endpoint, max_buffering: int | None
-) -> None:
-    settings = res.settings
-    app_id = endpoint.app.app_id
-    session_id = uuid.uuid4().hex
-    logs.session_id.set(session_id)
-    capacity = max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
-    session = RealtimeSession(
-        ws,
-        endpoint,
-        res.engine,
-        capacity=capacity,
-        session_timeout_s=endpoint.spec.session_timeout_s,
-        max_frame_bytes=settings.max_frame_bytes,
-        store_files=functools.partial(res.finaliser.for_realtime_blocking, base_url=base_url(ws)),
-        meter=res.meter.session(principal, app_id),
-    )
-    res.sessions.add(session)
-    open_gauge = res.metrics.sessions_open.labels(app_id)
-    open_gauge.inc()
-    res.metrics.sessions_opened.labels(app_id).inc()
-    log.info("session opened: %s by key %s", endpoint.key, principal.key_id)
-    try:
-        stats = await session.run()
-    finally:
-        res.sessions.discard(session)
-        open_gauge.dec()
-    log.info(
-        "session closed: %s in=%d out=%d dropped=%d errors=%d",
-        endpoint.key,
-        stats.frames_in,
-        stats.frames_out,
-        stats.frames_dropped,
-        stats.errors,
-    )
-
-
-async def unknown_websocket(ws: WebSocket) -> None:
-    """Any other WebSocket path: say which paths exist."""
-    await ws.accept()
-    await _refuse(
-        ws,
-        ErrorCode.NOT_FOUND,
-        f"no WebSocket endpoint at {ws.url.path!r}; use /{{owner}}/{{alias}}/realtime",
-        CloseCode.NOT_FOUND,
-    )
+    def close_revoked_sessions(self) -> None:
+        """Key changes reach open sessions too: a revoked key's close with 4401, and sessions
+        of apps its key may no longer use with 4403. Runs on the event loop after each reload
+        of the key store."""
+        if not self.auth.enabled:
+            return
+        registry = self.engine.registry
+        for session in list(self.state.sessions):
+            key_id = session.meter.key_id
+            if not key_id:
+                continue
+            key = self.auth.subject(key_id)
+            if key is None:
+                close, error, reason = CloseCode.UNAUTHORIZED, ErrorCode.UNAUTHORIZED, "API key revoked"
+            elif not key.may_use(registry.names_of(session.endpoint.app)):
+                close, error, reason = (
+                    CloseCode.FORBIDDEN,
+                    ErrorCode.FORBIDDEN,
+                    "the API key may no longer use this app",
+                )
+            else:
+                continue
+            log.info("closing a realtime session of key %s: %s", key_id, reason)
+            task = asyncio.ensure_future(session.shutdown(close, reason, error=(error, reason)))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)

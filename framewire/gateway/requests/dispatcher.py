@@ -20,17 +20,23 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 from pydantic import ValidationError
 
-from framewire.engine.api import EngineClient, EngineUnavailable, FrameResult
-from framewire.gateway import responses
+from framewire.engine.api import EngineClient
 from framewire.gateway.platform.usage import count_outputs
 from framewire.gateway.realtime import protocol
+from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
-from framewire.gateway.requests.jobs import Job, JobStore, LogEntry, Outcome
-from framewire.gateway.requests.outputs import OutputFinaliser, merge_timings
+from framewire.gateway.requests.job_store import Job, JobStore, LogEntry
+from framewire.gateway.requests.outcomes import (
+    EngineGone,
+    Outcome,
+    cancelled_outcome,
+    disconnected_outcome,
+    run_outcome,
+    timeout_outcome,
+)
 from framewire.gateway.requests.webhooks import webhook_body
 from framewire.gateway.storage.store import FileStore
 
@@ -39,29 +45,6 @@ log = logging.getLogger("framewire.queue")
 SWEEP_INTERVAL_S = 1.0
 PURGE_INTERVAL_S = 600.0
 MAX_IDLE_S = 1.0
-
-
-def cancelled_outcome() -> Outcome:
-    return Outcome(
-        {"detail": "Request was cancelled", "error_type": "request_cancelled"},
-        499,
-        "Request was cancelled",
-        "request_cancelled",
-    )
-
-
-def timeout_outcome(timeout_s: float | None) -> Outcome:
-    reason = "Request timed out" + (f" (it did not start within {timeout_s:g} s)" if timeout_s else "")
-    return Outcome({"detail": reason, "error_type": "request_timeout"}, 504, reason, "request_timeout")
-
-
-def disconnected_outcome(attempts: int) -> Outcome:
-    reason = f"Runner disconnected: the server stopped during each of {attempts} runs of this request"
-    return Outcome({"detail": reason, "error_type": "runner_disconnected"}, 503, reason, "runner_disconnected")
-
-
-class EngineGone(Exception):
-    """The engine went away under the job: put it back in the queue."""
 
 
 class JobEvents:
@@ -82,23 +65,6 @@ class JobEvents:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await event.wait()
-
-
-async def run_outcome(result: FrameResult, inp: Any, finaliser: OutputFinaliser, base_url: str) -> Outcome:
-    """The outcome of one engine call, its output finalised for the JSON surfaces."""
-    metrics = {
-        "inference_time": round(result.inference_ms / 1000.0, 6),
-        "queue_time": round(result.queue_ms / 1000.0, 6),
-    }
-    if result.error is not None:
-        if isinstance(result.error, EngineUnavailable):
-            raise EngineGone(result.error.reason)
-        status, body = responses.app_error_body(result.error)
-        return Outcome(body, status, result.error.reason, body["error_type"], metrics)
-    assert result.output is not None
-    output = merge_timings(result.output.model_dump(), result)
-    body = await finaliser.to_json(output, sync_mode=bool(getattr(inp, "sync_mode", False)), base_url=base_url)
-    return Outcome(body, 200, None, None, metrics)
 
 
 class Dispatcher:

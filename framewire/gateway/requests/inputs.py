@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel
 
 from framewire.gateway.requests.addresses import refusal
-from framewire.gateway.requests.outputs import data_uri
+from framewire.gateway.requests.finaliser import data_uri
 from framewire.gateway.storage.store import FileStore
 
 _MAX_REDIRECTS = 5

@@ -37,9 +37,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
 from framewire.gateway.requests.addresses import refusal
-from framewire.gateway.requests.jobs import Delivery, JobStore, Outcome
+from framewire.gateway.requests.job_store import Delivery, JobStore
+from framewire.gateway.requests.outcomes import Outcome
 
 log = logging.getLogger("framewire.webhooks")
 
@@ -240,6 +242,14 @@ class WebhookDeliverer:
         return f"HTTP {response.status_code}"
 
 
-async def jwks(request: Request) -> JSONResponse:
-    signer: WebhookSigner = request.app.state.framewire.webhook_signer
-    return JSONResponse(signer.jwks(), headers={"Cache-Control": "public, max-age=3600"})
+class JwksRoutes:
+    """``GET /.well-known/jwks.json``: the public key receivers verify ``x-fal-webhook-signature`` with."""
+
+    def __init__(self, signer: WebhookSigner) -> None:
+        self.signer = signer
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/.well-known/jwks.json", self.jwks, methods=["GET"])]
+
+    async def jwks(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=3600"})

@@ -28,11 +28,18 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from framewire.gateway import responses
-from framewire.gateway.platform.auth import AuthError, Principal
-from framewire.gateway.resources import Resources
-from framewire.gateway.storage.store import FileTooLarge, UploadError, new_id, safe_name, valid_key
-from framewire.gateway.surface import base_url
+from framewire.gateway import http
+from framewire.gateway.http import base_url
+from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
+from framewire.gateway.storage.store import (
+    FileStore,
+    FileTooLarge,
+    UploadError,
+    UrlSigner,
+    new_id,
+    safe_name,
+    valid_key,
+)
 
 STORAGE_AUDIENCE = "framewire:storage"
 STORAGE_TOKEN_TTL_S = 3600
@@ -55,11 +62,6 @@ class CompleteRequest(BaseModel):
     parts: list[PartRef] = Field(min_length=1, max_length=10_000)
 
 
-def _res(request: Request) -> Resources:
-    res: Resources = request.app.state.framewire
-    return res
-
-
 def _lifecycle_ttl(request: Request) -> float | None:
     """Seconds to keep the file, from fal's object-lifecycle headers (None: server default)."""
     for header in ("x-fal-object-lifecycle", "x-fal-object-lifecycle-preference"):
@@ -79,57 +81,14 @@ def _lifecycle_ttl(request: Request) -> float | None:
     return None
 
 
-def _principal(request: Request) -> Principal:
-    """A key/token as anywhere else, or a storage token from ``/storage/auth/token``."""
-    res = _res(request)
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if res.auth.enabled and scheme.lower() == "bearer" and value.strip():
-        try:
-            claims = jwt.decode(value.strip(), res.storage_secret, algorithms=["HS256"], audience=STORAGE_AUDIENCE)
-        except jwt.InvalidTokenError:
-            pass  # maybe a realtime token: let the authenticator decide
-        else:
-            key = res.auth.subject(str(claims["sub"]))
-            if key is None:  # revoking a key ends its storage tokens too
-                raise AuthError(401, "the key this token was issued for has been revoked")
-            return Principal(key.key_id, limits=key.limits)
-    return res.auth.request(request.headers)
-
-
 def _auth_error(exc: AuthError) -> JSONResponse:
-    return responses.error(exc.status, exc.reason)
+    return http.error(exc.status, exc.reason)
 
 
 async def _read_json(request: Request, model: type[BaseModel]) -> Any:
     raw = await request.body()
-    data = responses.json_body(raw)
+    data = http.json_body(raw)
     return model.model_validate(data)
-
-
-def _signed_query(res: Resources, kind: str, file_id: str, name: str, content_type: str, ttl: float | None) -> str:
-    expires = int(time.time()) + res.settings.upload_url_expiration_s
-    ttl_text = "" if ttl is None else str(int(ttl))
-    signature = res.signer.sign(kind, file_id, name, content_type, ttl_text, str(expires))
-    return urlencode({"content_type": content_type, "ttl": ttl_text, "expires": str(expires), "signature": signature})
-
-
-def _check_signature(request: Request, kind: str, file_id: str, name: str) -> tuple[str, float | None]:
-    """Verify a signed upload URL; returns (content type, ttl). Raises PermissionError."""
-    q = request.query_params
-    content_type, ttl_text, expires, signature = (
-        q.get("content_type", ""),
-        q.get("ttl", ""),
-        q.get("expires", ""),
-        q.get("signature", ""),
-    )
-    if not (expires.isdigit() and signature):
-        raise PermissionError("the upload URL is not signed")
-    if not _res(request).signer.verify(signature, kind, file_id, name, content_type, ttl_text, expires):
-        raise PermissionError("the upload URL's signature does not match")
-    if int(expires) < time.time():
-        raise PermissionError("the upload URL has expired; initiate the upload again")
-    return content_type, (float(ttl_text) if ttl_text else None)
 
 
 async def _receive_into(request: Request, temp: IO[bytes], limit: int) -> tuple[int, str]:
@@ -159,240 +118,281 @@ async def _receive_into(request: Request, temp: IO[bytes], limit: int) -> tuple[
     return size, md5.hexdigest()
 
 
-async def _store_body(
-    request: Request, file_id: str, name: str, content_type: str, ttl: float | None
-) -> Response | None:
-    """Write the body as file ``file_id/name``; returns an error response or None."""
-    files = _res(request).files
-    temp = await asyncio.to_thread(files.open_temp)
-    try:
-        await _receive_into(request, temp, files.max_bytes)
-        await asyncio.to_thread(files.publish_temp, temp, file_id, name, content_type, ttl)
-    except FileTooLarge as exc:
-        await asyncio.to_thread(files.discard, temp)
-        return responses.error(413, str(exc), error_type="file_too_large")
-    except BaseException:
-        await asyncio.to_thread(files.discard, temp)
-        raise
-    return None
+class StorageRoutes:
+    """The storage and file endpoints; see the module docstring.
 
+    ``secret`` signs storage tokens (HS256); ``signer`` signs upload URLs.
+    """
 
-# -- signed-URL uploads (JS client, Python "fal" fallback) ------------------------------
+    def __init__(
+        self,
+        auth: Authenticator,
+        files: FileStore,
+        signer: UrlSigner,
+        secret: bytes,
+        *,
+        upload_url_expiration_s: int,
+    ) -> None:
+        self.auth = auth
+        self.files = files
+        self.signer = signer
+        self.secret = secret
+        self.upload_url_expiration_s = upload_url_expiration_s
 
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/storage/upload/initiate", self.initiate, methods=["POST"]),
+            Route("/storage/upload/initiate-multipart", self.initiate_multipart, methods=["POST"]),
+            Route("/storage/upload/multipart/{file_id}/{name}/complete", self.signed_complete, methods=["POST"]),
+            Route("/storage/upload/multipart/{file_id}/{name}/{part:int}", self.signed_part, methods=["PUT"]),
+            Route("/storage/upload/{file_id}/{name}", self.signed_put, methods=["PUT"]),
+            Route("/storage/auth/token", self.auth_token, methods=["POST"]),
+            Route("/files/upload", self.direct_upload, methods=["POST"]),
+            Route("/files/upload/multipart", self.direct_multipart, methods=["POST"]),
+            Route("/files/{file_id}/{name}/multipart/{upload_id}/complete", self.direct_complete, methods=["POST"]),
+            Route("/files/{file_id}/{name}/multipart/{upload_id}/{part:int}", self.direct_part, methods=["PUT"]),
+            Route("/files/{file_id}/{name}", self.serve_file, methods=["GET", "HEAD"]),
+        ]
 
-async def initiate(request: Request) -> Response:
-    return await _initiate(request, multipart=False)
+    def _principal(self, request: Request) -> Principal:
+        """A key/token as anywhere else, or a storage token from ``/storage/auth/token``."""
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if self.auth.enabled and scheme.lower() == "bearer" and value.strip():
+            try:
+                claims = jwt.decode(value.strip(), self.secret, algorithms=["HS256"], audience=STORAGE_AUDIENCE)
+            except jwt.InvalidTokenError:
+                pass  # maybe a realtime token: let the authenticator decide
+            else:
+                key = self.auth.subject(str(claims["sub"]))
+                if key is None:  # revoking a key ends its storage tokens too
+                    raise AuthError(401, "the key this token was issued for has been revoked")
+                return Principal(key.key_id, limits=key.limits)
+        return self.auth.request(request.headers)
 
+    def _signed_query(self, kind: str, file_id: str, name: str, content_type: str, ttl: float | None) -> str:
+        expires = int(time.time()) + self.upload_url_expiration_s
+        ttl_text = "" if ttl is None else str(int(ttl))
+        signature = self.signer.sign(kind, file_id, name, content_type, ttl_text, str(expires))
+        return urlencode(
+            {"content_type": content_type, "ttl": ttl_text, "expires": str(expires), "signature": signature}
+        )
 
-async def initiate_multipart(request: Request) -> Response:
-    return await _initiate(request, multipart=True)
+    def _check_signature(self, request: Request, kind: str, file_id: str, name: str) -> tuple[str, float | None]:
+        """Verify a signed upload URL; returns (content type, ttl). Raises PermissionError."""
+        q = request.query_params
+        content_type, ttl_text, expires, signature = (
+            q.get("content_type", ""),
+            q.get("ttl", ""),
+            q.get("expires", ""),
+            q.get("signature", ""),
+        )
+        if not (expires.isdigit() and signature):
+            raise PermissionError("the upload URL is not signed")
+        if not self.signer.verify(signature, kind, file_id, name, content_type, ttl_text, expires):
+            raise PermissionError("the upload URL's signature does not match")
+        if int(expires) < time.time():
+            raise PermissionError("the upload URL has expired; initiate the upload again")
+        return content_type, (float(ttl_text) if ttl_text else None)
 
+    async def _store_body(
+        self, request: Request, file_id: str, name: str, content_type: str, ttl: float | None
+    ) -> Response | None:
+        """Write the body as file ``file_id/name``; returns an error response or None."""
+        files = self.files
+        temp = await asyncio.to_thread(files.open_temp)
+        try:
+            await _receive_into(request, temp, files.max_bytes)
+            await asyncio.to_thread(files.publish_temp, temp, file_id, name, content_type, ttl)
+        except FileTooLarge as exc:
+            await asyncio.to_thread(files.discard, temp)
+            return http.error(413, str(exc), error_type="file_too_large")
+        except BaseException:
+            await asyncio.to_thread(files.discard, temp)
+            raise
+        return None
 
-async def _initiate(request: Request, *, multipart: bool) -> Response:
-    res = _res(request)
-    try:
-        _principal(request)
-        body = await _read_json(request, InitiateRequest)
-        ttl = _lifecycle_ttl(request)
-    except AuthError as exc:
-        return _auth_error(exc)
-    except ValidationError as exc:
-        return responses.validation_error(exc)
-    except ValueError as exc:
-        return responses.error(400, str(exc))
-    file_id, name = new_id(), safe_name(body.file_name, body.content_type)
-    base = base_url(request)
-    kind = "multipart" if multipart else "put"
-    query = _signed_query(res, kind, file_id, name, body.content_type, ttl)
-    if multipart:
-        await asyncio.to_thread(res.files.begin_multipart, file_id, name, body.content_type, ttl)
-        upload_url = f"{base}/storage/upload/multipart/{file_id}/{name}?{query}"
-    else:
-        upload_url = f"{base}/storage/upload/{file_id}/{name}?{query}"
-    return JSONResponse({"upload_url": upload_url, "file_url": f"{base}/files/{file_id}/{name}"})
+    # -- signed-URL uploads (JS client, Python "fal" fallback) ------------------------------
 
+    async def initiate(self, request: Request) -> Response:
+        return await self._initiate(request, multipart=False)
 
-async def signed_put(request: Request) -> Response:
-    file_id, name = request.path_params["file_id"], request.path_params["name"]
-    if not valid_key(file_id, name):
-        return responses.error(404, "no such upload")
-    try:
-        content_type, ttl = _check_signature(request, "put", file_id, name)
-    except PermissionError as exc:
-        return responses.error(403, str(exc))
-    content_type = request.headers.get("content-type") or content_type or DEFAULT_CONTENT_TYPE
-    failed = await _store_body(request, file_id, name, content_type, ttl)
-    return failed or JSONResponse({})
+    async def initiate_multipart(self, request: Request) -> Response:
+        return await self._initiate(request, multipart=True)
 
+    async def _initiate(self, request: Request, *, multipart: bool) -> Response:
+        try:
+            self._principal(request)
+            body = await _read_json(request, InitiateRequest)
+            ttl = _lifecycle_ttl(request)
+        except AuthError as exc:
+            return _auth_error(exc)
+        except ValidationError as exc:
+            return http.validation_error(exc)
+        except ValueError as exc:
+            return http.error(400, str(exc))
+        file_id, name = new_id(), safe_name(body.file_name, body.content_type)
+        base = base_url(request)
+        kind = "multipart" if multipart else "put"
+        query = self._signed_query(kind, file_id, name, body.content_type, ttl)
+        if multipart:
+            await asyncio.to_thread(self.files.begin_multipart, file_id, name, body.content_type, ttl)
+            upload_url = f"{base}/storage/upload/multipart/{file_id}/{name}?{query}"
+        else:
+            upload_url = f"{base}/storage/upload/{file_id}/{name}?{query}"
+        return JSONResponse({"upload_url": upload_url, "file_url": f"{base}/files/{file_id}/{name}"})
 
-async def signed_part(request: Request) -> Response:
-    file_id, name = request.path_params["file_id"], request.path_params["name"]
-    part = int(request.path_params["part"])
-    if not valid_key(file_id, name) or not 1 <= part <= 10_000:
-        return responses.error(404, "no such upload part")
-    try:
-        _check_signature(request, "multipart", file_id, name)
-    except PermissionError as exc:
-        return responses.error(403, str(exc))
-    return await _put_part(request, file_id, part)
+    async def signed_put(self, request: Request) -> Response:
+        file_id, name = request.path_params["file_id"], request.path_params["name"]
+        if not valid_key(file_id, name):
+            return http.error(404, "no such upload")
+        try:
+            content_type, ttl = self._check_signature(request, "put", file_id, name)
+        except PermissionError as exc:
+            return http.error(403, str(exc))
+        content_type = request.headers.get("content-type") or content_type or DEFAULT_CONTENT_TYPE
+        failed = await self._store_body(request, file_id, name, content_type, ttl)
+        return failed or JSONResponse({})
 
+    async def signed_part(self, request: Request) -> Response:
+        file_id, name = request.path_params["file_id"], request.path_params["name"]
+        part = int(request.path_params["part"])
+        if not valid_key(file_id, name) or not 1 <= part <= 10_000:
+            return http.error(404, "no such upload part")
+        try:
+            self._check_signature(request, "multipart", file_id, name)
+        except PermissionError as exc:
+            return http.error(403, str(exc))
+        return await self._put_part(request, file_id, part)
 
-async def signed_complete(request: Request) -> Response:
-    file_id, name = request.path_params["file_id"], request.path_params["name"]
-    if not valid_key(file_id, name):
-        return responses.error(404, "no such upload")
-    try:
-        _check_signature(request, "multipart", file_id, name)
-    except PermissionError as exc:
-        return responses.error(403, str(exc))
-    return await _complete(request, file_id, f"{base_url(request)}/files/{file_id}/{name}")
+    async def signed_complete(self, request: Request) -> Response:
+        file_id, name = request.path_params["file_id"], request.path_params["name"]
+        if not valid_key(file_id, name):
+            return http.error(404, "no such upload")
+        try:
+            self._check_signature(request, "multipart", file_id, name)
+        except PermissionError as exc:
+            return http.error(403, str(exc))
+        return await self._complete(request, file_id, f"{base_url(request)}/files/{file_id}/{name}")
 
+    async def _put_part(self, request: Request, file_id: str, part: int) -> Response:
+        files = self.files
+        try:
+            temp = await asyncio.to_thread(files.part_temp, file_id)
+        except UploadError as exc:
+            return http.error(404, str(exc))
+        try:
+            _, md5 = await _receive_into(request, temp, files.max_bytes)
+            etag = await asyncio.to_thread(files.save_part, file_id, part, temp, md5)
+        except FileTooLarge as exc:
+            await asyncio.to_thread(files.discard, temp)
+            return http.error(413, str(exc), error_type="file_too_large")
+        except BaseException:
+            await asyncio.to_thread(files.discard, temp)
+            raise
+        return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
 
-async def _put_part(request: Request, file_id: str, part: int) -> Response:
-    files = _res(request).files
-    try:
-        temp = await asyncio.to_thread(files.part_temp, file_id)
-    except UploadError as exc:
-        return responses.error(404, str(exc))
-    try:
-        _, md5 = await _receive_into(request, temp, files.max_bytes)
-        etag = await asyncio.to_thread(files.save_part, file_id, part, temp, md5)
-    except FileTooLarge as exc:
-        await asyncio.to_thread(files.discard, temp)
-        return responses.error(413, str(exc), error_type="file_too_large")
-    except BaseException:
-        await asyncio.to_thread(files.discard, temp)
-        raise
-    return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
+    async def _complete(self, request: Request, file_id: str, file_url: str) -> Response:
+        try:
+            body = await _read_json(request, CompleteRequest)
+        except ValidationError as exc:
+            return http.validation_error(exc)
+        except ValueError as exc:
+            return http.error(400, str(exc))
+        parts = [(p.partNumber, p.etag) for p in body.parts]
+        try:
+            await asyncio.to_thread(self.files.complete_multipart, file_id, parts)
+        except UploadError as exc:
+            return http.error(400, str(exc))
+        except FileTooLarge as exc:
+            return http.error(413, str(exc), error_type="file_too_large")
+        return JSONResponse({"file_url": file_url, "access_url": file_url})
 
+    # -- token + direct uploads (Python client) ---------------------------------------------
 
-async def _complete(request: Request, file_id: str, file_url: str) -> Response:
-    files = _res(request).files
-    try:
-        body = await _read_json(request, CompleteRequest)
-    except ValidationError as exc:
-        return responses.validation_error(exc)
-    except ValueError as exc:
-        return responses.error(400, str(exc))
-    try:
-        await asyncio.to_thread(files.complete_multipart, file_id, [(p.partNumber, p.etag) for p in body.parts])
-    except UploadError as exc:
-        return responses.error(400, str(exc))
-    except FileTooLarge as exc:
-        return responses.error(413, str(exc), error_type="file_too_large")
-    return JSONResponse({"file_url": file_url, "access_url": file_url})
+    async def auth_token(self, request: Request) -> Response:
+        try:
+            principal = self._principal(request)
+        except AuthError as exc:
+            return _auth_error(exc)
+        expires = int(time.time()) + STORAGE_TOKEN_TTL_S
+        token = jwt.encode(
+            {"sub": principal.key_id, "aud": STORAGE_AUDIENCE, "exp": expires}, self.secret, algorithm="HS256"
+        )
+        expires_at = datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat()  # "+00:00", offset-aware
+        return JSONResponse(
+            {"token": token, "token_type": "Bearer", "base_url": base_url(request), "expires_at": expires_at}
+        )
 
+    def _direct_start(
+        self, request: Request, default_name: str | None
+    ) -> tuple[str, str, str, float | None] | Response:
+        """A direct upload's new file id, safe name, content type and lifetime; or the error response."""
+        try:
+            self._principal(request)
+            ttl = _lifecycle_ttl(request)
+        except AuthError as exc:
+            return _auth_error(exc)
+        except ValueError as exc:
+            return http.error(400, str(exc))
+        content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
+        name = safe_name(request.headers.get("x-fal-file-name") or default_name, content_type)
+        return new_id(), name, content_type, ttl
 
-# -- token + direct uploads (Python client) ---------------------------------------------
+    async def direct_upload(self, request: Request) -> Response:
+        started = self._direct_start(request, None)
+        if isinstance(started, Response):
+            return started
+        file_id, name, content_type, ttl = started
+        failed = await self._store_body(request, file_id, name, content_type, ttl)
+        if failed is not None:
+            return failed
+        return JSONResponse({"access_url": f"{base_url(request)}/files/{file_id}/{name}"})
 
+    async def direct_multipart(self, request: Request) -> Response:
+        started = self._direct_start(request, "upload.bin")
+        if isinstance(started, Response):
+            return started
+        file_id, name, content_type, ttl = started
+        await asyncio.to_thread(self.files.begin_multipart, file_id, name, content_type, ttl)
+        return JSONResponse({"access_url": f"{base_url(request)}/files/{file_id}/{name}", "uploadId": file_id})
 
-async def auth_token(request: Request) -> Response:
-    res = _res(request)
-    try:
-        principal = _principal(request)
-    except AuthError as exc:
-        return _auth_error(exc)
-    expires = int(time.time()) + STORAGE_TOKEN_TTL_S
-    token = jwt.encode(
-        {"sub": principal.key_id, "aud": STORAGE_AUDIENCE, "exp": expires}, res.storage_secret, algorithm="HS256"
-    )
-    expires_at = datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat()  # "+00:00", offset-aware
-    return JSONResponse(
-        {"token": token, "token_type": "Bearer", "base_url": base_url(request), "expires_at": expires_at}
-    )
+    def _direct_target(self, request: Request) -> tuple[str, str] | Response:
+        file_id, name = request.path_params["file_id"], request.path_params["name"]
+        if not valid_key(file_id, name) or request.path_params["upload_id"] != file_id:
+            return http.error(404, "no such upload")
+        try:
+            self._principal(request)
+        except AuthError as exc:
+            return _auth_error(exc)
+        return file_id, name
 
+    async def direct_part(self, request: Request) -> Response:
+        target = self._direct_target(request)
+        if isinstance(target, Response):
+            return target
+        part = int(request.path_params["part"])
+        if not 1 <= part <= 10_000:
+            return http.error(404, "part numbers go from 1 to 10000")
+        return await self._put_part(request, target[0], part)
 
-def _direct_start(request: Request, default_name: str | None) -> tuple[str, str, str, float | None] | Response:
-    """A direct upload's new file id, safe name, content type and lifetime; or the error response."""
-    try:
-        _principal(request)
-        ttl = _lifecycle_ttl(request)
-    except AuthError as exc:
-        return _auth_error(exc)
-    except ValueError as exc:
-        return responses.error(400, str(exc))
-    content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
-    name = safe_name(request.headers.get("x-fal-file-name") or default_name, content_type)
-    return new_id(), name, content_type, ttl
+    async def direct_complete(self, request: Request) -> Response:
+        target = self._direct_target(request)
+        if isinstance(target, Response):
+            return target
+        file_id, name = target
+        return await self._complete(request, file_id, f"{base_url(request)}/files/{file_id}/{name}")
 
+    # -- serving -------------------------------------------------------------------------------
 
-async def direct_upload(request: Request) -> Response:
-    started = _direct_start(request, None)
-    if isinstance(started, Response):
-        return started
-    file_id, name, content_type, ttl = started
-    failed = await _store_body(request, file_id, name, content_type, ttl)
-    if failed is not None:
-        return failed
-    return JSONResponse({"access_url": f"{base_url(request)}/files/{file_id}/{name}"})
-
-
-async def direct_multipart(request: Request) -> Response:
-    started = _direct_start(request, "upload.bin")
-    if isinstance(started, Response):
-        return started
-    file_id, name, content_type, ttl = started
-    await asyncio.to_thread(_res(request).files.begin_multipart, file_id, name, content_type, ttl)
-    return JSONResponse({"access_url": f"{base_url(request)}/files/{file_id}/{name}", "uploadId": file_id})
-
-
-def _direct_target(request: Request) -> tuple[str, str] | Response:
-    file_id, name = request.path_params["file_id"], request.path_params["name"]
-    if not valid_key(file_id, name) or request.path_params["upload_id"] != file_id:
-        return responses.error(404, "no such upload")
-    try:
-        _principal(request)
-    except AuthError as exc:
-        return _auth_error(exc)
-    return file_id, name
-
-
-async def direct_part(request: Request) -> Response:
-    target = _direct_target(request)
-    if isinstance(target, Response):
-        return target
-    part = int(request.path_params["part"])
-    if not 1 <= part <= 10_000:
-        return responses.error(404, "part numbers go from 1 to 10000")
-    return await _put_part(request, target[0], part)
-
-
-async def direct_complete(request: Request) -> Response:
-    target = _direct_target(request)
-    if isinstance(target, Response):
-        return target
-    file_id, name = target
-    return await _complete(request, file_id, f"{base_url(request)}/files/{file_id}/{name}")
-
-
-# -- serving -------------------------------------------------------------------------------
-
-
-async def serve_file(request: Request) -> Response:
-    res = _res(request)
-    stored = await asyncio.to_thread(res.files.get, request.path_params["file_id"], request.path_params["name"])
-    if stored is None:
-        return responses.error(404, "file not found (it may have expired)")
-    headers = {
-        "Cache-Control": "public, max-age=3600",
-        # Uploaded HTML or SVG must not run as this server's origin (it also serves tokens).
-        "Content-Security-Policy": "sandbox",
-        "X-Content-Type-Options": "nosniff",
-    }
-    return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
-
-
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/storage/upload/initiate", initiate, methods=["POST"]),
-        Route("/storage/upload/initiate-multipart", initiate_multipart, methods=["POST"]),
-        Route("/storage/upload/multipart/{file_id}/{name}/complete", signed_complete, methods=["POST"]),
-        Route("/storage/upload/multipart/{file_id}/{name}/{part:int}", signed_part, methods=["PUT"]),
-        Route("/storage/upload/{file_id}/{name}", signed_put, methods=["PUT"]),
-        Route("/storage/auth/token", auth_token, methods=["POST"]),
-        Route("/files/upload", direct_upload, methods=["POST"]),
-        Route("/files/upload/multipart", direct_multipart, methods=["POST"]),
-        Route("/files/{file_id}/{name}/multipart/{upload_id}/complete", direct_complete, methods=["POST"]),
-        Route("/files/{file_id}/{name}/multipart/{upload_id}/{part:int}", direct_part, methods=["PUT"]),
-        Route("/files/{file_id}/{name}", serve_file, methods=["GET", "HEAD"]),
-    ]
+    async def serve_file(self, request: Request) -> Response:
+        stored = await asyncio.to_thread(self.files.get, request.path_params["file_id"], request.path_params["name"])
+        if stored is None:
+            return http.error(404, "file not found (it may have expired)")
+        headers = {
+            "Cache-Control": "public, max-age=3600",
+            # Uploaded HTML or SVG must not run as this server's origin (it also serves tokens).
+            "Content-Security-Policy": "sandbox",
+            "X-Content-Type-Options": "nosniff",
+        }
+        return FileResponse(stored.path, media_type=stored.content_type, headers=headers)

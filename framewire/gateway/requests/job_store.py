@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from framewire.gateway.db import Database, Migration
+from framewire.gateway.requests.outcomes import Outcome
 
 
 class JobStatus(enum.StrEnum):
@@ -36,21 +37,6 @@ class Priority(enum.IntEnum):
 
 #: Log entries kept per job (older ones are dropped first).
 MAX_LOGS_PER_JOB = 200
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a job ended: the body and HTTP status ``GET …/requests/{id}`` replays."""
-
-    body: Any
-    http_status: int = 200
-    error: str | None = None
-    error_type: str | None = None
-    metrics: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)

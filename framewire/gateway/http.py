@@ -1,8 +1,12 @@
-"""HTTP error shapes (fal protocol §11).
+"""What every wing's HTTP handlers share: fal's error shapes, JSON bodies, the client's base URL.
 
-Every error body is ``{"detail": <string | list>}``; validation errors are 422 with
+Errors (fal protocol §11): every error body is ``{"detail": <string | list>}``; validation errors are 422 with
 pydantic's ``[{loc, msg, type}]`` list; an ``error_type`` in the body (and the
 ``x-fal-error-type`` header) lets fal's Python client tell errors apart.
+
+URLs handed back use the scheme and host the client used (:func:`base_url`), so they work
+behind TLS terminators and proxies (uvicorn applies ``X-Forwarded-Proto`` from trusted
+proxies to the scheme).
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
 from framewire.engine.api import AppError
 from framewire.gateway.platform.limits import retry_after_header
 from framewire.gateway.realtime import protocol
-from framewire.gateway.requests.jobs import Outcome
 
 REQUEST_ID = "x-fal-request-id"
 
@@ -58,11 +62,6 @@ def app_error_body(exc: AppError) -> tuple[int, dict[str, Any]]:
     return exc.status, {"detail": detail, "error_type": error_type}
 
 
-def app_error(exc: AppError) -> JSONResponse:
-    status, body = app_error_body(exc)
-    return JSONResponse(body, status_code=status, headers={"x-fal-error-type": body["error_type"]})
-
-
 def json_body(raw: bytes) -> Any:
     """Decode a JSON request body; an empty body is an empty input. Raises ValueError."""
     if not raw.strip():
@@ -73,13 +72,13 @@ def json_body(raw: bytes) -> Any:
         raise ValueError(f"body is not valid JSON ({exc})") from None
 
 
-def outcome(result: Outcome) -> JSONResponse:
-    """A finished request's answer (run surface, or a queue job's result) with its error headers.
-
-    A start timeout says ``x-fal-request-timeout-type: user``: clients do not retry those."""
-    headers = {}
-    if result.error_type is not None:
-        headers["x-fal-error-type"] = result.error_type
-    if result.error_type == "request_timeout":
-        headers["x-fal-request-timeout-type"] = "user"
-    return JSONResponse(result.body, status_code=result.http_status, headers=headers)
+def base_url(conn: HTTPConnection) -> str:
+    """``scheme://host[:port]`` as the client addressed this server."""
+    host = conn.headers.get("host")
+    if not host:
+        server = conn.scope.get("server") or ("localhost", None)
+        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
+    scheme = conn.url.scheme
+    if scheme in ("ws", "wss"):
+        scheme = "https" if scheme == "wss" else "http"
+    return f"{scheme}://{host}"

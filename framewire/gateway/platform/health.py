@@ -1,0 +1,64 @@
+"""Probes and the metrics scrape: ``GET /health``, ``GET /ready``, ``GET /metrics``.
+
+None of them needs a key. ``/health`` says the process answers (the event loop is not
+stuck); ``/ready`` says every app is set up and warm and the server is not draining (503
+with ``Retry-After`` and a ``reason`` otherwise); ``/metrics`` is the Prometheus text
+format (see :mod:`framewire.gateway.platform.metrics`), with the gauges that are read at
+scrape time (readiness, draining, queue depths, pending usage) brought up to date first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from framewire.engine.api import EngineClient
+from framewire.gateway.db import DatabaseClosed
+from framewire.gateway.platform.metrics import CONTENT_TYPE, Metrics
+from framewire.gateway.platform.usage import UsageMeter
+from framewire.gateway.requests.job_store import JobStore
+from framewire.gateway.state import ServerState
+
+
+class HealthRoutes:
+    """Liveness, readiness and the metrics scrape; see the module docstring."""
+
+    def __init__(
+        self, engine: EngineClient, state: ServerState, metrics: Metrics, usage: UsageMeter, jobs: JobStore
+    ) -> None:
+        self.engine = engine
+        self.state = state
+        self.metrics = metrics
+        self.usage = usage
+        self.jobs = jobs
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/health", self.health),
+            Route("/ready", self.ready),
+            Route("/metrics", self.scrape, methods=["GET"]),
+        ]
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> JSONResponse:
+        if self.engine.ready and not self.state.draining:
+            return JSONResponse({"ready": True})
+        reason = "draining" if self.state.draining else "engine_starting"
+        return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "1"})
+
+    async def scrape(self, request: Request) -> Response:
+        m, draining = self.metrics, self.state.draining
+        m.ready.set(1 if self.engine.ready and not draining else 0)
+        m.draining.set(1 if draining else 0)
+        m.usage_pending.set(self.usage.pending)
+        try:
+            lengths = await self.jobs.queue_lengths()
+        except DatabaseClosed:
+            lengths = {}
+        m.set_queue_depths(lengths, [app.app_id for app in self.engine.registry])
+        return Response(await asyncio.to_thread(m.render), media_type=CONTENT_TYPE)
