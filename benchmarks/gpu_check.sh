@@ -38,7 +38,9 @@ WHEEL_LIMIT_BYTES=$((64 * 1024 * 1024))
 PYTHON=${PYTHON:-python3}
 # What the GPU image lacks (it has torch, triton, transformers, huggingface_hub, safetensors,
 # numpy, pillow): pinned to the versions in requirements/serve.txt, the ones the tests ran.
-PACKAGES=(diffusers pydantic pydantic-core annotated-types typing-inspection typing-extensions importlib-metadata)
+# Not importlib-metadata, which diffusers lists but imports only on Python < 3.8: its
+# backport would need lazy-importer too, and could shadow nothing useful on 3.12.
+PACKAGES=(diffusers pydantic pydantic-core annotated-types typing-inspection typing-extensions)
 ALL_PHASES=(env lcm-eager lcm-compile sdxl-eager sdxl-compile kernels tensorrt)
 VERSIONS='import torch, diffusers, transformers, pydantic
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name())
