@@ -322,4 +322,6 @@ def fetch(
         folder = snapshot_download(repo, allow_patterns=list(plan.files), local_dir=local_dir)
     except (HTTPError, OSError) as exc:
         raise _hub_error(repo, exc) from None
-    return Path(folder), plan
+    # What is on disk now, checked as a later start will check it (a partial download fails here).
+    got = Path(folder)
+    return got, plan_files(local_listing(got), layout, components=components, filename=filename, repo=repo)
