@@ -312,6 +312,20 @@ def test_warm_up_covers_every_graph_a_request_can_hit(
                     key = BatchKey("img2img" if img2img else "txt2img", width, height, steps, cfg=guidance > 1)
                     frame = Sample("cat", 1, 2, strength, guidance, image=image[(width, height)] if img2img else None)
                     turbo_runner.generate(key, [frame] * n)
+        for n in (2, 5):  # mixed batches: image frames encoded alone, in their own bucket
+            frames = [
+                # 4 steps at strength 0.5 and 2 steps of text-to-image both take 2 UNet steps
+                Sample(
+                    "cat",
+                    i,
+                    4 if i % 2 else 2,
+                    0.5 if i % 2 else 1.0,
+                    0.0,
+                    image=image[(width, height)] if i % 2 else None,
+                )
+                for i in range(n)
+            ]
+            turbo_runner.generate(BatchKey("mixed", width, height, 2), frames)
     assert seen and seen <= warmed, f"graphs first met by requests: {sorted(seen - warmed)}"
     assert ("step", (8, 4, 8, 12), True) in warmed  # the widest bucket, guided, at the non-square size
 
@@ -356,3 +370,48 @@ def test_sdxl_time_ids_order_changes_the_output(turbo_runner: DiffusionRunner, m
     )
     ours = turbo_runner.generate(BatchKey("txt2img", 96, 64, 1), [Sample("a cat", 9, 1, guidance_scale=0.0)])
     assert max_diff(ours, as_uint8(ref.images)) > 1
+
+
+def _mixed_samples(steps: int) -> list[Sample]:
+    return [
+        Sample("a cat", 21, steps, guidance_scale=2.0),
+        Sample("a dog", 22, steps, strength=0.6, image=noise_image(64, 64, 5)),
+        Sample("the sea", 23, steps, guidance_scale=1.0),
+        Sample("a cat", 24, steps, strength=0.8, image=noise_image(64, 64, 6)),
+    ]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_mixed_batch_equals_separate_text_and_image_runs(
+    lcm_runner: DiffusionRunner, monkeypatch: pytest.MonkeyPatch, static: bool
+) -> None:
+    samples = _mixed_samples(2)
+    text = lcm_runner.generate(BatchKey("txt2img", 64, 64, 2), [samples[0], samples[2]])
+    image = lcm_runner.generate(BatchKey("img2img", 64, 64, 2), [samples[1], samples[3]])
+    monkeypatch.setattr(lcm_runner.backend, "static_shapes", static)
+    seen, handle = unet_batches(lcm_runner)
+    try:
+        mixed = lcm_runner.generate(BatchKey("mixed", 64, 64, 2), samples[:3] if static else samples)
+    finally:
+        handle.remove()
+    assert seen == [4, 4]  # one UNet call per step (3 frames padded to the bucket of 4)
+    separate = np.stack([text[0], image[0], text[1], image[1]])[: len(mixed)]
+    assert max_diff(mixed, separate.astype(np.int32)) <= 1  # within 1/255
+
+
+def test_a_mixed_batch_with_an_ancestral_sampler_equals_separate_runs(turbo_runner: DiffusionRunner) -> None:
+    samples = [
+        Sample("a cat", 31, 2, strength=1.0),
+        Sample("a dog", 32, 4, strength=0.5, image=noise_image(64, 64, 7)),  # 4 steps x 0.5 = 2 UNet calls
+    ]
+    text = turbo_runner.generate(BatchKey("txt2img", 64, 64, 2), [samples[0]])
+    image = turbo_runner.generate(BatchKey("img2img", 64, 64, 2), [samples[1]])
+    mixed = turbo_runner.generate(BatchKey("mixed", 64, 64, 2), samples)
+    assert max_diff(mixed, np.concatenate([text, image]).astype(np.int32)) <= 1
+
+
+def test_a_mixed_batch_of_only_text_frames_draws_as_a_text_batch(lcm_runner: DiffusionRunner) -> None:
+    samples = [Sample("a cat", 41, 1), Sample("a dog", 42, 1)]
+    text = lcm_runner.generate(BatchKey("txt2img", 64, 64, 1), samples)
+    mixed = lcm_runner.generate(BatchKey("mixed", 64, 64, 1), samples)
+    assert np.array_equal(mixed, text)
