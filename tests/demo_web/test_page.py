@@ -246,6 +246,8 @@ def test_the_page_reconnects_after_the_server_restarts(page: Page) -> None:
     # restart is refused after it, so this also covers fetching a new one.
     with serve_process(*ECHO, "--auth", "--api-key", KEY, port=port):
         page.goto(f"http://127.0.0.1:{port}/?app=framewire/echo")
+        # Refused without a key first: a key stored before this page connects would get a token of its own.
+        expect(page.locator("#conn")).to_have_attribute("data-state", "stopped")
         page.evaluate("key => sessionStorage.setItem('framewire.apiKey', key)", KEY)
         page.reload()
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")

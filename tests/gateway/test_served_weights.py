@@ -31,6 +31,11 @@ def post(port: int, path: str, body: dict[str, Any]) -> Any:
         return json.load(response)
 
 
+def models_of(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/models") as response:
+        return {m["id"]: m for m in json.load(response)["models"]}
+
+
 def image_of(output: dict[str, Any]) -> np.ndarray:
     image = output["images"][0]
     data = image["url"].split(",", 1)[1] if image.get("url") else image["content"]
@@ -81,8 +86,7 @@ def test_served_weights_and_a_fused_lcm_lora_equal_the_diffusers_pipelines(tmp_p
     ]
     request = {"prompt": "a photo of a cat", "image_size": {"width": WIDTH, "height": HEIGHT}, "sync_mode": True}
     with serve_process(*args, env=env) as port:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models") as response:
-            models = {m["id"]: m for m in json.load(response)["models"]}
+        models = models_of(port)
         lcm = post(port, "framewire/lcm", {**request, "seed": 5, "num_inference_steps": 4, "guidance_scale": 1.5})
         turbo = post(port, "framewire/sdxl-turbo", {**request, "seed": 7, "num_inference_steps": 2})
         other_seed = post(port, "framewire/sdxl-turbo", {**request, "seed": 8, "num_inference_steps": 2})
@@ -136,3 +140,28 @@ def test_the_tiny_vae_is_taken_from_the_cached_taesd_repo(tmp_path: Path) -> Non
     pipe.vae = AutoencoderTiny.from_pretrained(folders["madebyollin/taesd"])
     diff = np.abs(got - as_served(run(pipe, 2, 1.0, 3)))
     assert diff.mean() < 0.2 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_a_first_start_downloads_the_default_weights_fp16_only(tmp_path: Path) -> None:
+    """No weights cached and the Hub reachable (a local stand-in): serve fetches the planned
+    files into the cache before /ready, and a second start needs no Hub at all."""
+    from tests.engine import fake_hub
+
+    repo = "stabilityai/sdxl-turbo"
+    folder = hub_layouts.write_repo(repo, tmp_path / "turbo")
+    env = {k: v for k, v in os.environ.items() if k != "FRAMEWIRE_WEIGHTS"}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="0")
+    args = ("--builtin-apps", "sdxl-turbo", "--warmup-sizes", f"{WIDTH}x{HEIGHT}")
+    commits = {repo: hub_layouts.LISTINGS[repo]["commit"]}
+    with (
+        fake_hub.serve({repo: folder}, commits) as (served, url),
+        serve_process(*args, env={**env, "HF_ENDPOINT": url}) as port,
+    ):
+        model = models_of(port)["framewire/sdxl-turbo"]
+    assert model["weights"] == "real" and model["weights_info"]["source"] == repo
+    fetched = {d.removeprefix(repo + "/") for d in served.downloads}
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fetched
+    assert not any(f.endswith(("/model.safetensors", "/diffusion_pytorch_model.safetensors")) for f in fetched)
+    assert not any(f.endswith((".onnx", ".png")) or f.startswith("sd_xl_turbo") for f in fetched)
+    with serve_process(*args, "--offline", env=env) as port:  # the Hub is gone: the cache serves
+        assert models_of(port)["framewire/sdxl-turbo"]["weights"] == "real"
