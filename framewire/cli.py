@@ -418,6 +418,22 @@ def _add_platform_commands(sub: Any) -> None:
     p_health.set_defaults(func=_cmd_health)
 
 
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    """``framewire mcp``: the stdio bridge to a server's ``/mcp`` (stdout carries the protocol)."""
+    from framewire.gateway.mcp import bridge
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="framewire mcp: %(message)s")
+    key = args.key or os.environ.get("FRAMEWIRE_KEY") or None
+    try:
+        bridge.run(bridge.mcp_url(args.url), key)
+    except (bridge.BridgeError, ValueError) as exc:
+        print(f"framewire mcp: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def _cmd_pull(args: argparse.Namespace) -> int:
     from framewire.engine import weights
 
@@ -492,6 +508,14 @@ def parser() -> argparse.ArgumentParser:
     p_init.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p_init.add_argument("--device", default="cpu", help="build on this device (cuda is much faster for sd15/sdxl)")
     p_init.set_defaults(func=_cmd_init_weights)
+    p_mcp = sub.add_parser(
+        "mcp", help="stdio MCP server for an assistant that launches local servers; calls go to a server's /mcp"
+    )
+    p_mcp.add_argument(
+        "--url", required=True, help="the server's MCP URL, e.g. https://host:8000/mcp (or its base URL)"
+    )
+    p_mcp.add_argument("--key", help="API key id:secret (default: $FRAMEWIRE_KEY; none for a server without --auth)")
+    p_mcp.set_defaults(func=_cmd_mcp)
     p_key = sub.add_parser("webhook-key", help="print the public key webhooks are signed with (JWKS and whpk_)")
     settings_mod.add_arguments(p_key, [o for o in settings_mod.OPTIONS if o.name == "data_dir"])
     p_key.set_defaults(func=_cmd_webhook_key)
