@@ -94,7 +94,7 @@ class LoopEngine:
 def main(argv: Sequence[str] | None = None) -> int:
     from framewire import cli
 
-    cli.build_engine = lambda settings, registry, on_batch: LoopEngine(registry)
+    cli.build_engine = lambda settings, registry, on_batch, shared=None: LoopEngine(registry)
     return cli.main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
