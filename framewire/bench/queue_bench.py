@@ -1,11 +1,20 @@
-"""Queue throughput and submit-to-completed latency with the echo app.
+"""Queue throughput and submit-to-completed latency with the echo app, embedded SQLite against Redis.
 
-Starts ``framewire serve`` (fresh data dir, queue on its own port), then runs N
-concurrent submitters in a closed loop for a fixed time: each submits a job, waits for
-``COMPLETED`` on the status stream (SSE, so completion is seen when it happens, not at
-the next poll) and submits the next. Reported: completed jobs per second and latency
-percentiles from the submit call to the COMPLETED event. The baseline, measured in the
-same run against the same server, is the sync run surface at the same concurrency.
+For each store (``--stores sqlite,redis``) it starts ``framewire serve`` the same way
+(fresh data dir, queue on its own port, the echo app in one local worker process,
+``--devices cpu``), the Redis one with ``--redis-url`` pointing at a ``redis-server`` it
+starts itself with FrameWire's durability defaults (AOF, ``appendfsync always``). Then
+N concurrent submitters run a closed loop for a fixed time: each submits a job, waits
+for ``COMPLETED`` on the status stream (SSE, so completion is seen when it happens, not
+at the next poll) and submits the next. Reported: completed jobs per second, latency
+percentiles from the submit call to the COMPLETED event, and CPU per job of the server
+(edge and worker) and of Redis. The baseline, measured in the same run against the
+SQLite server, is the sync run surface at the same concurrency.
+
+It also checks that the realtime frame path never touches Redis: on the Redis server it
+counts the commands Redis processes (``INFO stats``) while realtime sessions send
+frames, and over an idle window of the same length, and reports frame latency for both
+stores.
 
     python -m framewire.bench.queue_bench --concurrency 100 --duration-s 20
 
@@ -21,6 +30,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,7 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +170,137 @@ async def sync_run(conn: Connection, body: bytes) -> float:
     return time.perf_counter() - started
 
 
+async def realtime_frames(port: int, sessions: int, frames: int) -> list[float]:
+    """``sessions`` realtime sessions on the echo app, each sending ``frames`` frames one at a
+    time (send, await the answer); returns each frame's round trip in seconds."""
+    import msgpack
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+
+    async def one(index: int) -> None:
+        async with connect(f"ws://127.0.0.1:{port}/{APP}/realtime", compression=None) as ws:
+            for n in range(frames):
+                started = time.perf_counter()
+                await ws.send(msgpack.packb({"prompt": f"s{index}", "request_id": n}))
+                answer = msgpack.unpackb(await ws.recv())
+                if answer.get("request_id") != n:
+                    raise RuntimeError(f"frame {n} of session {index} answered with {answer!r}")
+                latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one(i) for i in range(sessions)))
+    return sorted(latencies)
+
+
+def redis_commands(port: int) -> int:
+    """Commands the Redis server has processed so far (this INFO call included)."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+def realtime_probe(port: int, redis_port: int | None, sessions: int, frames: int) -> dict[str, Any]:
+    """Frame latency, and with Redis the commands it ran during the frames and during as long idle."""
+    before = redis_commands(redis_port) if redis_port is not None else 0
+    started = time.perf_counter()
+    latencies = asyncio.run(realtime_frames(port, sessions, frames))
+    took_s = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "sessions": sessions,
+        "frames": len(latencies),
+        "seconds": round(took_s, 2),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
+    if redis_port is not None:
+        during = redis_commands(redis_port) - before - 1  # less the INFO that read it
+        idle_from = redis_commands(redis_port)
+        time.sleep(took_s)
+        idle = redis_commands(redis_port) - idle_from - 1
+        result.update(
+            redis_commands_during_frames=during,
+            redis_commands_idle_same_time=idle,
+            redis_commands_per_frame=round((during - idle) / max(1, len(latencies)), 4),
+        )
+    return result
+
+
+@contextlib.contextmanager
+def redis_server(binary: str, appendfsync: str) -> Iterator[tuple[int, int]]:
+    """``redis-server`` on a free loopback port with AOF in a fresh folder; yields (port, pid)."""
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="framewire-bench-redis-")
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
+    cmd += ["--appendonly", "yes", "--appendfsync", appendfsync, "--logfile", os.path.join(folder, "redis.log")]
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                redis_commands(port)
+                break
+            except OSError:
+                pass
+            except Exception:  # redis.ConnectionError while it starts
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server(redis_url: str | None) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """``framewire serve`` with the echo app in one local CPU worker; yields (process, port, queue port)."""
+    port, queue_port = free_port(), free_port()
+    data_dir = tempfile.mkdtemp(prefix="framewire-bench-")
+    cmd = [sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--queue-port", str(queue_port),
+           "--data-dir", data_dir, "--log-level", "warning", "--builtin-apps", "echo", "--devices", "cpu"]  # fmt: skip
+    env = {**os.environ, "FRAMEWIRE_WORKER_SECRET": "bench-worker-secret-" + "x" * 24}
+    if redis_url is not None:
+        cmd += ["--redis-url", redis_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    try:
+        wait_ready(port, proc, timeout_s=60.0)
+        yield proc, port, queue_port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a process and its children (the edge and its local worker)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    found = [cpu_s(pid), *(cpu_s(int(c)) for c in children)]
+    return None if any(v is None for v in found) else sum(v for v in found if v is not None)
+
+
+def measured(kind: str, store: str, port: int, pids: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
+    """One closed-loop run, with CPU per job of the server (edge + worker) and of Redis."""
+    before = {name: (tree_cpu_s(pid) if name == "server" else cpu_s(pid)) for name, pid in pids.items()}
+    result = asyncio.run(closed_loop(kind, port, args.concurrency, args.duration_s, args.warmup_s))
+    result["store"] = store
+    after = {name: (tree_cpu_s(pid) if name == "server" else cpu_s(pid)) for name, pid in pids.items()}
+    if result["completed"]:
+        total_jobs = result["completed"] * (args.duration_s + args.warmup_s) / args.duration_s
+        for name in pids:
+            b, a = before[name], after[name]
+            if b is not None and a is not None:
+                result[f"{name}_cpu_ms_per_job"] = round(1000 * (a - b) / total_jobs, 2)
+    return result
+
+
 async def closed_loop(kind: str, port: int, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
     body = json.dumps({"prompt": "benchmark"}).encode()
     call = queue_job if kind == "queue" else sync_run
@@ -206,47 +347,62 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--stores", default="sqlite,redis", help="stores to compare, in order (sqlite, redis)")
+    parser.add_argument("--redis-server", default="/usr/bin/redis-server")
+    parser.add_argument("--appendfsync", default="always", choices=("always", "everysec", "no"))
+    parser.add_argument("--realtime-sessions", type=int, default=16)
+    parser.add_argument("--realtime-frames", type=int, default=200, help="frames per session, one at a time")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "queue_bench.json"))
     args = parser.parse_args()
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if not stores or any(s not in ("sqlite", "redis") for s in stores):
+        raise SystemExit("--stores: a comma list of sqlite and redis")
 
-    port, queue_port = free_port(), free_port()
-    data_dir = tempfile.mkdtemp(prefix="framewire-bench-")
-    cmd = [sys.executable, "-m", "framewire.cli", "serve", "--port", str(port), "--queue-port", str(queue_port),
-           "--data-dir", data_dir, "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        wait_ready(port, proc)
-        results = []
-        for kind, target in (("sync-run", port), ("queue", queue_port)):
-            before = cpu_s(proc.pid)
-            result = asyncio.run(closed_loop(kind, target, args.concurrency, args.duration_s, args.warmup_s))
-            after = cpu_s(proc.pid)
-            if before is not None and after is not None and result["completed"]:
-                # Server CPU per job: the figure that does not depend on what else the machine runs.
-                total_jobs = result["completed"] * (args.duration_s + args.warmup_s) / args.duration_s
-                result["server_cpu_ms_per_job"] = round(1000 * (after - before) / total_jobs, 2)
-            results.append(result)  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    results: list[dict[str, Any]] = []
+    realtime: list[dict[str, Any]] = []
+    load_at_start = os.getloadavg()
+    for store in stores:
+        with contextlib.ExitStack() as stack:
+            redis_port = redis_pid = None
+            if store == "redis":
+                redis_port, redis_pid = stack.enter_context(redis_server(args.redis_server, args.appendfsync))
+            url = None if redis_port is None else f"redis://127.0.0.1:{redis_port}/0"
+            proc, port, queue_port = stack.enter_context(server(url))
+            pids = {"server": proc.pid, **({"redis": redis_pid} if redis_pid is not None else {})}
+            if store == stores[0]:
+                results.append(measured("sync-run", store, port, pids, args))
+            results.append(measured("queue", store, queue_port, pids, args))
+            probe = realtime_probe(port, redis_port, args.realtime_sessions, args.realtime_frames)
+            realtime.append({"store": store, **probe})
     report = {
         "app": APP,
+        "engine": "one local CPU worker process (--devices cpu)",
+        "redis": {"appendfsync": args.appendfsync, "aof": True} if "redis" in stores else None,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg(),
+            "load_average_at_start": load_at_start,
         },
         "client": "minimal asyncio HTTP/1.1 client (one keep-alive connection per submitter), same machine",
         "results": results,
+        "realtime": realtime,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"{'surface':<10}{'conc':>6}{'jobs/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'errors':>8}"
-          f"{'cpu ms/job':>12}")  # fmt: skip
+    print(f"{'surface':<10}{'store':<8}{'conc':>6}{'jobs/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'server cpu ms/job':>19}{'redis cpu ms/job':>18}")  # fmt: skip
     for r in results:
-        print(f"{r['kind']:<10}{r['concurrency']:>6}{r['jobs_per_s']:>10}{r['p50_ms']:>10}{r['p95_ms']:>10}"
-              f"{r['p99_ms']:>10}{r['errors']:>8}{r.get('server_cpu_ms_per_job', '-'):>12}")  # fmt: skip
+        print(f"{r['kind']:<10}{r['store']:<8}{r['concurrency']:>6}{r['jobs_per_s']:>9}{r['p50_ms']:>9}"
+              f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['errors']:>8}{r.get('server_cpu_ms_per_job', '-'):>19}"
+              f"{r.get('redis_cpu_ms_per_job', '-'):>18}")  # fmt: skip
+    print()
+    print(f"{'realtime':<10}{'store':<8}{'frames':>8}{'p50 ms':>9}{'p99 ms':>9}{'redis cmds: frames':>20}"
+          f"{'idle':>7}{'per frame':>11}")  # fmt: skip
+    for r in realtime:
+        print(f"{'':<10}{r['store']:<8}{r['frames']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}"
+              f"{r.get('redis_commands_during_frames', '-'):>20}{r.get('redis_commands_idle_same_time', '-'):>7}"
+              f"{r.get('redis_commands_per_frame', '-'):>11}")  # fmt: skip
     print(f"written to {args.out}")
 
 

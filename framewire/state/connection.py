@@ -44,6 +44,10 @@ SCHEMES = ("redis", "rediss", "unix")
 MIN_VERSION = (6, 2)
 #: Longest wait between two tries to subscribe again after the notice connection broke.
 MAX_RESUBSCRIBE_S = 2.0
+#: Connections to Redis one process opens at most; calls beyond wait for a free one.
+MAX_CONNECTIONS = 64
+#: Longest a call waits for a free connection before it fails (503: the edge is overloaded).
+POOL_WAIT_S = 10.0
 #: Errors that mean "the server cannot answer now" (not "the command was wrong").
 UNREACHABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError,  # includes BusyLoadingError: the server is loading its AOF after a restart
@@ -135,8 +139,12 @@ class StateConnection:
     def __init__(self, options: StateOptions) -> None:
         self.options = options
         self.url = redacted(options.url)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A bounded pool that makes a call wait for a free connection (the default one fails it
+        # at once when a burst of requests holds every connection).
+        pool = aioredis.BlockingConnectionPool.from_url(
             options.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
             decode_responses=True,
             socket_timeout=options.timeout_s,
             socket_connect_timeout=options.timeout_s,
@@ -144,6 +152,7 @@ class StateConnection:
             health_check_interval=30,
             client_name="framewire",
         )
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self.available = False
         self.version: tuple[int, ...] = ()
         self._channels: dict[str, list[Callable[[str], None]]] = {}
@@ -217,6 +226,8 @@ class StateConnection:
         try:
             yield
         except UNREACHABLE as exc:
+            if isinstance(exc, RedisConnectionError) and "No connection available" in str(exc):
+                raise StateUnavailable(f"{what}: every connection to Redis at {self.url} is busy") from exc
             self._set_available(False, exc)
             raise StateUnavailable(f"{what}: Redis at {self.url} is unreachable ({_describe(exc)})") from exc
 

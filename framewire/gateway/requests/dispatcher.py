@@ -117,6 +117,7 @@ class Dispatcher:
         self._interruptible: set[str] = set()  # jobs waiting on downloads or the engine
         self._held: dict[str, Job] = {}  # running jobs, for claim renewals
         self._lost: set[str] = set()  # taken over elsewhere: finish without an outcome
+        self._finishing: set[str] = set()  # recording their outcomes (a renewal racing one is not a loss)
         self._stopping = False
         self._unreachable = False  # the store failed last time (logged once per outage)
         self._loop_task: asyncio.Task[None] | None = None
@@ -281,6 +282,8 @@ class Dispatcher:
                 log.exception("could not renew the claims of running jobs")
                 continue
             for job_id in renewal.lost:
+                if job_id in self._finishing or job_id not in self._held:
+                    continue  # completed here meanwhile
                 log.warning("job %s was taken over by another edge (this one paused too long); dropping it", job_id)
                 self._lost.add(job_id)
                 task = self._tasks.get(job_id)
@@ -381,7 +384,11 @@ class Dispatcher:
         self, job: Job, attempt: int | None, outcome: Outcome, logs: list[LogEntry] | None = None
     ) -> None:
         body = webhook_body(job.id, outcome) if job.webhook_url else None
-        done = await self._record(job.id, attempt, outcome, body, logs or ())
+        self._finishing.add(job.id)
+        try:
+            done = await self._record(job.id, attempt, outcome, body, logs or ())
+        finally:
+            self._finishing.discard(job.id)
         if job.id not in self._tasks:
             self._cancel.discard(job.id)  # a cancel that raced with a completion elsewhere
         if done:

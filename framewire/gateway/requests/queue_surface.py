@@ -59,6 +59,7 @@ from framewire.gateway.requests.outcomes import cancelled_outcome, outcome_respo
 from framewire.gateway.requests.surfaces import PING_S, Refused, admit, start_timeout_s
 from framewire.gateway.requests.webhooks import WebhookDeliverer, webhook_body
 from framewire.gateway.state import ServerState
+from framewire.state.connection import StateUnavailable
 
 _REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?:/(?P<op>status/stream|status|cancel))?/?$")
 #: The ``status`` a cancel answers with.
@@ -412,6 +413,9 @@ class QueueSurface:
                 if state.queue_stopped:
                     return  # draining and the job stays queued: it runs after the restart, poll it then
                 await events_of.wait(job_id, STATUS_POLL_S)
-                snap = await jobs.snapshot(job_id, with_logs, with_result=False)
+                try:
+                    snap = await jobs.snapshot(job_id, with_logs, with_result=False)
+                except StateUnavailable:
+                    return  # the shared store is away: end the stream; the client polls or reconnects
 
         return EventSourceResponse(events(), ping=PING_S)
