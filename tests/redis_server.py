@@ -51,11 +51,16 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 15.0) -> None:
-        cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        cmd += ["--save", "", "--daemonize", "no", "--logfile", str(self.folder / "redis.log")]
-        if self.aof:
-            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+    def start(self, timeout_s: float = 15.0, config: list[str] | None = None) -> None:
+        """Start it; with ``config`` (a config file, then overrides) those settings instead of the defaults."""
+        if config is not None:
+            cmd = [REDIS_SERVER, *config, "--dir", str(self.folder), "--daemonize", "no"]
+            cmd += ["--logfile", str(self.folder / "redis.log")]
+        else:
+            cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+            cmd += ["--save", "", "--daemonize", "no", "--logfile", str(self.folder / "redis.log")]
+            if self.aof:
+                cmd += ["--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while not _answers(self.port):
