@@ -81,7 +81,7 @@ from framewire.gateway.storage.routes import StorageRoutes
 from framewire.gateway.storage.store import FileStore, UrlSigner, load_secret
 from framewire.gateway.stores.redis_jobs import RedisJobStore
 from framewire.gateway.stores.redis_keys import RedisKeys
-from framewire.gateway.stores.redis_limits import RedisRates
+from framewire.gateway.stores.redis_limits import RedisRates, RedisSessions
 from framewire.gateway.stores.redis_usage import RedisUsage
 from framewire.gateway.stores.shared_files import check_shared_folder
 from framewire.state.connection import StateConnection, StateOptions, StateUnavailable
@@ -126,6 +126,7 @@ class Stores:
     keys: KeyBackend
     usage: UsageStore
     rates: RateStore
+    sessions: RedisSessions | None = None  # open sessions of keys with a limit, across edges
     db: Database | None = None
     shared: StateConnection | None = None
 
@@ -145,7 +146,7 @@ def build_stores(settings: Settings, shared: StateConnection | None) -> Stores:
         delivery_lease_s=settings.webhook_timeout_s + 30.0,
     )
     usage = RedisUsage(shared, retention_s=settings.usage_retention_s)
-    return Stores(jobs, RedisKeys(shared), usage, RedisRates(shared), shared=shared)
+    return Stores(jobs, RedisKeys(shared), usage, RedisRates(shared), RedisSessions(shared), shared=shared)
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,7 +207,7 @@ def create_gateway(
     usage = UsageMeter(
         stores.usage, flush_interval_s=settings.usage_flush_interval_s, retention_s=settings.usage_retention_s
     )
-    limiter = Limiter(requests=stores.rates)
+    limiter = Limiter(requests=stores.rates, sessions=stores.sessions)
     meter = Meter(usage, metrics, limiter)
 
     # storage
@@ -316,15 +317,18 @@ def create_gateway(
         if db is not None:
             await db.open()
             return
-        assert conn is not None
+        assert conn is not None and stores.sessions is not None
         await conn.connect()
         conn.start()
         await asyncio.to_thread(files.ensure)
         await check_shared_folder(conn, files)
+        stores.sessions.start()
 
     async def close_stores() -> None:
         if db is not None:
             await db.close()
+        if stores.sessions is not None:
+            await stores.sessions.stop()
         if conn is not None:
             await conn.close()
 

@@ -9,7 +9,7 @@ import pytest
 
 from framewire.gateway.platform.auth import Limits, Principal
 from framewire.gateway.platform.limits import Limiter, LocalRates, RateLimiter, RateStore, retry_after_header
-from framewire.gateway.stores.redis_limits import RedisRates
+from framewire.gateway.stores.redis_limits import RedisRates, RedisSessions
 from framewire.state.connection import StateConnection, StateOptions
 from tests.conftest import free_port
 from tests.gateway.stores import KINDS, state
@@ -124,5 +124,42 @@ async def test_redis_limits_fall_back_to_the_edge_when_redis_is_gone() -> None:
         rates = RedisRates(conn)
         granted = [await rates.take("k", 2.0) is None for _ in range(4)]
         assert granted == [True, True, False, False]  # this edge's own bucket: two tokens, then the rate
+    finally:
+        await conn.close()
+
+
+# -- open sessions of a key with a limit, across edges ----------------------------------------------
+
+
+async def test_redis_a_session_limit_holds_across_edges_and_a_dead_edges_places_lapse(redis_url: str) -> None:
+    async with state(redis_url) as one, state(redis_url) as two:
+        key = Principal("k", limits=Limits(max_sessions=2))
+        a = Limiter(sessions=RedisSessions(one, lease_s=0.6))
+        b = Limiter(sessions=RedisSessions(two, lease_s=0.6))
+        first, second = await a.enter_session(key), await b.enter_session(key)
+        assert first is not None and second is not None
+        assert await b.enter_session(key) is None and await a.enter_session(key) is None  # 2 in all, not per edge
+        assert await a.enter_session(Principal("free")) is not None  # no limit: nothing shared
+        await b.leave_session(second)
+        third = await a.enter_session(key)
+        assert third is not None and a.sessions_of("k") == 2
+        await asyncio.sleep(0.4)
+        assert a.shared_sessions is not None
+        await a.shared_sessions.renew()  # edge a keeps its sessions' places
+        await asyncio.sleep(0.4)
+        assert await b.enter_session(key) is None
+        await asyncio.sleep(0.7)  # edge a stops renewing (it died): its places lapse
+        assert await b.enter_session(key) is not None
+
+
+async def test_redis_sessions_are_counted_per_edge_while_redis_is_gone() -> None:
+    conn = StateConnection(StateOptions(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5))  # nothing listens
+    try:
+        limiter = Limiter(sessions=RedisSessions(conn))
+        key = Principal("k", limits=Limits(max_sessions=1))
+        slot = await limiter.enter_session(key)
+        assert slot is not None and await limiter.enter_session(key) is None  # this edge's own count
+        await limiter.leave_session(slot)
+        assert limiter.sessions_of("k") == 0
     finally:
         await conn.close()

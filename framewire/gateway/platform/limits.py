@@ -9,8 +9,11 @@ one token): a key may burst that much, then gets its rate.
 Requests/s go through a :class:`RateStore`: :class:`LocalRates` (this process's buckets)
 or :class:`framewire.gateway.stores.redis_limits.RedisRates` (one bucket per key shared by
 every edge, taken from in one atomic script, so two edges cannot each grant the full
-rate). Frames/s and open sessions are counted by each edge alone: the realtime frame
-path never waits on another server.
+rate). Open sessions of a key with a ``max_sessions`` limit are counted in a
+:class:`SessionStore` too (:class:`framewire.gateway.stores.redis_limits.RedisSessions`
+holds one entry per open session, renewed while it lasts), when the session opens and
+closes. Frames/s are counted by each edge alone: the realtime frame path never waits on
+another server.
 """
 
 from __future__ import annotations
@@ -95,6 +98,23 @@ class LocalRates:
         return self.buckets.take(key_id, rate_per_s)
 
 
+class SessionStore(Protocol):
+    """Where the open sessions of keys with a limit are counted, across edges."""
+
+    async def acquire(self, key_id: str, limit: int) -> str | None:
+        """Count one more open session of the key; a token to release it with, or None at the limit."""
+
+    async def release(self, key_id: str, token: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionSlot:
+    """An admitted session: what :meth:`Limiter.leave_session` gives back."""
+
+    principal: Principal
+    token: str | None = None  # its entry in the shared store (None: counted by this edge only)
+
+
 def retry_after_header(wait_s: float) -> str:
     """``Retry-After`` is whole seconds; round up so a client that obeys it succeeds."""
     return str(max(1, math.ceil(wait_s)))
@@ -103,9 +123,15 @@ def retry_after_header(wait_s: float) -> str:
 class Limiter:
     """All of a server's per-key limits; requests/s in ``requests`` (default: this process's buckets)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, requests: RateStore | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        requests: RateStore | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self.requests = requests if requests is not None else LocalRates(clock)
         self.frames = RateLimiter(clock)
+        self.shared_sessions = sessions
         self._sessions: dict[str, int] = {}
 
     async def request(self, principal: Principal) -> float | None:
@@ -135,3 +161,22 @@ class Limiter:
 
     def sessions_of(self, key_id: str) -> int:
         return self._sessions.get(key_id, 0)
+
+    async def enter_session(self, principal: Principal) -> SessionSlot | None:
+        """Admit a new session of the key: counted here and, for a key with a limit, in the
+        shared store (so the limit holds across edges); None when it has its maximum."""
+        if not self.open_session(principal):
+            return None
+        limit = principal.limits.max_sessions
+        if self.shared_sessions is None or limit is None:
+            return SessionSlot(principal)
+        token = await self.shared_sessions.acquire(principal.key_id, limit)
+        if token is None:
+            self.close_session(principal)
+            return None
+        return SessionSlot(principal, token)
+
+    async def leave_session(self, slot: SessionSlot) -> None:
+        self.close_session(slot.principal)
+        if slot.token is not None and self.shared_sessions is not None:
+            await self.shared_sessions.release(slot.principal.key_id, slot.token)

@@ -135,7 +135,8 @@ class RealtimeEndpoint:
                 ws, ErrorCode.ENGINE_UNAVAILABLE, reason, CloseCode.TRY_AGAIN_LATER, retry_after_ms=RETRY_AFTER_MS
             )
             return
-        if not self.limiter.open_session(principal):
+        slot = await self.limiter.enter_session(principal)
+        if slot is None:
             self.metrics.rate_limited.labels("sessions").inc()
             limit = principal.limits.max_sessions
             await self._refuse(
@@ -148,7 +149,7 @@ class RealtimeEndpoint:
         try:
             await self._run_session(ws, principal, endpoint, options)
         finally:
-            self.limiter.close_session(principal)
+            await self.limiter.leave_session(slot)
 
     async def _run_session(
         self, ws: WebSocket, principal: Principal, endpoint: Endpoint, options: _SessionOptions
