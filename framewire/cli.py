@@ -448,29 +448,22 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     advertised = advertised_address(settings, port, tls=context is not None)
 
     async def main() -> int:
-        if settings.redis_url is None:
-            return await worker_mod.run(
-                server,
-                [sock],
-                ssl_context=context,
-                drain_timeout_s=settings.shutdown_timeout_s,
-                on_ready=ready,
-                parent_pid=args.parent_pid,
-            )
-        from framewire.cluster.registry import Announcer, RedisRegistry, lease_of
-        from framewire.state.connection import StateConnection, StateOptions
+        conn = announcer = None
+        if settings.redis_url is not None:  # register in the worker registry
+            from framewire.cluster.registry import Announcer, RedisRegistry, lease_of
+            from framewire.state.connection import StateConnection, StateOptions
 
-        conn = StateConnection(StateOptions(settings.redis_url))
-        await conn.connect()
-        started = time.time()
-        capacity = {key: ep.max_batch_size for key, ep in server.endpoints.items()}
-        apps = [app.app_id for app in registry]
+            conn = StateConnection(StateOptions(settings.redis_url))
+            await conn.connect()
+            started = time.time()
+            capacity = {key: ep.max_batch_size for key, ep in server.endpoints.items()}
+            apps = [app.app_id for app in registry]
 
-        def current() -> Any:
-            return lease_of(worker_id, advertised, settings.device, apps, capacity, server.load(), started)
+            def current() -> Any:
+                return lease_of(worker_id, advertised, settings.device, apps, capacity, server.load(), started)
 
-        try:
             announcer = Announcer(RedisRegistry(conn, settings.worker_lease_s), current)
+        try:
             return await worker_mod.run(
                 server,
                 [sock],
@@ -481,7 +474,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                 announcer=announcer,
             )
         finally:
-            await conn.close()
+            if conn is not None:
+                await conn.close()
 
     try:
         try:

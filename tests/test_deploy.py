@@ -10,13 +10,11 @@ through the registry).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import pytest
 import redis
 import yaml
 
-from tests.cluster.processes import Proc
+from tests.cluster.processes import Proc, http_json
 from tests.conftest import ROOT, free_port
 from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.test_docker import stages
@@ -154,16 +152,7 @@ def environment(service: dict[str, Any], ports: Ports, data_dir: Path) -> dict[s
 
 
 def request(port: int, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
-    headers = {"content-type": "application/json", **({"authorization": f"Key {key}"} if key else {})}
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as res:
-            return res.status, json.loads(res.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-    except OSError:
-        return 0, None
+    return http_json(port, method, path, body, {"authorization": f"Key {key}"} if key else None)
 
 
 @pytest.fixture
@@ -208,7 +197,11 @@ def test_the_services_commands_make_a_working_cluster(deployed: tuple[Ports, dic
     (_, queue_a), (port_b, queue_b) = edges["edge-a"], edges["edge-b"]
     status, user = request(port_b, "POST", "/v1/keys", {"name": "user"}, key=admin)
     assert status == 201
-    status, job = request(queue_a, "POST", "/framewire/echo", {"prompt": "through a"}, key=user["key"])
+    # A key created on b reaches a's mirror at b's notice, milliseconds later: a client retries a 401.
+    while (answer := request(queue_a, "POST", "/framewire/echo", {"prompt": "through a"}, key=user["key"]))[0] == 401:
+        assert time.monotonic() < deadline + 5, answer
+        time.sleep(0.05)
+    status, job = answer
     assert status == 200, job
     path = f"/framewire/echo/requests/{job['request_id']}"
     while request(queue_b, "GET", path + "/status", key=user["key"])[1]["status"] != "COMPLETED":

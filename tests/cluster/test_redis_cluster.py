@@ -32,7 +32,7 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.cluster.processes import APPS, FAST_LINK, SECRET, Proc, Session, until
+from tests.cluster.processes import APPS, FAST_LINK, SECRET, Proc, Session, http_json, until
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
 
@@ -114,31 +114,13 @@ class Cluster:
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=ROOT if headers is None else headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as res:
-            return res.status, json.loads(res.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-    except OSError:
-        return 0, None
+    return http_json(port, "GET", path, headers=ROOT if headers is None else headers)
 
 
 def _send(
     port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=data,
-        method=method,
-        headers={"content-type": "application/json", **(ROOT if headers is None else headers)},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as res:
-            return res.status, json.loads(res.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return http_json(port, method, path, body, ROOT if headers is None else headers)
 
 
 @pytest.fixture(scope="module")
