@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -78,25 +79,24 @@ def serve(args: Sequence[str], root: Path, *, fd_limit: int | None = None) -> It
 
             resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
 
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit_fds)
-    try:
-        deadline = time.monotonic() + 120
-        while not _ok(port, "/ready"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"the server did not start:\n{log.read().decode(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-        yield Server(proc, port)
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit_fds)
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        subprocess.run(["rm", "-rf", data_dir], check=False)
+            deadline = time.monotonic() + 120
+            while not _ok(port, "/ready"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the server did not start:\n{log.read().decode(errors='replace')[-3000:]}")
+                time.sleep(0.2)
+            yield Server(proc, port)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _ok(port: int, path: str, timeout_s: float = 2.0) -> bool:
