@@ -124,13 +124,13 @@ def configure_kernels(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
-    import uvicorn
-
     from framewire.engine.host import LocalEngine
     from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
+    from framewire.gateway.listener import ensure_fd_limit, server_config
     from framewire.gateway.platform.metrics import Metrics
 
+    ensure_fd_limit(settings.max_connections)
     configure_kernels(settings)
     registry = build_registry(settings)
     metrics = Metrics()  # platform: the engine reports each batch to the metrics
@@ -141,13 +141,11 @@ def serve(settings: Settings) -> None:
         on_batch=metrics.on_batch,
     )
     gateway = create_gateway(settings, engine, metrics=metrics)
-    config = uvicorn.Config(
+    config = server_config(
         gateway.app,
+        settings,
+        on_refused=metrics.refused,
         log_level=settings.log_level,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-        ws_per_message_deflate=False,  # ~7 ms per 100 KB JPEG frame, for no gain on JPEG
-        ws_max_size=4 * settings.max_frame_bytes,  # hard cap (close 1009); the soft cap is per frame
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         log_config=None,  # our formatter (gateway.platform.logs) handles uvicorn's loggers too
         access_log=False,  # uvicorn logs query strings (tokens); platform.logs logs requests

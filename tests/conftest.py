@@ -31,6 +31,7 @@ from framewire.engine.api import App, AppRegistry, realtime
 from framewire.engine.apps.echo import EchoApp
 from framewire.engine.host import LocalEngine
 from framewire.gateway.app import create_app
+from framewire.gateway.listener import server_config
 from framewire.gateway.settings import Settings
 
 # Any accidental hub lookup fails fast, and random weights built by servers that tests start
@@ -91,14 +92,7 @@ def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
     if settings.data_dir == Settings().data_dir:  # never the working tree's ./var
         settings = settings.with_changes(data_dir=tempfile.mkdtemp(prefix="framewire-test-"))
     app = create_app(settings, LocalEngine(AppRegistry(apps)))
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        ws_per_message_deflate=False,
-        ws_max_size=4 * settings.max_frame_bytes,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-    )
+    config = server_config(app, settings, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

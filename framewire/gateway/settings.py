@@ -50,6 +50,13 @@ class Settings:
     max_token_expiration_s: int = 3600
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 4 * 1024 * 1024
+    # limits enforced before any work (see the README's "Security and limits")
+    max_header_bytes: int = 32 * 1024
+    read_timeout_s: float = 15.0
+    max_connections: int = 2048
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_input_items: int = 10_000
+    allowed_hosts: tuple[str, ...] = ()
     apps: tuple[str, ...] = ()
     builtin_apps: tuple[str, ...] = ("echo", "lcm", "sdxl-turbo")
     max_queue_delay_ms: float | None = None
@@ -117,6 +124,20 @@ OPTIONS: tuple[Option, ...] = (
         "allowed_origins", "Origins allowed to open WebSockets ('*' for any); comma separated", _list, repeatable=True
     ),
     Option("max_frame_bytes", "largest realtime input frame accepted, bytes", int),
+    Option("max_header_bytes", "largest HTTP request head (request line and headers), bytes", int),
+    Option(
+        "read_timeout_s", "a request head must arrive within this, and a request body may pause no longer, s", float
+    ),
+    Option("max_connections", "open connections (HTTP and WebSocket) before new ones get 503", int),
+    Option("max_body_bytes", "largest JSON request body (runs, submits, tokens, keys, uploads' JSON), bytes", int),
+    Option("max_input_items", "most values (map entries, list items, scalars) one input may hold", int),
+    Option(
+        "allowed_hosts",
+        "with auth off, host names browsers may reach this server by besides localhost and IP addresses ('*' for any);"
+        " comma separated",
+        _list,
+        repeatable=True,
+    ),
     Option("apps", "extra app to load, module:object (repeatable)", _list, repeatable=True),
     Option("builtin_apps", "built-in apps to load, comma separated", _list),
     Option("max_queue_delay_ms", "override every app's batching delay, ms", float),
@@ -170,7 +191,12 @@ OPTIONS: tuple[Option, ...] = (
 BACKENDS = ("eager", "compile", "tensorrt")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-_FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
+_FLAG_NAMES = {
+    "apps": "app",
+    "api_keys": "api-key",
+    "allowed_origins": "allowed-origin",
+    "allowed_hosts": "allowed-host",
+}
 
 
 def flag_of(option: Option) -> str:
@@ -233,6 +259,12 @@ def validate(settings: Settings) -> None:
         raise ValueError("--ssl-certfile and --ssl-keyfile must be given together")
     if settings.max_frame_bytes < 1024:
         raise ValueError(f"--max-frame-bytes must be at least 1024, got {settings.max_frame_bytes}")
+    if settings.max_header_bytes < 1024:
+        raise ValueError(f"--max-header-bytes must be at least 1024, got {settings.max_header_bytes}")
+    if settings.max_body_bytes < 1024 or settings.max_input_items < 16:
+        raise ValueError("--max-body-bytes must be at least 1024 and --max-input-items at least 16")
+    if not settings.read_timeout_s > 0 or settings.max_connections < 1:
+        raise ValueError("--read-timeout-s must be > 0 and --max-connections >= 1")
     if settings.queue_port is not None and settings.queue_port == settings.port:
         raise ValueError("--queue-port must differ from --port (fal clients use the same paths on both)")
     if settings.token_secret is not None and len(settings.token_secret.encode()) < 32:

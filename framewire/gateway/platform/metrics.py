@@ -23,6 +23,7 @@ public.
 | ``framewire_request_duration_seconds`` | histogram | app, surface (realtime: frame in → output out) |
 | ``framewire_rate_limited_total`` | counter | kind (requests, frames, sessions) |
 | ``framewire_http_responses_total`` | counter | status (HTTP status code) |
+| ``framewire_limits_refused_total`` | counter | limit (e.g. header_too_large, header_timeout, body_too_large) |
 | ``framewire_engine_batches_total`` | counter | endpoint, outcome (ok, failed) |
 | ``framewire_engine_batch_size`` | histogram | endpoint |
 | ``framewire_engine_inference_seconds`` | histogram | endpoint (one observation per batch) |
@@ -108,6 +109,12 @@ class Metrics:
         self.http_responses = Counter(
             "framewire_http_responses_total", "HTTP responses by status code", ["status"], registry=r
         )
+        self.limits_refused = Counter(
+            "framewire_limits_refused_total",
+            "Connections, requests and frames refused by a server limit, before any work",
+            ["limit"],
+            registry=r,
+        )
         self.batches = Counter(
             "framewire_engine_batches_total", "Engine batches run", ["endpoint", "outcome"], registry=r
         )
@@ -157,6 +164,10 @@ class Metrics:
         if child is None:
             child = self._responses[status] = self.http_responses.labels(str(status))
         child.inc()
+
+    def refused(self, limit: str) -> None:
+        """One connection, request or frame refused by a server limit (``limit`` names which)."""
+        self.limits_refused.labels(limit).inc()
 
     def set_queue_depths(self, lengths: dict[str, int], apps: list[str]) -> None:
         """Queue depth per app; apps with nothing queued read 0 rather than vanish."""
