@@ -37,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from framewire.engine.api import EngineClient
 from framewire.gateway import drain as drain_mod
 from framewire.gateway import http
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.db import Database, Migration
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import usage as usage_mod
@@ -143,6 +144,10 @@ def create_gateway(
     storage_secret = load_secret(data_dir / "storage.key")
     url_signer = UrlSigner(storage_secret)
 
+    # how much structure one input (frame or body) may decode to
+    budget = StructureBudget(settings.max_input_items)
+    body = http.BodyLimits(settings.max_body_bytes, settings.read_timeout_s, budget)
+
     # requests: inputs, outputs, the durable queue, webhooks
     finaliser = OutputFinaliser(files)
     fetcher = InputFetcher(
@@ -197,6 +202,7 @@ def create_gateway(
         state,
         allowed_origins=settings.allowed_origins,
         max_frame_bytes=settings.max_frame_bytes,
+        budget=budget,
     )
     key_store.on_change(realtime.close_revoked_sessions)
     queue = QueueSurface(
@@ -207,20 +213,21 @@ def create_gateway(
         dispatcher,
         webhooks,
         state,
+        body,
         max_queue_length=settings.max_queue_length,
         private_networks=settings.private_networks,
     )
-    run = RunSurface(engine, auth, meter, fetcher, finaliser, state)
+    run = RunSurface(engine, auth, meter, fetcher, finaliser, state, body)
     storage = StorageRoutes(
-        auth, files, url_signer, storage_secret, upload_url_expiration_s=settings.upload_url_expiration_s
+        auth, files, url_signer, storage_secret, body, upload_url_expiration_s=settings.upload_url_expiration_s
     )
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
     static = StaticFiles(directory=demo, html=True) if (demo / "index.html").is_file() else None
     routes = [
         *HealthRoutes(engine, state, metrics, usage, jobs).routes(),
         *CatalogRoutes(engine, auth).routes(),
-        *AdminRoutes(engine, auth, key_store, usage).routes(),
-        *TokenRoutes(engine, auth).routes(),
+        *AdminRoutes(engine, auth, key_store, usage, body).routes(),
+        *TokenRoutes(engine, auth, body).routes(),
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
         *realtime.routes(),

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineClient
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal, origin_allowed
@@ -59,6 +60,7 @@ class RealtimeEndpoint:
         *,
         allowed_origins: tuple[str, ...],
         max_frame_bytes: int,
+        budget: StructureBudget,
     ) -> None:
         self.engine = engine
         self.auth = auth
@@ -69,6 +71,7 @@ class RealtimeEndpoint:
         self.state = state
         self.allowed_origins = allowed_origins
         self.max_frame_bytes = max_frame_bytes
+        self.budget = budget
         self._closing: set[asyncio.Future[None]] = set()
 
     def routes(self) -> list[BaseRoute]:
@@ -147,6 +150,7 @@ class RealtimeEndpoint:
             capacity=capacity,
             session_timeout_s=endpoint.spec.session_timeout_s,
             max_frame_bytes=self.max_frame_bytes,
+            budget=self.budget,
             store_files=functools.partial(self.finaliser.for_realtime_blocking, base_url=base_url(ws)),
             meter=self.meter.session(principal, app_id),
         )

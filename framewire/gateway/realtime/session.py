@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from framewire.engine.api import AppError, Endpoint, EngineClient, FrameResult, Stream
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.platform.metering import NullSessionMeter, SessionMeter
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
@@ -86,6 +87,7 @@ class RealtimeSession:
         capacity: int,
         session_timeout_s: float | None,
         max_frame_bytes: int,
+        budget: StructureBudget,
         store_files: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         meter: SessionMeter | None = None,
     ) -> None:
@@ -99,6 +101,7 @@ class RealtimeSession:
         self.capacity = capacity
         self.session_timeout_s = session_timeout_s
         self.max_frame_bytes = max_frame_bytes
+        self.budget = budget
         self.stats = SessionStats()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -227,8 +230,8 @@ class RealtimeSession:
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE, f"frame is {len(data)} bytes; the limit is {self.max_frame_bytes}"
             )
-        fields = protocol.decode_frame(data)
-        request_id = fields.get("request_id")
+        fields = protocol.decode_frame(data, self.budget)
+        request_id = protocol.request_id_of(fields)
         if self._draining:
             raise ProtocolError(
                 ErrorCode.ENGINE_UNAVAILABLE, "the server is shutting down; reconnect", request_id=request_id

@@ -140,11 +140,13 @@ class QueueSurface:
         dispatcher: Dispatcher,
         webhooks: WebhookDeliverer,
         state: ServerState,
+        body: http.BodyLimits,
         *,
         max_queue_length: int,
         private_networks: bool,
     ) -> None:
         self.engine = engine
+        self.body = body
         self.auth = auth
         self.meter = meter
         self.jobs = jobs
@@ -185,13 +187,15 @@ class QueueSurface:
             return http.rate_limited(principal.limits.requests_per_s, wait_s)
         try:
             priority, timeout_s, webhook, limit = _submit_options(request, self.max_queue_length)
-            data = http.json_body(await request.body())
+            data = await http.read_json(request, self.body)
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
             endpoint.input_model.model_validate(data)
             refused = None if webhook is None or self.private_networks else await refusal(webhook)
             if refused is not None:
                 raise ValueError(f"fal_webhook: {refused}")
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc)
         except ValueError as exc:

@@ -56,8 +56,10 @@ class RunSurface:
         fetcher: InputFetcher,
         finaliser: OutputFinaliser,
         state: ServerState,
+        body: http.BodyLimits,
     ) -> None:
         self.engine = engine
+        self.body = body
         self.auth = auth
         self.meter = meter
         self.fetcher = fetcher
@@ -103,12 +105,15 @@ class RunSurface:
             if request.method == "GET":
                 data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
             else:
-                data = http.json_body(await request.body())
+                data = await http.read_json(request, self.body)
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
             endpoint.input_model.model_validate(data)  # fail before fetching anything
             data = await self.fetcher.resolve(data, endpoint.input_model, base)
             inp = endpoint.input_model.model_validate(data)
+        except http.BodyError as exc:
+            meter.request(principal.key_id, app_id, surface, error_code=exc.error_type)
+            return exc.response()
         except ValidationError as exc:
             meter.request(principal.key_id, app_id, surface, error_code="validation_error")
             return http.validation_error(exc)

@@ -85,10 +85,8 @@ def _auth_error(exc: AuthError) -> JSONResponse:
     return http.error(exc.status, exc.reason)
 
 
-async def _read_json(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
-    data = http.json_body(raw)
-    return model.model_validate(data)
+async def _read_json(request: Request, model: type[BaseModel], limits: http.BodyLimits) -> Any:
+    return model.model_validate(await http.read_json(request, limits))
 
 
 async def _receive_into(request: Request, temp: IO[bytes], limit: int) -> tuple[int, str]:
@@ -130,10 +128,12 @@ class StorageRoutes:
         files: FileStore,
         signer: UrlSigner,
         secret: bytes,
+        body: http.BodyLimits,
         *,
         upload_url_expiration_s: int,
     ) -> None:
         self.auth = auth
+        self.body = body
         self.files = files
         self.signer = signer
         self.secret = secret
@@ -223,10 +223,12 @@ class StorageRoutes:
     async def _initiate(self, request: Request, *, multipart: bool) -> Response:
         try:
             self._principal(request)
-            body = await _read_json(request, InitiateRequest)
+            body = await _read_json(request, InitiateRequest, self.body)
             ttl = _lifecycle_ttl(request)
         except AuthError as exc:
             return _auth_error(exc)
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc)
         except ValueError as exc:
@@ -294,7 +296,9 @@ class StorageRoutes:
 
     async def _complete(self, request: Request, file_id: str, file_url: str) -> Response:
         try:
-            body = await _read_json(request, CompleteRequest)
+            body = await _read_json(request, CompleteRequest, self.body)
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc)
         except ValueError as exc:
