@@ -190,7 +190,8 @@ class QueueSurface:
             data = await http.read_json(request, self.body)
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
-            endpoint.input_model.model_validate(data)
+            # Only what the app's model knows is stored (and later fetched): unknown fields are dropped.
+            data = endpoint.input_model.model_validate(data).model_dump(mode="json", exclude_unset=True, by_alias=True)
             refused = None if webhook is None or self.private_networks else await refusal(webhook)
             if refused is not None:
                 raise ValueError(f"fal_webhook: {refused}")

@@ -108,7 +108,8 @@ class RunSurface:
                 data = await http.read_json(request, self.body)
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
-            endpoint.input_model.model_validate(data)  # fail before fetching anything
+            # Fail before fetching anything; fetch only what the app's model knows.
+            data = endpoint.input_model.model_validate(data).model_dump(mode="json", exclude_unset=True, by_alias=True)
             data = await self.fetcher.resolve(data, endpoint.input_model, base)
             inp = endpoint.input_model.model_validate(data)
         except http.BodyError as exc:
