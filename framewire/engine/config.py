@@ -66,8 +66,6 @@ class DiffusionConfig:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
     warmup_sizes: tuple[tuple[int, int], ...] | None = None
     prompt_cache_size: int = 256
-    fetch_timeout_s: float = 5.0
-    fetch_max_bytes: int = 16 * 1024 * 1024
     jpeg_quality: int = 90
     image_workers: int = 4
     compiler: str = "inductor"  # torch.compile's backend; tests use "aot_eager" to trace without codegen

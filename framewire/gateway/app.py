@@ -199,6 +199,7 @@ def create_gateway(
         meter,
         metrics,
         finaliser,
+        fetcher,
         state,
         allowed_origins=settings.allowed_origins,
         max_frame_bytes=settings.max_frame_bytes,

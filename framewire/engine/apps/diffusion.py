@@ -156,7 +156,7 @@ class DiffusionApp(App):
         from framewire.engine.imaging import decode_image
 
         assert inp.image_url is not None
-        data = image_bytes(inp.image_url, timeout_s=self.config.fetch_timeout_s, max_bytes=self.config.fetch_max_bytes)
+        data = image_bytes(inp.image_url)
         return decode_image(data, key.width, key.height)
 
     def generate(self, inputs: list[DiffusionInput], progress: Progress) -> list[ImageOutput | AppError]:

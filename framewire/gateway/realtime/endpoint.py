@@ -32,6 +32,7 @@ from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
 from framewire.gateway.realtime.session import RealtimeSession
 from framewire.gateway.requests.finaliser import OutputFinaliser
+from framewire.gateway.requests.inputs import InputFetcher
 from framewire.gateway.state import ServerState
 
 log = logging.getLogger("framewire.realtime")
@@ -56,6 +57,7 @@ class RealtimeEndpoint:
         meter: Meter,
         metrics: Metrics,
         finaliser: OutputFinaliser,
+        fetcher: InputFetcher,
         state: ServerState,
         *,
         allowed_origins: tuple[str, ...],
@@ -68,6 +70,7 @@ class RealtimeEndpoint:
         self.meter = meter
         self.metrics = metrics
         self.finaliser = finaliser
+        self.fetcher = fetcher
         self.state = state
         self.allowed_origins = allowed_origins
         self.max_frame_bytes = max_frame_bytes
@@ -143,6 +146,7 @@ class RealtimeEndpoint:
         session_id = uuid.uuid4().hex
         logs.session_id.set(session_id)
         capacity = max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
+        base = base_url(ws)
         session = RealtimeSession(
             ws,
             endpoint,
@@ -151,8 +155,10 @@ class RealtimeEndpoint:
             session_timeout_s=endpoint.spec.session_timeout_s,
             max_frame_bytes=self.max_frame_bytes,
             budget=self.budget,
-            store_files=functools.partial(self.finaliser.for_realtime_blocking, base_url=base_url(ws)),
+            store_files=functools.partial(self.finaliser.for_realtime_blocking, base_url=base),
             meter=self.meter.session(principal, app_id),
+            fetcher=self.fetcher,
+            base_url=base,
         )
         self.state.sessions.add(session)
         open_gauge = self.metrics.sessions_open.labels(app_id)
