@@ -19,6 +19,7 @@ proxies to the scheme).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -177,6 +178,36 @@ def decode_json(raw: bytes, budget: StructureBudget) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BodyError(400, f"body is not valid JSON ({exc})", "invalid_json") from None
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: asyncio.Future[Any]) -> Any:
+    """``work``'s result, or :class:`ClientGone` (``work`` cancelled) once the client disconnects.
+
+    Call it after the body has been read: the next ASGI message is then the disconnect.
+    A request nobody waits for must not keep the engine busy.
+    """
+
+    async def until_disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(until_disconnected())
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done() and not watch.done():  # this task itself was cancelled
+            work.cancel()
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        raise ClientGone()
+    return work.result()
 
 
 def base_url(conn: HTTPConnection) -> str:

@@ -189,3 +189,21 @@ async def test_an_unhandled_gateway_error_is_a_json_500_with_a_request_id() -> N
     assert fine.json() == {"value": 1.5}
     assert broken.status_code == 500 and broken.json() == {"detail": "Internal Server Error"}
     assert broken.headers["x-fal-request-id"] and broken.headers["x-fal-error-type"] == "internal_error"
+
+
+async def test_a_sync_run_whose_client_leaves_stops_and_is_metered_as_cancelled(tmp_path: Any) -> None:
+    """Nobody waits for the answer: the app is told and stops early; usage says cancelled, not ok."""
+    stepping = SteppingApp()
+    settings = Settings(data_dir=str(tmp_path), usage_flush_interval_s=0.1)
+    with live_server(settings, [stepping]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/test/stepping", json={"steps": 400, "delay_ms": 50}, timeout=0.5)  # 20 s of work
+            assert await asyncio.to_thread(stepping.stopped_early.wait, 5)
+            started = time.monotonic()
+            res = await c.post("/test/stepping", json={"steps": 1})
+            assert res.status_code == 200 and time.monotonic() - started < 3  # the app is free again
+            await asyncio.sleep(0.5)
+            usage = (await c.get("/v1/usage", params={"granularity": "total", "app": "test/stepping"})).json()
+    statuses = usage["totals"]["statuses"]
+    assert statuses == {"request_cancelled": 1, "ok": 1}, usage

@@ -126,9 +126,13 @@ class RunSurface:
             return http.error(400, str(exc))
         if streaming:
             return self._stream(endpoint, inp, base, principal, started, timeout_s)
+        call = asyncio.ensure_future(self.engine.call(endpoint, inp, priority=0, start_timeout_s=timeout_s))
         try:
-            result = await self.engine.call(endpoint, inp, priority=0, start_timeout_s=timeout_s)
-        except asyncio.CancelledError:  # the client left while it waited
+            result = await http.unless_disconnected(request, call)
+        except http.ClientGone:  # the client left: the engine drops the request or its handler stops early
+            meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
+            return http.error(499, "the client closed the request", error_type="request_cancelled")
+        except asyncio.CancelledError:
             meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
             raise
         except StartTimeout as exc:
