@@ -65,6 +65,8 @@ class Principal:
 
     A token's principal carries the token's scope in ``apps`` and, in ``key_apps``, the
     scope its key has now: both must allow an app (a token only ever narrows its key).
+    ``expires_at`` (unix seconds) is when the token expires (None for a key): nothing
+    issued to a token may outlive it.
     """
 
     key_id: str
@@ -72,6 +74,7 @@ class Principal:
     admin: bool = False
     limits: Limits = NO_LIMITS
     key_apps: frozenset[str] | None = None
+    expires_at: int | None = None
 
     def may_use(self, names: Iterable[str]) -> bool:
         names = list(names)
@@ -226,7 +229,9 @@ class Authenticator:
         key = self.subject(claims.subject)
         if key is None:
             raise AuthError(401, "the key this token was issued for has been revoked")
-        return Principal(claims.subject, claims.apps, admin=False, limits=key.limits, key_apps=key.apps)
+        return Principal(
+            claims.subject, claims.apps, admin=False, limits=key.limits, key_apps=key.apps, expires_at=claims.expires_at
+        )
 
     def check_app(self, principal: Principal, app_names: Sequence[str]) -> None:
         if not principal.may_use(app_names):

@@ -41,6 +41,11 @@ class TokenRoutes:
             principal = self.auth.request(request.headers)
         except AuthError as exc:
             return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+        if principal.expires_at is not None:  # else a token could mint longer ones, forever
+            return JSONResponse(
+                {"detail": "tokens are issued for API keys only: send 'Authorization: Key <id>:<secret>'"},
+                status_code=403,
+            )
         try:
             req = TokenRequest.model_validate(await http.read_json(request, self.body))
         except http.BodyError as exc:
