@@ -225,7 +225,7 @@ def create_gateway(
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
     static = StaticFiles(directory=demo, html=True) if (demo / "index.html").is_file() else None
     routes = [
-        *HealthRoutes(engine, state, metrics, usage, jobs).routes(),
+        *HealthRoutes(engine, state, metrics, usage, jobs, lambda: db.write_error).routes(),
         *CatalogRoutes(engine, auth).routes(),
         *AdminRoutes(engine, auth, key_store, usage, body).routes(),
         *TokenRoutes(engine, auth, body).routes(),

@@ -5,6 +5,11 @@ arrive together are committed together (group commit): the thread takes everythi
 queued, runs each write in its own savepoint inside one transaction, commits once and
 only then resolves the callers. A write whose function raises is rolled back alone.
 
+A write that fails because the file cannot be written (disk full, I/O error, read-only)
+raises :class:`StoreUnwritable`, and :attr:`Database.write_error` says why for
+:data:`WRITE_ERROR_WINDOW_S` after the last such failure (small writes may still fit on a
+nearly full disk, so one success proves little): readiness reports it.
+
 Modules that own tables declare a list of :class:`Migration` and the composition root
 passes them all to :class:`Database`; a migration is applied once, in list order, and
 recorded by name in ``schema_migrations``. Durability: WAL with ``synchronous=NORMAL``
@@ -33,6 +38,8 @@ T = TypeVar("T")
 
 #: Most calls one transaction takes from the queue (bounds the time a commit holds callers).
 MAX_GROUP = 256
+#: How long after a write failed for lack of space (or I/O) the database counts as unwritable.
+WRITE_ERROR_WINDOW_S = 10.0
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -60,6 +67,16 @@ class DatabaseClosed(RuntimeError):
     pass
 
 
+class StoreUnwritable(RuntimeError):
+    """A write failed because the database cannot be written now (disk full, I/O error, read-only)."""
+
+
+def _unwritable(exc: sqlite3.Error) -> StoreUnwritable:
+    error = StoreUnwritable(f"the database cannot be written ({exc})")
+    error.__cause__ = exc
+    return error
+
+
 class Database:
     """A SQLite database used from asyncio; see the module docstring for the contract."""
 
@@ -73,6 +90,16 @@ class Database:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.commits = 0  # transactions committed (for tests and metrics)
+        self._write_error: tuple[float, str] | None = None  # (monotonic time, reason) of the last failure
+        self.write_error_window_s = WRITE_ERROR_WINDOW_S
+
+    @property
+    def write_error(self) -> str | None:
+        """Why a write failed for lack of a writable database in the last ``write_error_window_s``, or None."""
+        failed = self._write_error
+        if failed is None or time.monotonic() - failed[0] > self.write_error_window_s:
+            return None
+        return failed[1]
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -187,12 +214,19 @@ class Database:
         writes = [c for c in group if c.write]
         outcomes: list[tuple[_Call, bool, Any]] = []
         if writes:
+            unwritable: str | None = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for call in writes:
                     conn.execute("SAVEPOINT call")
                     try:
                         value = call.fn(conn)
+                    except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back: every write of it failed
+                        conn.execute("ROLLBACK TO call")
+                        unwritable = str(exc)
+                        outcomes.append((call, False, _unwritable(exc)))
                     except Exception as exc:
                         conn.execute("ROLLBACK TO call")
                         outcomes.append((call, False, exc))
@@ -205,7 +239,12 @@ class Database:
                 log.exception("SQLite transaction failed")
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                outcomes = [(call, False, exc) for call in writes]
+                unwritable = str(exc)
+                outcomes = [(call, False, _unwritable(exc)) for call in writes]
+            if unwritable is not None:
+                if self.write_error is None:
+                    log.error("the database %s cannot be written: %s", self.path, unwritable)
+                self._write_error = (time.monotonic(), unwritable)
         for call in group:
             if call.write:
                 continue

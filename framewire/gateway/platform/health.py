@@ -1,8 +1,9 @@
 """Probes and the metrics scrape: ``GET /health``, ``GET /ready``, ``GET /metrics``.
 
 None of them needs a key. ``/health`` says the process answers (the event loop is not
-stuck); ``/ready`` says every app is set up and warm and the server is not draining (503
-with ``Retry-After`` and a ``reason`` otherwise); ``/metrics`` is the Prometheus text
+stuck); ``/ready`` says every app is set up and warm, the server is not draining and its store
+can be written (503 with ``Retry-After`` and a ``reason`` otherwise: ``engine_starting``,
+``draining``, ``store_unwritable`` with ``detail``); ``/metrics`` is the Prometheus text
 format (see :mod:`framewire.gateway.platform.metrics`), with the gauges that are read at
 scrape time (readiness, draining, queue depths, pending usage) brought up to date first.
 """
@@ -10,6 +11,7 @@ scrape time (readiness, draining, queue depths, pending usage) brought up to dat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,8 +29,15 @@ class HealthRoutes:
     """Liveness, readiness and the metrics scrape; see the module docstring."""
 
     def __init__(
-        self, engine: EngineClient, state: ServerState, metrics: Metrics, usage: UsageMeter, jobs: JobStore
+        self,
+        engine: EngineClient,
+        state: ServerState,
+        metrics: Metrics,
+        usage: UsageMeter,
+        jobs: JobStore,
+        store_error: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.store_error = store_error
         self.engine = engine
         self.state = state
         self.metrics = metrics
@@ -46,10 +55,17 @@ class HealthRoutes:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> JSONResponse:
-        if self.engine.ready and not self.state.draining:
+        store_error = self.store_error()
+        if self.engine.ready and not self.state.draining and store_error is None:
             return JSONResponse({"ready": True})
-        reason = "draining" if self.state.draining else "engine_starting"
-        return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "1"})
+        body: dict[str, object] = {"ready": False}
+        if self.state.draining:
+            body["reason"] = "draining"
+        elif not self.engine.ready:
+            body["reason"] = "engine_starting"
+        else:
+            body.update(reason="store_unwritable", detail=store_error)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     async def scrape(self, request: Request) -> Response:
         m, draining = self.metrics, self.state.draining

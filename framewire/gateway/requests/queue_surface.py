@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from framewire.engine.api import EngineClient, split_app_id
 from framewire.gateway import http
+from framewire.gateway.db import StoreUnwritable
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
@@ -219,6 +220,13 @@ class QueueSurface:
             job, position = await self.jobs.submit(new, limit)
         except QueueFull as exc:
             return http.error(429, str(exc), error_type="queue_full")
+        except StoreUnwritable as exc:
+            return http.error(
+                503,
+                f"{exc}; the job was not queued, retry later",
+                error_type="store_unavailable",
+                headers={"Retry-After": "5"},
+            )
         self.dispatcher.submitted(job.app_key, job.start_deadline)
         body = {
             "status": "IN_QUEUE",
