@@ -12,7 +12,9 @@ nearly full disk, so one success proves little): readiness reports it.
 
 Modules that own tables declare a list of :class:`Migration` and the composition root
 passes them all to :class:`Database`; a migration is applied once, in list order, and
-recorded by name in ``schema_migrations``. Durability: WAL with ``synchronous=NORMAL``
+recorded by name in ``schema_migrations``. The file holds inputs, results and key hashes:
+it and its ``-wal``/``-shm`` companions are readable by the server's user only (0600), and
+a data folder created here is 0700. Durability: WAL with ``synchronous=NORMAL``
 survives a killed process (the kernel keeps the log); a power cut may lose the last
 commits (``synchronous=FULL`` would not, at several times the cost per commit).
 """
@@ -20,7 +22,9 @@ commits (``synchronous=FULL`` would not, at several times the cost per commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -142,7 +146,17 @@ class Database:
     # -- the database thread -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # SQLite gives the -wal and -shm files the database file's mode: make that owner-only first.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)  # made by an older version, or by another umask
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
