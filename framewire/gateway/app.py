@@ -32,13 +32,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.staticfiles import StaticFiles
 
 from framewire.engine.api import EngineClient
 from framewire.gateway import drain as drain_mod
 from framewire.gateway import http
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.db import Database, Migration
+from framewire.gateway.demo import DemoFiles
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import usage as usage_mod
 from framewire.gateway.platform.admin import AdminRoutes
@@ -223,7 +223,7 @@ def create_gateway(
         auth, files, url_signer, storage_secret, body, upload_url_expiration_s=settings.upload_url_expiration_s
     )
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
-    static = StaticFiles(directory=demo, html=True) if (demo / "index.html").is_file() else None
+    static = DemoFiles(demo) if (demo / "index.html").is_file() else None
     routes = [
         *HealthRoutes(engine, state, metrics, usage, jobs, lambda: db.write_error).routes(),
         *CatalogRoutes(engine, auth).routes(),
