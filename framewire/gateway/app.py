@@ -50,6 +50,7 @@ from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.logs import AccessLog
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.origins import BrowserGuard
 from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import UsageMeter
 from framewire.gateway.realtime.endpoint import RealtimeEndpoint
@@ -202,6 +203,7 @@ def create_gateway(
         fetcher,
         state,
         allowed_origins=settings.allowed_origins,
+        allowed_hosts=("*",) if settings.auth else settings.allowed_hosts,
         max_frame_bytes=settings.max_frame_bytes,
         budget=budget,
     )
@@ -218,7 +220,10 @@ def create_gateway(
         max_queue_length=settings.max_queue_length,
         private_networks=settings.private_networks,
     )
-    run = RunSurface(engine, auth, meter, fetcher, finaliser, state, body)
+    # With auth off, a GET run from another site's page is refused (origins.BrowserGuard does the rest).
+    run = RunSurface(
+        engine, auth, meter, fetcher, finaliser, state, body, None if settings.auth else settings.allowed_origins
+    )
     storage = StorageRoutes(
         auth, files, url_signer, storage_secret, body, upload_url_expiration_s=settings.upload_url_expiration_s
     )
@@ -275,7 +280,18 @@ def create_gateway(
         routes=routes,
         lifespan=lifespan,
         # AccessLog also sets x-fal-request-id on every response that lacks one.
-        middleware=[Middleware(AccessLog, on_status=metrics.count_response)],
+        middleware=[
+            Middleware(AccessLog, on_status=metrics.count_response),
+            *(
+                []
+                if settings.auth
+                else [
+                    Middleware(
+                        BrowserGuard, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
+                    )
+                ]
+            ),
+        ],
         exception_handlers={Exception: internal_error},
     )
     return Gateway(app, state, dispatcher)

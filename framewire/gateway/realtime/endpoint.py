@@ -24,10 +24,11 @@ from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineClient
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
-from framewire.gateway.platform.auth import Authenticator, AuthError, Principal, origin_allowed
+from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.origins import origin_allowed
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
 from framewire.gateway.realtime.session import RealtimeSession
@@ -61,6 +62,7 @@ class RealtimeEndpoint:
         state: ServerState,
         *,
         allowed_origins: tuple[str, ...],
+        allowed_hosts: tuple[str, ...],
         max_frame_bytes: int,
         budget: StructureBudget,
     ) -> None:
@@ -73,6 +75,7 @@ class RealtimeEndpoint:
         self.fetcher = fetcher
         self.state = state
         self.allowed_origins = allowed_origins
+        self.allowed_hosts = allowed_hosts  # ("*",) with auth on: the Host is not checked then
         self.max_frame_bytes = max_frame_bytes
         self.budget = budget
         self._closing: set[asyncio.Future[None]] = set()
@@ -91,7 +94,8 @@ class RealtimeEndpoint:
 
     async def connect(self, ws: WebSocket) -> None:
         """A client opens a session: check it, then run it until either side closes."""
-        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), self.allowed_origins):
+        origin, host = ws.headers.get("origin"), ws.headers.get("host")
+        if not origin_allowed(origin, host, self.allowed_origins, allowed_hosts=self.allowed_hosts):
             detail = f"origin {ws.headers.get('origin')!r} is not allowed"
             if "websocket.http.response" in ws.scope.get("extensions", {}):
                 await ws.send_denial_response(JSONResponse({"detail": detail}, status_code=403))

@@ -34,6 +34,7 @@ from framewire.gateway import http
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.platform.origins import cross_site_refusal
 from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
 from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
@@ -57,9 +58,12 @@ class RunSurface:
         finaliser: OutputFinaliser,
         state: ServerState,
         body: http.BodyLimits,
+        cross_site_origins: tuple[str, ...] | None = None,
     ) -> None:
         self.engine = engine
         self.body = body
+        # Origins allowed to start a GET run from a page (None: not checked, auth is on).
+        self.cross_site_origins = cross_site_origins
         self.auth = auth
         self.meter = meter
         self.fetcher = fetcher
@@ -92,6 +96,10 @@ class RunSurface:
             self.auth.check_app(principal, self.engine.registry.names_of(endpoint.app))
         except AuthError as exc:
             return http.error(exc.status, exc.reason)
+        if request.method == "GET" and self.cross_site_origins is not None:
+            refused = cross_site_refusal(request.headers, self.cross_site_origins)
+            if refused is not None:
+                return http.error(403, refused, error_type="forbidden_origin")
         if self.state.draining or not self.engine.ready:
             return not_ready()
         app_id, surface = endpoint.app.app_id, "stream" if streaming else "run"
