@@ -222,7 +222,10 @@ class App:
     def batch_key(self, path: str, inp: BaseModel) -> Hashable:
         """Inputs with different keys never share a batch (e.g. a different image size).
 
-        Must be cheap and torch-free: the gateway computes it per frame.
+        Must be cheap and torch-free: the gateway computes it per frame, before queueing.
+        That makes it the place to refuse an input over a limit before any work: raise
+        :class:`AppError` and the input fails alone (``submit`` raises it, ``call``
+        returns it as the result's error).
         """
         return None
 

@@ -383,7 +383,10 @@ class LocalEngine:
             if not future.done():
                 future.set_result(result)
 
-        key = endpoint.app.batch_key(endpoint.spec.path, inp)
+        try:
+            key = endpoint.app.batch_key(endpoint.spec.path, inp)
+        except AppError as exc:  # refused before queueing (e.g. over a limit): this request's error
+            return FrameResult(None, exc, 0.0, 0.0, 0)
         frame = Frame(inp, key, time.perf_counter(), resolve, on_progress=on_progress)
         scheduler = worker.schedulers[endpoint]
         with worker.cond:

@@ -103,6 +103,19 @@ def image_bytes(value: bytes | str) -> bytes:
     )
 
 
+def decoded_pixels(head: bytes, width: int, height: int, target: tuple[int, int]) -> int:
+    """Pixels decoding a ``width`` x ``height`` image to ``target`` size costs.
+
+    A JPEG (``head`` starts like one) decodes at 1/2, 1/4 or 1/8 scale when it is that much
+    larger than the target (Pillow's ``draft``); other formats decode every pixel.
+    """
+    if head.startswith(b"\xff\xd8"):
+        ratio = min(width // max(1, target[0]), height // max(1, target[1]))
+        scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+        return -(-width // scale) * -(-height // scale)
+    return width * height
+
+
 def peek_bytes(value: bytes | str, limit: int = 1 << 16) -> bytes | None:
     """The first bytes of an inline image (bytes or base64 data URI) without decoding it all."""
     if isinstance(value, bytes):

@@ -15,6 +15,13 @@ Image input rules, for every diffusion app:
   input image of another size is resized, never rejected.
 * ``seed`` absent: a random one, returned in the output. Image ``j`` of ``num_images``
   uses ``seed + j``.
+
+Limits, checked when an input arrives (:meth:`DiffusionApp.batch_key`), before any work:
+an input may ask for at most ``max_megapixel_steps`` of compute (output megapixels x UNet
+steps x images, twice that with classifier-free guidance), and its image may cost at most
+``max_batch_megapixels`` to decode (a JPEG counts at the reduced scale it decodes at). A
+batch decodes its images in waves within that budget, so memory stays bounded however
+many large images arrive together. Both refusals are ``OVER_BUDGET`` errors naming the limit.
 """
 
 from __future__ import annotations
@@ -29,13 +36,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, AppError, Progress
+from framewire.engine.api import App, AppError, InputError, Progress
 from framewire.engine.config import DiffusionConfig
 from framewire.engine.media import (
     Image,
     ImageOutput,
     ImageSize,
     ImageSizeName,
+    decoded_pixels,
     fit_size,
     image_bytes,
     named_size,
@@ -148,7 +156,58 @@ class DiffusionApp(App):
 
     def batch_key(self, path: str, inp: BaseModel) -> Hashable:
         assert isinstance(inp, DiffusionInput)
-        return self.key_for(inp)
+        key = self.key_for(inp)
+        self._admit(inp, key)
+        return key
+
+    def _admit(self, inp: DiffusionInput, key: BatchKey) -> None:
+        """Refuse an input over the compute budget or the decode budget (see the module docstring)."""
+        if key.mode != "copy":
+            cost = key.width * key.height / 1e6 * key.steps * inp.num_images * (2 if key.cfg else 1)
+            limit = self.config.max_megapixel_steps
+            if cost > limit:
+                raise InputError(
+                    f"this input needs {cost:.1f} megapixel-steps ({key.width}x{key.height} x {key.steps} steps x "
+                    f"{inp.num_images} images{' x 2 for guidance' if key.cfg else ''}); the limit is {limit:g} "
+                    "(--max-megapixel-steps): ask for a smaller image_size, fewer num_images or fewer steps",
+                    code="OVER_BUDGET",
+                )
+        if key.mode == "txt2img" or inp.image_url is None:
+            return
+        if isinstance(inp.image_url, str) and not inp.image_url.startswith("data:"):
+            image_bytes(inp.image_url)  # raises: URLs are fetched before the engine
+        pixels = self._decode_cost(inp, key)
+        limit_px = self.config.max_batch_megapixels * 1e6
+        if pixels is not None and pixels > limit_px:
+            raise InputError(
+                f"image_url: decoding this image takes {pixels / 1e6:.1f} megapixels; the limit is "
+                f"{limit_px / 1e6:g} (--max-batch-megapixels): send a smaller image or a JPEG",
+                field="image_url",
+                code="OVER_BUDGET",
+            )
+
+    def _decode_cost(self, inp: DiffusionInput, key: BatchKey) -> int | None:
+        """Pixels decoding the input image costs, from its header; None when the header does not say."""
+        head = peek_bytes(inp.image_url) if inp.image_url is not None else None
+        found = sniff_size(head) if head else None
+        if head is None or found is None:
+            return None
+        return decoded_pixels(head, *found, (key.width, key.height))
+
+    def _decode_waves(self, inputs: list[DiffusionInput], keys: list[BatchKey], members: list[int]) -> list[list[int]]:
+        """``members`` split into consecutive groups decoding at most ``max_batch_megapixels`` each."""
+        budget = self.config.max_batch_megapixels * 1e6
+        waves: list[list[int]] = []
+        spent = budget
+        for i in members:
+            known = self._decode_cost(inputs[i], keys[i])
+            cost = budget if known is None else float(known)  # unknown: decoded on its own
+            if spent + cost > budget:
+                waves.append([])
+                spent = 0.0
+            waves[-1].append(i)
+            spent += cost
+        return waves
 
     # -- the batch handler -----------------------------------------------------------------
 
@@ -157,7 +216,7 @@ class DiffusionApp(App):
 
         assert inp.image_url is not None
         data = image_bytes(inp.image_url)
-        return decode_image(data, key.width, key.height)
+        return decode_image(data, key.width, key.height, int(self.config.max_batch_megapixels * 1e6))
 
     def generate(self, inputs: list[DiffusionInput], progress: Progress) -> list[ImageOutput | AppError]:
         """Run a batch of inputs; one output (or per-input error) per input, in order."""
@@ -171,13 +230,12 @@ class DiffusionApp(App):
         keys = [self.key_for(inp) for inp in inputs]
         seeds = [inp.seed if inp.seed is not None else secrets.randbelow(2**32) for inp in inputs]
         needs_image = [i for i, key in enumerate(keys) if key.mode != "txt2img"]
-        decoded = dict(
-            zip(
-                needs_image,
-                self._pool.map(self._try_decode, [inputs[i] for i in needs_image], [keys[i] for i in needs_image]),
-                strict=True,
+        decoded: dict[int, np.ndarray | AppError] = {}
+        for wave in self._decode_waves(inputs, keys, needs_image):  # memory: one budget's worth at a time
+            pool = self._pool
+            decoded.update(
+                zip(wave, pool.map(self._try_decode, [inputs[i] for i in wave], [keys[i] for i in wave]), strict=True)
             )
-        )
         for i, got in decoded.items():
             if isinstance(got, AppError):
                 results[i] = got
