@@ -80,7 +80,7 @@ def diffusion_configs(settings: Settings) -> dict[str, DiffusionConfig]:
         "batch_buckets": settings.batch_buckets,
         "warmup_sizes": tuple(parse_size(s) for s in settings.warmup_sizes) or None,
         "max_megapixel_steps": settings.max_megapixel_steps,
-        "max_batch_megapixels": settings.max_batch_megapixels,
+        "max_decode_megapixels": settings.max_decode_megapixels,
     }
     return {name: DiffusionConfig(weights=weights.get(name), **common) for name in DIFFUSION_APPS}  # type: ignore[arg-type]
 

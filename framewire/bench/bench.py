@@ -5,6 +5,7 @@ and report numbers, ratios, plots and (for goals) benchmarks/RESULTS.md.
     framewire bench run --mode open --sessions 64 --fps 15 --targets framewire,starlette
     framewire bench goals                                     # the goals; rewrites RESULTS.md
     framewire bench plot benchmarks/out/<run>/results.json    # redraw plots from JSON
+    framewire bench scheduler                                 # overload and idle-canvas scenarios
 
 Every target runs the same scenario one after the other (never at the same time), each
 server in its own process; with ``--repeats`` the order rotates between repeats so slow
@@ -376,6 +377,11 @@ def parser() -> argparse.ArgumentParser:
     p_plot.add_argument("results", type=Path)
     p_plot.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the JSON)")
     p_plot.add_argument("--results-md", type=Path, help="also rewrite the generated block of this Markdown file")
+    sub.add_parser(
+        "scheduler",
+        help="latency targets and degradation under 3x overload, skipping on a mostly idle canvas (fake engine)",
+        add_help=False,
+    )
     return root
 
 
@@ -517,6 +523,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scheduler"]:
+        from framewire.bench import scheduler_bench
+
+        return scheduler_bench.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         if args.command == "run":

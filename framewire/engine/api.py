@@ -29,6 +29,11 @@ from pydantic import BaseModel
 MAX_BUFFERING_RANGE = (1, 60)
 #: Pending frames kept per session when neither the client nor the app says otherwise.
 DEFAULT_BUFFERING = 2
+#: The ``target_latency_ms`` range a session may ask for (engine time: frame queued → output ready).
+TARGET_LATENCY_RANGE_MS = (1.0, 60_000.0)
+#: The ``similarity_threshold`` range: mean absolute difference of two downscaled grey
+#: thumbnails, 0-1 (0 means exact matches only).
+SIMILARITY_RANGE = (0.0, 0.25)
 
 
 class AppError(Exception):
@@ -120,6 +125,7 @@ class EndpointSpec:
     buffering: int | None = None
     session_timeout_s: float | None = None
     realtime: bool = False
+    target_latency_ms: float | None = None
 
 
 def _normalise_path(path: str) -> str:
@@ -134,6 +140,9 @@ def _decorator(spec: EndpointSpec) -> Callable[[Callable[..., Any]], Callable[..
     low, high = MAX_BUFFERING_RANGE
     if spec.buffering is not None and not low <= spec.buffering <= high:
         raise ValueError(f"buffering must be in {low}..{high}, got {spec.buffering}")
+    low_ms, high_ms = TARGET_LATENCY_RANGE_MS
+    if spec.target_latency_ms is not None and not low_ms <= spec.target_latency_ms <= high_ms:
+        raise ValueError(f"target_latency_ms must be in {low_ms:g}..{high_ms:g}, got {spec.target_latency_ms}")
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn._framewire_endpoint = spec  # type: ignore[attr-defined]
@@ -161,11 +170,14 @@ def realtime(
     session_timeout: float | None = None,
     max_batch_size: int = 1,
     max_queue_delay_ms: float = 0.0,
+    target_latency_ms: float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a realtime endpoint, the counterpart of ``@fal.realtime``.
 
     ``buffering`` is the pending-frame capacity per session when the client does not send
-    ``max_buffering``; ``session_timeout`` (seconds) closes a session that sends nothing.
+    ``max_buffering``; ``session_timeout`` (seconds) closes a session that sends nothing;
+    ``target_latency_ms`` is the latency target of sessions that do not state their own
+    (None: such sessions have no target).
     """
     return _decorator(
         EndpointSpec(
@@ -175,6 +187,7 @@ def realtime(
             buffering=buffering,
             session_timeout_s=session_timeout,
             realtime=True,
+            target_latency_ms=target_latency_ms,
         )
     )
 
@@ -196,6 +209,48 @@ def _models_of(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"handler {fn.__qualname__}: {what} type {model!r} is not a pydantic model")
     return arg, ret, batched
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """An input as it runs at a degradation level, and what changed (``"num_inference_steps 4→2"``)."""
+
+    input: BaseModel
+    note: str
+
+
+@dataclass(frozen=True)
+class FrameIdentity:
+    """What decides an input's output, for skipping unchanged frames.
+
+    ``params`` identifies every field but the image (a digest is fine); ``image`` is the
+    encoded image, or None when the input has none. Two inputs with equal identities must
+    give byte-identical outputs: an app returns no identity for an input whose output is
+    not determined by it (a random seed, an image behind a URL that may change).
+    """
+
+    params: bytes
+    image: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Stages:
+    """An endpoint's batch handler split in three, so the host can overlap CPU and device work.
+
+    * ``prepare(input)`` runs for each input on a CPU pool as soon as it arrives (decoding,
+      fetching); it may return an :class:`AppError` for that input.
+    * ``run(inputs, prepared, progress)`` runs a batch on the engine's device thread, with
+      one host sync; ``inputs`` are the inputs as they run (possibly degraded), ``prepared``
+      what ``prepare`` made of each input as it arrived.
+    * ``finish(ran, progress)`` turns ``run``'s result into one output (or :class:`AppError`)
+      per input, on the CPU pool (encoding), while the next batch runs.
+
+    Running the three in sequence must give what the endpoint's handler gives.
+    """
+
+    prepare: Callable[[BaseModel], Any]
+    run: Callable[[list[BaseModel], list[Any], Progress], Any]
+    finish: Callable[[Any, Progress], list[BaseModel | AppError]]
 
 
 class App:
@@ -222,11 +277,48 @@ class App:
     def batch_key(self, path: str, inp: BaseModel) -> Hashable:
         """Inputs with different keys never share a batch (e.g. a different image size).
 
-        Must be cheap and torch-free: the gateway computes it per frame, before queueing.
-        That makes it the place to refuse an input over a limit before any work: raise
-        :class:`AppError` and the input fails alone (``submit`` raises it, ``call``
-        returns it as the result's error).
+        Must be cheap and torch-free: the gateway computes it per frame.
         """
+        return None
+
+    def admit(self, path: str, inp: BaseModel) -> None:
+        """Refuse an input over one of the app's limits before it is queued: raise :class:`AppError`.
+
+        Runs for every input as it arrives (cheap and torch-free), so no work is spent on
+        an input that would be refused later. The input fails alone: ``submit`` raises the
+        error, ``call`` returns it as the result's error. The default admits everything.
+        """
+        return None
+
+    # -- keeping latency targets under load (all optional; cheap and torch-free) --------
+
+    def degradation(self, path: str) -> tuple[str, ...]:
+        """The names of this endpoint's degradation levels 1..N, mildest first.
+
+        Under load that would miss latency targets the engine runs realtime frames at a
+        level (see :meth:`degrade`), and lifts it when the load falls. Empty (the default):
+        frames always run as sent, and overload drops the oldest pending frame.
+        """
+        return ()
+
+    def degrade(self, path: str, inp: BaseModel, level: int) -> Degraded | None:
+        """``inp`` as it runs at ``level`` (1..N), or None when that level changes nothing for it."""
+        return None
+
+    def frame_cost(self, path: str, inp: BaseModel) -> float:
+        """The relative device cost of one input (any unit, the same for every input of the app).
+
+        The engine learns seconds per unit from the batches it runs, so a degraded input
+        should cost less than the input it replaces.
+        """
+        return 1.0
+
+    def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
+        """What decides ``inp``'s output, or None (the default): never skipped. See :class:`FrameIdentity`."""
+        return None
+
+    def stages(self, path: str) -> Stages | None:
+        """The endpoint's handler split into stages the host overlaps, or None (the default)."""
         return None
 
     def endpoints(self) -> dict[str, Endpoint]:
@@ -388,7 +480,14 @@ class AppRegistry:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """What the engine hands back for one input: an output model or an error."""
+    """What the engine hands back for one input: an output model or an error.
+
+    ``latency_ms`` is the engine's time for the frame (queued → result ready), which the
+    session's ``target_latency_ms`` (None: no target) is measured against. ``degraded`` is
+    the degradation level the frame ran at (0: as sent) and ``degradation`` what that
+    changed; ``skipped`` is ``"exact"`` or ``"similar"`` when the session's previous output
+    was returned without running the model (``batch_size`` is then 0).
+    """
 
     output: BaseModel | None
     error: AppError | None
@@ -396,14 +495,39 @@ class FrameResult:
     inference_ms: float
     batch_size: int
     tag: Any = None
+    latency_ms: float | None = None
+    target_latency_ms: float | None = None
+    degraded: int = 0
+    degradation: str = ""
+    skipped: str = ""
 
     @property
-    def timings(self) -> dict[str, float]:
-        return {
+    def target_met(self) -> bool | None:
+        if self.target_latency_ms is None or self.latency_ms is None:
+            return None
+        return self.latency_ms <= self.target_latency_ms
+
+    @property
+    def timings(self) -> dict[str, float | bool | str]:
+        """Per-frame engine timings, merged into an output's ``timings``."""
+        out: dict[str, float | bool | str] = {
             "queue_ms": round(self.queue_ms, 3),
             "inference_ms": round(self.inference_ms, 3),
             "batch_size": self.batch_size,
         }
+        if self.latency_ms is not None:
+            out["engine_ms"] = round(self.latency_ms, 3)
+        met = self.target_met
+        if met is not None:
+            assert self.target_latency_ms is not None
+            out["target_latency_ms"] = self.target_latency_ms
+            out["target_met"] = met
+        if self.degraded:
+            out["degraded"] = self.degraded
+            out["degradation"] = self.degradation
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
 
 
 ResultCallback = Callable[[FrameResult], None]
@@ -437,8 +561,23 @@ class EngineClient(Protocol):
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish in-flight batches (bounded by ``timeout_s``) and stop the workers."""
 
-    def open_stream(self, endpoint: Endpoint, capacity: int, on_result: ResultCallback) -> Stream:
-        """Open a session's frame buffer holding at most ``capacity`` pending frames."""
+    def open_stream(
+        self,
+        endpoint: Endpoint,
+        capacity: int,
+        on_result: ResultCallback,
+        *,
+        target_latency_ms: float | None = None,
+        similarity_threshold: float = 0.0,
+    ) -> Stream:
+        """Open a session's frame buffer holding at most ``capacity`` pending frames.
+
+        ``target_latency_ms`` is the session's latency target (None: the endpoint's
+        default, if any); batches are ordered and sized for the tightest targets first.
+        ``similarity_threshold`` above 0 also skips a frame whose image differs from the
+        last one run by less than that (see :data:`SIMILARITY_RANGE`; 0, the default,
+        skips exact repeats only).
+        """
 
     def submit(self, stream: Stream, inp: BaseModel, tag: Any) -> Any:
         """Queue one frame; ``tag`` (not None) comes back in its :class:`FrameResult`.

@@ -70,7 +70,7 @@ class DiffusionConfig:
     #: Compute budget of one input: output megapixels x denoising steps x images (x2 with guidance).
     max_megapixel_steps: float = 64.0
     #: Input images one batch decodes at once, in megapixels as decoded (JPEGs at reduced scale).
-    max_batch_megapixels: float = 16.0
+    max_decode_megapixels: float = 16.0
     image_workers: int = 4
     compiler: str = "inductor"  # torch.compile's backend; tests use "aot_eager" to trace without codegen
 
@@ -86,8 +86,8 @@ class DiffusionConfig:
             raise ValueError("prompt_cache_size must be >= 1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
-        if self.max_megapixel_steps <= 0 or self.max_batch_megapixels <= 0:
-            raise ValueError("max_megapixel_steps and max_batch_megapixels must be > 0")
+        if self.max_megapixel_steps <= 0 or self.max_decode_megapixels <= 0:
+            raise ValueError("max_megapixel_steps and max_decode_megapixels must be > 0")
 
     @property
     def max_batch(self) -> int:

@@ -67,7 +67,7 @@ def decode_image(data: bytes, width: int, height: int, max_decode_pixels: int = 
             if img.width * img.height > max_decode_pixels:
                 raise InputError(
                     f"image_url: decoding this image takes {img.width}x{img.height} pixels; the limit is "
-                    f"{max_decode_pixels / 1e6:g} megapixels (--max-batch-megapixels): send a smaller image or a JPEG",
+                    f"{max_decode_pixels / 1e6:g} megapixels (--max-decode-megapixels): send a smaller image or a JPEG",
                     field="image_url",
                     code="OVER_BUDGET",
                 )

@@ -1,8 +1,10 @@
 """The batched diffusion runner: frames from many sessions, one UNet call per step.
 
-A batch shares its image size, its step count and its mode (:class:`BatchKey`); each
-frame keeps its own prompt, seed, strength and guidance (:class:`Sample`, the per-frame
-state, never stored on the shared pipeline). Per step the whole batch runs one UNet call
+A batch shares its image size and its step count (:class:`BatchKey`); each frame keeps
+its own prompt, seed, strength and guidance (:class:`Sample`, the per-frame state, never
+stored on the shared pipeline). In a ``mixed`` batch text-to-image and image-to-image
+frames share the UNet calls: the image-to-image frames are encoded (alone), and a
+text-to-image frame starts from its noise as it would in a batch of its own. Per step the whole batch runs one UNet call
 and one fused linear update (:mod:`framewire.engine.sampler`). Prompt embeddings are cached per
 prompt (bounded LRU). Device buffers are allocated once per (size, batch bucket) and
 reused; a batch makes one host sync, when its uint8 images are copied back. With a
@@ -319,13 +321,16 @@ class DiffusionRunner:
     ) -> np.ndarray:
         """Make one image per sample: uint8 ``[N, H, W, 3]``.
 
+        ``key.mode`` ``mixed``: a sample with an ``image`` is image-to-image, one without
+        text-to-image (each gives what it gives in a batch of its own mode).
+
         ``on_step(k, first, x0)`` sees step ``k``'s denoised estimate ``[n, 4, h, w]`` of
         samples ``first .. first + n - 1`` (for previews; batches over the largest bucket
         run in several chunks);
         ``should_stop()`` is asked between steps and raises :class:`Cancelled` when true.
         """
-        if key.mode not in ("txt2img", "img2img"):
-            raise ValueError(f"the runner makes txt2img and img2img batches, not {key.mode!r}")
+        if key.mode not in ("txt2img", "img2img", "mixed"):
+            raise ValueError(f"the runner makes txt2img, img2img and mixed batches, not {key.mode!r}")
         out = np.empty((len(samples), key.height, key.width, 3), np.uint8)
         for start in range(0, len(samples), self.config.max_batch):
             chunk = samples[start : start + self.config.max_batch]
@@ -380,13 +385,24 @@ class DiffusionRunner:
         n = len(samples)
         batch = self.bucket_for(n) if self.backend.static_shapes else n
         rows = list(samples) + [samples[-1]] * (batch - n)  # padding rows repeat the last frame
-        img2img = key.mode == "img2img"
-        plans: list[Plan] = [self.sampler.plan(s.steps, s.strength, img2img) for s in rows]
+        if key.mode == "mixed":
+            with_image = [s.image is not None for s in rows]
+        else:
+            with_image = [key.mode == "img2img"] * batch
+            if key.mode == "img2img" and any(s.image is None for s in rows):
+                raise ValueError("an img2img frame has no image")
+        plans: list[Plan] = [
+            self.sampler.plan(s.steps, s.strength, i2i) for s, i2i in zip(rows, with_image, strict=True)
+        ]
         steps = plans[0].steps
         if any(p.steps != steps for p in plans) or steps != key.steps:
             raise ValueError(f"frames of one batch must take the same number of steps ({key.steps})")
         h, w = key.height // self.vae_factor, key.width // self.vae_factor
-        posterior = 1 if (img2img and self.kl) else 0
+        encoded = [i for i, i2i in enumerate(with_image) if i2i]
+        # Draw slot 0 is the KL posterior sample of image-to-image frames; a frame that draws
+        # none leaves it zero (its latents are multiplied by 0). Then the initial noise, then
+        # one draw per step that draws.
+        posterior = 1 if (encoded and self.kl) else 0
         draws = posterior + 1 + plans[0].step_draws
         bufs = self._buffer_set((key.width, key.height, batch, key.cfg))
         dev = self.device
@@ -398,7 +414,10 @@ class DiffusionRunner:
             drawn = self._buf(bufs, f"drawn{draws}", (batch, draws, 4, h, w), torch.float32)
             for i, sample in enumerate(rows):
                 gen = torch.Generator(dev).manual_seed(sample.seed)
-                torch.randn((draws, 4, h, w), generator=gen, device=dev, out=drawn[i])
+                skip = posterior if not (with_image[i] and self.kl) else 0
+                if skip:
+                    drawn[i, :skip].zero_()
+                torch.randn((draws - skip, 4, h, w), generator=gen, device=dev, out=drawn[i, skip:])
             noise = self._buf(bufs, f"noise{draws}", (draws, batch, 4, h, w), torch.float32)
             noise.copy_(drawn.transpose(0, 1))
             coef_host = torch.tensor([[p.coefs[k] for p in plans] for k in range(steps)], dtype=torch.float32)
@@ -411,17 +430,8 @@ class DiffusionRunner:
             x = self._buf(bufs, "x", (batch, 4, h, w), torch.float32)
             inits = torch.tensor([[p.init_a, p.init_c] for p in plans], dtype=torch.float32).view(batch, 2, 1, 1, 1)
             inits = inits.to(dev, non_blocking=True)
-            if img2img:
-                images = self._buf(bufs, "images_host", (batch, key.height, key.width, 3), torch.uint8, host=True)
-                for i, sample in enumerate(rows):
-                    if sample.image is None:
-                        raise ValueError("an img2img frame has no image")
-                    images[i].numpy()[...] = sample.image
-                images_dev = self._buf(bufs, "images", images.shape, torch.uint8)
-                images_dev.copy_(images, non_blocking=True)
-                pixels = self._buf(bufs, "pixels", (batch, 3, key.height, key.width), self.vae_dtype)
-                mean, std = self.backend.encode(normalise_into(images_dev, pixels))
-                z = mean.float() + std.float() * noise[0] if posterior else mean.float()
+            if encoded:
+                z = self._encode_rows(bufs, key, rows, encoded, noise[0] if posterior else None)
                 torch.add(inits[:, 0] * z, inits[:, 1] * noise[posterior], out=x)
             else:
                 torch.mul(inits[:, 1], noise[0], out=x)
@@ -441,6 +451,43 @@ class DiffusionRunner:
             if dev.type == "cuda":
                 torch.cuda.current_stream(dev).synchronize()  # the batch's one host sync
             out[...] = result[:n].numpy()
+
+    def _encode_rows(
+        self,
+        bufs: dict[str, torch.Tensor],
+        key: BatchKey,
+        rows: list[Sample],
+        encoded: list[int],
+        posterior: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The scaled latents ``[B, 4, h, w]`` of the rows in ``encoded`` (zeros elsewhere).
+
+        ``posterior`` ``[B, 4, h, w]`` is the KL VAE's sampling noise per row. When only
+        some rows have images, just those are encoded (padded to a bucket for a static backend).
+        """
+        batch = len(rows)
+        part = len(encoded) < batch
+        m = (self.bucket_for(len(encoded)) if self.backend.static_shapes else len(encoded)) if part else batch
+        picked = encoded + [encoded[-1]] * (m - len(encoded))
+        tag = f"_{m}" if part else ""
+        images = self._buf(bufs, f"images_host{tag}", (m, key.height, key.width, 3), torch.uint8, host=True)
+        for slot, row in enumerate(picked):
+            image = rows[row].image
+            if image is None:
+                raise ValueError("an img2img frame has no image")
+            images[slot].numpy()[...] = image
+        images_dev = self._buf(bufs, f"images{tag}", images.shape, torch.uint8)
+        images_dev.copy_(images, non_blocking=True)
+        pixels = self._buf(bufs, f"pixels{tag}", (m, 3, key.height, key.width), self.vae_dtype)
+        mean, std = self.backend.encode(normalise_into(images_dev, pixels))
+        if not part:
+            return mean.float() + std.float() * posterior if posterior is not None else mean.float()
+        index = torch.tensor(encoded, device=self.device)
+        mean, std = mean[: len(encoded)].float(), std[: len(encoded)].float()
+        if posterior is not None:
+            mean = mean + std * posterior.index_select(0, index)
+        z = torch.zeros((batch, *mean.shape[1:]), dtype=torch.float32, device=self.device)  # [B, 4, h, w]
+        return z.index_copy_(0, index, mean)
 
     def _conditioning(
         self, bufs: dict[str, torch.Tensor], key: BatchKey, rows: list[Sample]

@@ -97,7 +97,7 @@ class Settings:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
     warmup_sizes: tuple[str, ...] = ()
     max_megapixel_steps: float = 64.0
-    max_batch_megapixels: float = 16.0
+    max_decode_megapixels: float = 16.0
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -194,7 +194,9 @@ OPTIONS: tuple[Option, ...] = (
         float,
     ),
     Option(
-        "max_batch_megapixels", "input-image megapixels a diffusion batch decodes at once (and one image's most)", float
+        "max_decode_megapixels",
+        "input-image megapixels a diffusion batch decodes at once (and one image's most)",
+        float,
     ),
 )
 
@@ -297,8 +299,8 @@ def validate(settings: Settings) -> None:
         raise ValueError("--queue-jobs-in-flight, --file-ttl-s and --webhook-retry-base-s must be >= 0")
     if settings.webhook_secret is not None and not settings.webhook_secret.startswith("whsec_"):
         raise ValueError("--webhook-secret must be a Standard Webhooks secret: whsec_ followed by base64")
-    if not (settings.max_megapixel_steps > 0 and settings.max_batch_megapixels > 0):
-        raise ValueError("--max-megapixel-steps and --max-batch-megapixels must be > 0")
+    if not (settings.max_megapixel_steps > 0 and settings.max_decode_megapixels > 0):
+        raise ValueError("--max-megapixel-steps and --max-decode-megapixels must be > 0")
     if settings.max_batch_size is not None and settings.max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
     # platform (--auth with keys only in the key store is checked at start, when the store is open)

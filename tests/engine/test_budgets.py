@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from framewire.engine.api import AppError
+from framewire.engine.apps.diffusion import PixelBudget
 from framewire.engine.apps.lcm import LcmApp, LcmInput
 from framewire.engine.apps.sdxl_turbo import SdxlTurboApp, TurboInput
 from framewire.engine.config import DiffusionConfig
@@ -32,12 +36,12 @@ def jpeg_head(width: int, height: int) -> bytes:
 
 @pytest.fixture
 def lcm() -> LcmApp:
-    return LcmApp(DiffusionConfig(max_megapixel_steps=64, max_batch_megapixels=16))
+    return LcmApp(DiffusionConfig(max_megapixel_steps=64, max_decode_megapixels=16))
 
 
 def refusal(app: object, inp: object) -> AppError:
     with pytest.raises(AppError) as err:
-        app.batch_key("", inp)  # type: ignore[attr-defined]
+        app.admit("", inp)  # type: ignore[attr-defined]
     assert err.value.code == "OVER_BUDGET"
     return err.value
 
@@ -54,7 +58,7 @@ def test_one_input_may_ask_for_at_most_the_compute_budget(lcm: LcmApp) -> None:
 def test_guidance_counts_twice() -> None:
     turbo = SdxlTurboApp(DiffusionConfig(max_megapixel_steps=20))
     size = {"width": 1024, "height": 1024}
-    turbo.batch_key("", TurboInput(prompt="x", image_size=size, num_inference_steps=4, num_images=4))  # 16.8
+    turbo.admit("", TurboInput(prompt="x", image_size=size, num_inference_steps=4, num_images=4))  # 16.8
     assert (
         "x 2 for guidance"
         in refusal(
@@ -66,15 +70,15 @@ def test_guidance_counts_twice() -> None:
 def test_an_image_too_costly_to_decode_is_refused_on_arrival(lcm: LcmApp) -> None:
     common = {"prompt": "x", "strength": 0.5, "image_size": {"width": 512, "height": 512}}
     err = refusal(lcm, LcmInput(**common, image_url=png_head(5000, 4000)))  # 20 MP, every pixel decoded
-    assert err.field == "image_url" and "20.0 megapixels" in err.reason and "--max-batch-megapixels" in err.reason
-    lcm.batch_key("", LcmInput(**common, image_url=jpeg_head(6000, 4000)))  # a JPEG decodes at 1/8: 0.4 MP
-    lcm.batch_key("", LcmInput(**common, image_url=png_head(4000, 4000)))  # exactly 16 MP
-    lcm.batch_key("", LcmInput(prompt="x", image_url=png_head(5000, 4000), strength=1.0))  # text-to-image: unused
+    assert err.field == "image_url" and "20.0 megapixels" in err.reason and "--max-decode-megapixels" in err.reason
+    lcm.admit("", LcmInput(**common, image_url=jpeg_head(6000, 4000)))  # a JPEG decodes at 1/8: 0.4 MP
+    lcm.admit("", LcmInput(**common, image_url=png_head(4000, 4000)))  # exactly 16 MP
+    lcm.admit("", LcmInput(prompt="x", image_url=png_head(5000, 4000), strength=1.0))  # text-to-image: unused
 
 
 def test_a_url_never_reaches_the_engine(lcm: LcmApp) -> None:
     with pytest.raises(AppError) as err:
-        lcm.batch_key("", LcmInput(prompt="x", strength=0.5, image_url="http://example.com/a.png"))
+        lcm.admit("", LcmInput(prompt="x", strength=0.5, image_url="http://example.com/a.png"))
     assert "fetched by the server" in err.value.reason
 
 
@@ -94,12 +98,23 @@ def test_decoding_checks_the_budget_from_the_real_header_too() -> None:
     assert decode_image(buffer.getvalue(), 64, 64, max_decode_pixels=160_000).shape == (64, 64, 3)
 
 
-def test_a_batch_decodes_its_images_in_waves_within_the_budget(lcm: LcmApp) -> None:
-    common = {"prompt": "x", "strength": 0.5, "image_size": {"width": 512, "height": 512}}
-    inputs = [LcmInput(**common, image_url=png_head(3000, 3000)) for _ in range(8)]  # 9 MP each
-    inputs.append(LcmInput(**common, image_url=b"not an image"))  # unknown cost: on its own
-    keys = [lcm.key_for(inp) for inp in inputs]
-    waves = lcm._decode_waves(inputs, keys, list(range(len(inputs))))
-    assert waves == [[0], [1], [2], [3], [4], [5], [6], [7], [8]]
-    small = [LcmInput(**common, image_url=png_head(1000, 1000)) for _ in range(40)]  # 1 MP each
-    assert [len(w) for w in lcm._decode_waves(small, [lcm.key_for(i) for i in small], list(range(40)))] == [16, 16, 8]
+def test_images_decode_within_the_budget_however_many_arrive_at_once() -> None:
+    """Eight threads asking for 9 MP each, with 16 MP to spend: one decodes at a time."""
+    budget = PixelBudget(16_000_000)
+    lock = threading.Lock()
+    spending = peak = 0
+
+    def decode(pixels: int) -> None:
+        nonlocal spending, peak
+        held = min(pixels, budget.total)  # an image over the budget holds all of it
+        with budget.spend(pixels):
+            with lock:
+                spending += held
+                peak = max(peak, spending)
+            time.sleep(0.01)
+            with lock:
+                spending -= held
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(decode, [9_000_000] * 8 + [1_000_000] * 16 + [40_000_000]))  # the last: capped, alone
+    assert 0 < peak <= 16_000_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import io
@@ -280,4 +281,113 @@ def cold_app(lcm_config: Any) -> Iterator[LcmApp]:
 
 def test_apps_import_and_key_frames_without_setup(cold_app: LcmApp) -> None:
     assert cold_app.runner is None
-    assert cold_app.batch_key("", LcmInput(prompt="x", num_inference_steps=2)) == BatchKey("txt2img", 512, 512, 2)
+    assert cold_app.key_for(LcmInput(prompt="x", num_inference_steps=2)) == BatchKey("txt2img", 512, 512, 2)
+    # Text- and image-to-image frames of one size and step count share a batch.
+    text = cold_app.batch_key("", LcmInput(prompt="x", num_inference_steps=2))
+    image = cold_app.batch_key("", LcmInput(prompt="x", image_url=jpeg(512, 512), num_inference_steps=2))
+    assert text == image == BatchKey("mixed", 512, 512, 2)
+
+
+def test_the_degradation_ladder_lowers_steps_then_size(cold_app: LcmApp) -> None:
+    assert cold_app.degradation("") == ("num_inference_steps<=2", "num_inference_steps=1", "half size")
+    inp = LcmInput(prompt="x", num_inference_steps=4, image_size={"width": 512, "height": 384})
+    first, second, third = (cold_app.degrade("", inp, level) for level in (1, 2, 3))
+    assert first is not None and first.input.num_inference_steps == 2  # type: ignore[attr-defined]
+    assert first.note == "num_inference_steps 4→2"
+    assert second is not None and second.input.num_inference_steps == 1  # type: ignore[attr-defined]
+    assert third is not None and cold_app.key_for(third.input) == BatchKey("txt2img", 256, 192, 1)  # type: ignore[arg-type]
+    assert third.note == "num_inference_steps 4→1; image_size 512x384→256x192"
+    assert inp.num_inference_steps == 4  # the input as sent is left alone
+    one_step = LcmInput(prompt="x", num_inference_steps=1)
+    assert cold_app.degrade("", one_step, 1) is None and cold_app.degrade("", one_step, 2) is None
+    copy = LcmInput(prompt="x", image_url=jpeg(64, 64), strength=0.0)
+    assert cold_app.degrade("", copy, 3) is None  # no model runs: nothing to save
+    assert cold_app.frame_cost("", third.input) < cold_app.frame_cost("", second.input) < cold_app.frame_cost("", inp)
+
+
+def test_a_static_shape_backend_degrades_only_to_warmed_sizes(lcm_config: Any) -> None:
+    from dataclasses import replace
+
+    from framewire.engine.config import Backend
+
+    compiled = LcmApp(replace(lcm_config, backend=Backend.COMPILE, warmup_sizes=((512, 512), (256, 256))))
+    assert compiled.degrade("", LcmInput(prompt="x", image_size="square", num_inference_steps=1), 3) is not None
+    unwarmed = LcmInput(prompt="x", image_size={"width": 384, "height": 384}, num_inference_steps=1)
+    assert compiled.degrade("", unwarmed, 3) is None  # 192x192 would compile on the frame path
+
+
+def test_a_frame_has_an_identity_only_when_its_output_is_determined(cold_app: LcmApp) -> None:
+    image = jpeg(64, 64)
+    base = {"prompt": "x", "image_url": image, "seed": 3, "strength": 0.5}
+    identity = cold_app.frame_identity("", LcmInput(**base))
+    assert identity is not None and identity.image == image
+    same = cold_app.frame_identity(
+        "", LcmInput(**{**base, "image_url": "data:image/jpeg;base64," + base64.b64encode(image).decode()})
+    )
+    assert same == identity
+    assert cold_app.frame_identity("", LcmInput(**{**base, "strength": 0.6})) != identity
+    assert cold_app.frame_identity("", LcmInput(**{**base, "seed": None})) is None  # a random seed
+    assert cold_app.frame_identity("", LcmInput(**{**base, "image_url": "https://example.com/a.jpg"})) is None
+
+
+def test_a_degraded_image_frame_runs_at_the_smaller_size(lcm_app: LcmApp) -> None:
+    inp = LcmInput(prompt="x", image_url=jpeg(128, 128), strength=0.5, seed=4, image_size={"width": 128, "height": 128})
+    degraded = lcm_app.degrade("", inp, 3)
+    assert degraded is not None
+    prepared = lcm_app.prepare(inp)  # decoded at the size as sent
+    assert prepared.image is not None and prepared.image.shape == (128, 128, 3)
+    ran = lcm_app.run_batch([degraded.input], [prepared], Progress())  # type: ignore[list-item]
+    (out,) = lcm_app.finish(ran, Progress())
+    assert decoded(out).shape == (64, 64, 3)
+
+
+async def test_the_engine_overlapping_stages_gives_the_serial_images_and_answers_repeats(
+    lcm_app: LcmApp, lcm_config: Any
+) -> None:
+    from framewire.engine.api import AppRegistry
+    from framewire.engine.host import LocalEngine
+
+    size = {"width": 64, "height": 64}
+    inputs = [
+        LcmInput(
+            prompt=f"p{i}",
+            seed=i,
+            num_inference_steps=2,
+            image_size=size,
+            **({"image_url": jpeg(80, 80, i), "strength": 0.6} if i % 2 else {}),
+        )
+        for i in range(6)
+    ]
+    serial = [run(lcm_app, inp)[0] for inp in inputs]  # batches of one
+    engine = LocalEngine(AppRegistry([LcmApp(lcm_config)]), max_batch_size_cap=1)  # sets up its own app
+    await engine.start()
+    try:
+        ep = engine.registry.resolve("framewire/lcm", realtime=True)
+        got: list[Any] = []
+        streams = [engine.open_stream(ep, 8, got.append) for _ in range(2)]
+        for i, inp in enumerate(inputs):
+            engine.submit(streams[i % 2], inp, tag=i)
+        await _wait_for(got, len(inputs))
+        # The last frame of stream 1 again: answered from its output; then with a new prompt: run.
+        engine.submit(streams[1], inputs[5], tag=6)
+        await _wait_for(got, 7)
+        engine.submit(streams[1], inputs[5].model_copy(update={"prompt": "changed"}), tag=7)
+        await _wait_for(got, 8)
+    finally:
+        await engine.stop()
+    by_tag = {r.tag: r for r in got}
+    assert sorted(by_tag) == list(range(8))
+    assert by_tag[6].skipped == "exact" and by_tag[6].output.images[0].content == serial[5].images[0].content
+    assert by_tag[7].skipped == "" and by_tag[7].output.images[0].content != serial[5].images[0].content
+    got = got[:6]
+    for i, expected in enumerate(serial):
+        assert by_tag[i].output.images[0].content == expected.images[0].content
+    for stream_tags in ([r.tag for r in got if r.tag % 2 == k] for k in (0, 1)):
+        assert stream_tags == sorted(stream_tags)  # each stream's results in its order
+
+
+async def _wait_for(got: list[Any], count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(got) < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(got) >= count

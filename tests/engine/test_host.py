@@ -3,10 +3,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from framewire.engine.api import App, AppRegistry, EngineFault, EngineUnavailable, FrameResult, endpoint
+from framewire.engine.api import (
+    App,
+    AppRegistry,
+    EngineFault,
+    EngineUnavailable,
+    FrameIdentity,
+    FrameResult,
+    Progress,
+    Stages,
+    endpoint,
+    realtime,
+)
 from framewire.engine.apps.echo import EchoApp, EchoInput
 from framewire.engine.host import BatchRecord, LocalEngine
 from tests.conftest import BatchingApp, SlowIn
@@ -233,4 +246,207 @@ async def test_the_engine_is_not_ready_while_an_app_restarts() -> None:
     release.set()
     after = await engine.call(ep, SlowIn(n=2))
     assert not during and engine.ready and after.output is not None
+    await engine.stop()
+
+
+# -- stages, overlap, unchanged frames, targets ---------------------------------------
+
+
+class PicIn(BaseModel):
+    image: bytes = b""
+    label: str = ""
+    seed: int | None = 1
+    block: bool = False  # the run stage waits for the next frame's prepare; finish for the next run
+    hold: bool = False  # the finish stage waits until the test lets it go
+
+
+class PicOut(BaseModel):
+    image: bytes
+    label: str
+    timings: dict[str, float] = {}
+
+
+class StagedApp(App):
+    """A torch-free app in three stages that records which thread ran what."""
+
+    app_id = "test/staged"
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.threads: dict[str, set[str]] = {"prepare": set(), "run": set(), "finish": set()}
+        self.prepared = threading.Event()  # a later frame was prepared
+        self.running = threading.Event()  # a run stage started
+        self.run_started_later = threading.Event()  # a second run stage started
+        self.waited: dict[str, bool] = {}
+        self.let_finish = threading.Event()
+
+    @realtime("/realtime", buffering=4, max_batch_size=4)
+    def run(self, inputs: list[PicIn]) -> list[PicOut]:
+        return self.finish(self.run_stage(inputs, [self.prepare(i) for i in inputs], Progress()), Progress())
+
+    def stages(self, path: str) -> Stages:
+        return Stages(self.prepare, self.run_stage, self.finish)  # type: ignore[arg-type]
+
+    def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
+        assert isinstance(inp, PicIn)
+        if inp.seed is None:
+            return None
+        return FrameIdentity(f"{inp.label}|{inp.seed}".encode(), inp.image)
+
+    def prepare(self, inp: PicIn) -> bytes:
+        self.threads["prepare"].add(threading.current_thread().name)
+        if self.running.is_set():
+            self.prepared.set()
+        return inp.image[::-1]
+
+    def run_stage(self, inputs: list[PicIn], prepared: list[bytes], progress: Progress) -> list[tuple[PicIn, bytes]]:
+        self.threads["run"].add(threading.current_thread().name)
+        self.runs += 1
+        if self.running.is_set():
+            self.run_started_later.set()
+        self.running.set()
+        if any(i.block for i in inputs):
+            self.waited["prepare"] = self.prepared.wait(5)
+        return list(zip(inputs, prepared, strict=True))
+
+    def finish(self, ran: list[tuple[PicIn, bytes]], progress: Progress) -> list[PicOut]:
+        self.threads["finish"].add(threading.current_thread().name)
+        if any(i.block for i, _ in ran):
+            self.waited["run"] = self.run_started_later.wait(5)
+        if any(i.hold for i, _ in ran):
+            self.waited["finish"] = self.let_finish.wait(5)
+        return [PicOut(image=data[::-1], label=i.label) for i, data in ran]
+
+
+async def _results(got: list[FrameResult], count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    assert len(got) >= count, f"{len(got)} of {count} results"
+
+
+async def _staged_stream(**options: Any) -> tuple[StagedApp, LocalEngine, Any, list[FrameResult]]:
+    app = StagedApp()
+    engine = LocalEngine(AppRegistry([app]))
+    await engine.start()
+    got: list[FrameResult] = []
+    stream = engine.open_stream(engine.registry.resolve("test/staged", realtime=True), 4, got.append, **options)
+    return app, engine, stream, got
+
+
+async def _one_by_one(engine: LocalEngine, stream: Any, got: list[FrameResult], frames: list[PicIn]) -> None:
+    """Send each frame once the previous one is answered, then stop the engine."""
+    for i, inp in enumerate(frames):
+        engine.submit(stream, inp, tag=i)
+        await _results(got, i + 1)
+    await engine.stop()
+
+
+async def test_prepare_and_finish_run_on_the_pool_while_the_device_thread_runs_the_next_batch() -> None:
+    app, engine, stream, got = await _staged_stream()
+    engine.submit(stream, PicIn(image=b"first", label="a", block=True), tag=1)
+    assert await asyncio.to_thread(app.running.wait, 5)
+    # Batch 1 now waits in its run stage until this frame is prepared (off the device thread);
+    # its finish then waits until batch 2's run stage starts (so it overlaps that run).
+    engine.submit(stream, PicIn(image=b"second", label="b"), tag=2)
+    await _results(got, 2)
+    await engine.stop()
+    assert app.waited == {"prepare": True, "run": True}
+    assert [r.tag for r in got] == [1, 2]  # results in the order the batches were formed
+    assert [r.output.image for r in got] == [b"first", b"second"]  # type: ignore[union-attr]
+    assert app.threads["run"] == {"engine:test/staged"}
+    assert all(name.startswith("engine-cpu:test/staged") for name in app.threads["prepare"] | app.threads["finish"])
+
+
+async def test_an_unchanged_frame_is_answered_with_the_last_output_without_running() -> None:
+    app, engine, stream, got = await _staged_stream()
+    frames = [
+        PicIn(image=b"canvas", label="a"),
+        PicIn(image=b"canvas", label="a"),  # unchanged: skipped
+        PicIn(image=b"canvas", label="b"),  # a parameter changed: runs
+        PicIn(image=b"canvas", label="b"),  # unchanged again: skipped
+        PicIn(image=b"canvas", label="b", seed=None),  # no identity (a random seed): runs
+        PicIn(image=b"canvas", label="b", seed=None),
+    ]
+    await _one_by_one(engine, stream, got, frames)
+    assert [r.skipped for r in got] == ["", "exact", "", "exact", "", ""]
+    assert app.runs == 4
+    assert got[1].output is got[0].output and got[3].output is got[2].output  # the very same output
+    assert got[1].batch_size == 0 and got[1].inference_ms == 0.0 and got[1].timings["skipped"] == "exact"
+    assert [r.output.label for r in got] == ["a", "a", "b", "b", "b", "b"]  # type: ignore[union-attr]
+
+
+async def test_a_repeat_of_a_frame_still_finishing_waits_for_that_output_in_order() -> None:
+    app, engine, stream, got = await _staged_stream()
+    frame = PicIn(image=b"canvas", label="a", hold=True)
+    engine.submit(stream, frame, tag=1)
+    assert await asyncio.to_thread(app.running.wait, 5)
+    await asyncio.sleep(0.05)  # batch 1 ran and now waits in its finish stage (encoding)
+    engine.submit(stream, frame, tag=2)  # the same input: answered with batch 1's output, once it exists
+    await asyncio.sleep(0.05)
+    assert got == []
+    app.let_finish.set()
+    await _results(got, 2)
+    await engine.stop()
+    assert [(r.tag, r.skipped) for r in got] == [(1, ""), (2, "exact")]
+    assert got[1].output is got[0].output and app.runs == 1 and app.waited["finish"]
+
+
+def _jpeg_with_dot(x: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 64), (90, 120, 150))
+    img.putpixel((x, 10), (255, 255, 255))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(0.0, ["", "", ""]), (0.02, ["", "similar", ""])])
+async def test_a_similarity_threshold_skips_nearly_unchanged_images(threshold: float, expected: list[str]) -> None:
+    _, engine, stream, got = await _staged_stream(similarity_threshold=threshold)
+    frames = [
+        PicIn(image=_jpeg_with_dot(10), label="a"),
+        PicIn(image=_jpeg_with_dot(11), label="a"),  # one pixel moved
+        PicIn(image=_jpeg_with_dot(11), label="c"),  # a parameter changed: never similar
+    ]
+    await _one_by_one(engine, stream, got, frames)
+    assert [r.skipped for r in got] == expected
+
+
+async def test_frames_report_their_target_and_degradation_in_timings() -> None:
+    from framewire.bench.fake_engine import LadderSteps, StepsInput
+    from framewire.engine.governor import GovernorSettings
+
+    app = LadderSteps()
+    engine = LocalEngine(AppRegistry([app]), governor=GovernorSettings(min_samples=1, settle_s=0.0))
+    await engine.start()
+    ep = engine.registry.resolve("bench/steps", realtime=True)
+    got: list[FrameResult] = []
+    stream = engine.open_stream(ep, 2, got.append, target_latency_ms=1.0)  # the fill window alone misses it
+    for i in range(20):  # the level is reconsidered at most every 50 ms
+        engine.submit(stream, StepsInput(num_inference_steps=4), tag=i)
+        await _results(got, i + 1)
+        if got[-1].degraded:
+            break
+        await asyncio.sleep(0.06)
+    await engine.stop()
+    first, second = got[0], got[-1]
+    assert first.timings["target_latency_ms"] == 1.0 and first.timings["target_met"] is False
+    assert first.degraded == 0 and "degraded" not in first.timings
+    assert second.degraded >= 1 and second.output.num_inference_steps <= 2  # type: ignore[union-attr]
+    assert second.timings["degraded"] == second.degraded
+    assert second.degradation.startswith("num_inference_steps 4→")
+
+
+async def test_a_stream_with_an_out_of_range_target_is_refused() -> None:
+    engine = LocalEngine(AppRegistry([StagedApp()]))
+    await engine.start()
+    ep = engine.registry.resolve("test/staged", realtime=True)
+    with pytest.raises(ValueError, match="target_latency_ms"):
+        engine.open_stream(ep, 2, lambda r: None, target_latency_ms=0.0)
+    with pytest.raises(ValueError, match="similarity_threshold"):
+        engine.open_stream(ep, 2, lambda r: None, similarity_threshold=0.9)
     await engine.stop()

@@ -265,3 +265,48 @@ def test_the_tiny_vae_runs_image_to_image_as_the_pipeline_does(lcm_config: Any) 
         assert max_diff(ours, as_uint8(ref.images)) <= 2
     finally:
         runner.close()
+
+
+def _mixed_samples(steps: int) -> list[Sample]:
+    return [
+        Sample("a cat", 21, steps, guidance_scale=2.0),
+        Sample("a dog", 22, steps, strength=0.6, image=noise_image(64, 64, 5)),
+        Sample("the sea", 23, steps, guidance_scale=1.0),
+        Sample("a cat", 24, steps, strength=0.8, image=noise_image(64, 64, 6)),
+    ]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_mixed_batch_equals_separate_text_and_image_runs(
+    lcm_runner: DiffusionRunner, monkeypatch: pytest.MonkeyPatch, static: bool
+) -> None:
+    samples = _mixed_samples(2)
+    text = lcm_runner.generate(BatchKey("txt2img", 64, 64, 2), [samples[0], samples[2]])
+    image = lcm_runner.generate(BatchKey("img2img", 64, 64, 2), [samples[1], samples[3]])
+    monkeypatch.setattr(lcm_runner.backend, "static_shapes", static)
+    seen, handle = unet_batches(lcm_runner)
+    try:
+        mixed = lcm_runner.generate(BatchKey("mixed", 64, 64, 2), samples[:3] if static else samples)
+    finally:
+        handle.remove()
+    assert seen == [4, 4]  # one UNet call per step (3 frames padded to the bucket of 4)
+    separate = np.stack([text[0], image[0], text[1], image[1]])[: len(mixed)]
+    assert max_diff(mixed, separate.astype(np.int32)) <= 1  # within 1/255
+
+
+def test_a_mixed_batch_with_an_ancestral_sampler_equals_separate_runs(turbo_runner: DiffusionRunner) -> None:
+    samples = [
+        Sample("a cat", 31, 2, strength=1.0),
+        Sample("a dog", 32, 4, strength=0.5, image=noise_image(64, 64, 7)),  # 4 steps x 0.5 = 2 UNet calls
+    ]
+    text = turbo_runner.generate(BatchKey("txt2img", 64, 64, 2), [samples[0]])
+    image = turbo_runner.generate(BatchKey("img2img", 64, 64, 2), [samples[1]])
+    mixed = turbo_runner.generate(BatchKey("mixed", 64, 64, 2), samples)
+    assert max_diff(mixed, np.concatenate([text, image]).astype(np.int32)) <= 1
+
+
+def test_a_mixed_batch_of_only_text_frames_draws_as_a_text_batch(lcm_runner: DiffusionRunner) -> None:
+    samples = [Sample("a cat", 41, 1), Sample("a dog", 42, 1)]
+    text = lcm_runner.generate(BatchKey("txt2img", 64, 64, 1), samples)
+    mixed = lcm_runner.generate(BatchKey("mixed", 64, 64, 1), samples)
+    assert np.array_equal(mixed, text)

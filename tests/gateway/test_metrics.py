@@ -8,10 +8,13 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 from starlette.testclient import TestClient
 
-from framewire.engine.api import AppRegistry
-from framewire.engine.apps.echo import EchoApp
+from framewire.bench.fake_engine import LadderSteps
+from framewire.engine.api import AppRegistry, FrameIdentity
+from framewire.engine.apps.echo import EchoApp, EchoInput
+from framewire.engine.governor import GovernorSettings
 from framewire.engine.host import LocalEngine
 from framewire.gateway.app import create_app
 from framewire.gateway.platform.metrics import Metrics
@@ -95,3 +98,71 @@ def test_queue_depth_counts_waiting_jobs() -> None:
             assert client.post("/test/batching/realtime", json=body, headers={"host": "queue.x"}).status_code == 200
         depth = value(scrape(client), "framewire_queue_jobs", app="test/batching")
         assert 2.0 <= depth <= 4.0  # one job may have been claimed by now
+
+
+class SeededEcho(EchoApp):
+    """The echo app, with an identity: its output depends on nothing random."""
+
+    app_id = "test/seeded-echo"
+
+    def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
+        assert isinstance(inp, EchoInput)
+        image = inp.image_url if isinstance(inp.image_url, bytes) else None
+        return FrameIdentity(inp.prompt.encode(), image)
+
+
+@pytest.fixture
+def load_client() -> Iterator[TestClient]:
+    metrics = Metrics()
+    governor = GovernorSettings(min_samples=1, settle_s=0.0)  # react to the first late frame
+    engine = LocalEngine(AppRegistry([SeededEcho(), LadderSteps()]), on_batch=metrics.on_batch, governor=governor)
+    with TestClient(create_app(Settings(), engine, metrics=metrics)) as c:
+        yield c
+
+
+def test_targets_degradation_and_skips_show_in_timings_and_metrics(load_client: TestClient) -> None:
+    with load_client.websocket_connect("/test/seeded-echo/realtime?target_latency_ms=5000") as ws:
+        outs = []
+        for _ in range(2):
+            ws.send_bytes(msgpack.packb({"image_url": b"canvas", "prompt": "same"}))
+            outs.append(msgpack.unpackb(ws.receive_bytes()))
+    assert outs[0]["timings"]["target_latency_ms"] == 5000 and outs[0]["timings"]["target_met"] is True
+    assert "skipped" not in outs[0]["timings"] and outs[1]["timings"]["skipped"] == "exact"
+    assert outs[1]["image"] == outs[0]["image"] == b"canvas"
+    # A 1 ms target is missed by the fill window alone: the ladder's first level follows.
+    degraded = None
+    with load_client.websocket_connect("/bench/steps/realtime?target_latency_ms=1") as ws:
+        for _ in range(40):
+            ws.send_bytes(msgpack.packb({"num_inference_steps": 4}))
+            out = msgpack.unpackb(ws.receive_bytes())
+            if out["timings"].get("degraded"):
+                degraded = out
+                break
+            time.sleep(0.06)  # the level is reconsidered at most every 50 ms
+    assert degraded is not None and degraded["num_inference_steps"] == 2
+    assert degraded["timings"]["degradation"] == "num_inference_steps 4→2" and degraded["timings"]["target_met"] in (
+        True,
+        False,
+    )
+    samples = scrape(load_client)
+    assert value(samples, "framewire_realtime_target_frames_total", app="test/seeded-echo", outcome="met") == 2
+    assert value(samples, "framewire_realtime_skipped_frames_total", app="test/seeded-echo", kind="exact") == 1
+    assert value(samples, "framewire_realtime_degraded_frames_total", app="bench/steps", level="1") == 1
+    assert value(samples, "framewire_realtime_target_frames_total", app="bench/steps", outcome="missed") >= 1
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("target_latency_ms=0", "target_latency_ms must be from 1"),
+        ("target_latency_ms=soon", "target_latency_ms must be a number"),
+        ("target_latency_ms=nan", "target_latency_ms must be from"),
+        ("similarity_threshold=0.5", "similarity_threshold must be from 0 to 0.25"),
+    ],
+)
+def test_bad_latency_targets_and_thresholds_are_refused(load_client: TestClient, query: str, words: str) -> None:
+    with load_client.websocket_connect(f"/test/seeded-echo/realtime?{query}") as ws:
+        err = ws.receive_json()
+        assert err["error"] == "INVALID_QUERY" and words in err["reason"]
+        message = ws.receive()
+        assert message["type"] == "websocket.close" and message["code"] == 4400

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -216,17 +216,16 @@ class _GuardedIn(BaseModel):
 
 
 class _GuardedApp(App):
-    """Refuses inputs over a budget when they arrive (in batch_key), as the diffusion apps do."""
+    """Refuses inputs over a budget when they arrive (``admit``), as the diffusion apps do."""
 
     app_id = "test/guarded"
 
     def __init__(self) -> None:
         self.ran = 0
 
-    def batch_key(self, path: str, inp: BaseModel) -> Hashable:
+    def admit(self, path: str, inp: BaseModel) -> None:
         if getattr(inp, "cost", 0) > 10:
             raise InputError("this input costs too much (--limit)", code="OVER_BUDGET")
-        return None
 
     @endpoint("/")
     def run(self, inputs: list[_GuardedIn]) -> list[_GuardedIn]:

@@ -16,38 +16,50 @@ Image input rules, for every diffusion app:
 * ``seed`` absent: a random one, returned in the output. Image ``j`` of ``num_images``
   uses ``seed + j``.
 
-Limits, checked when an input arrives (:meth:`DiffusionApp.batch_key`), before any work:
-an input may ask for at most ``max_megapixel_steps`` of compute (output megapixels x UNet
+Text-to-image and image-to-image frames of the same size and UNet step count share a
+batch. Under load the engine may run realtime frames degraded (:data:`LADDER`): at most 2
+steps, then 1 step, then half the width and height. An input with a fixed ``seed`` and
+an inline image (or none) has an identity, so an unchanged frame is answered with the
+session's last output.
+
+Limits, checked when an input arrives (:meth:`DiffusionApp.admit`), before any work: an
+input may ask for at most ``max_megapixel_steps`` of compute (output megapixels x UNet
 steps x images, twice that with classifier-free guidance), and its image may cost at most
-``max_batch_megapixels`` to decode (a JPEG counts at the reduced scale it decodes at). A
-batch decodes its images in waves within that budget, so memory stays bounded however
-many large images arrive together. Both refusals are ``OVER_BUDGET`` errors naming the limit.
+``max_decode_megapixels`` to decode (a JPEG counts at the reduced scale it decodes at).
+Images are decoded within that budget at any moment, however many arrive at once, so
+memory stays bounded. Both refusals are ``OVER_BUDGET`` errors naming the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, AppError, InputError, Progress
-from framewire.engine.config import DiffusionConfig
+from framewire.engine.api import App, AppError, Degraded, FrameIdentity, InputError, Progress, Stages
+from framewire.engine.config import Backend, DiffusionConfig
 from framewire.engine.media import (
     Image,
     ImageOutput,
     ImageSize,
     ImageSizeName,
+    decode_data_uri,
     decoded_pixels,
     fit_size,
     image_bytes,
     named_size,
     peek_bytes,
+    round8,
     sniff_size,
 )
 from framewire.engine.sampler import BatchKey, unet_steps
@@ -55,11 +67,16 @@ from framewire.engine.sampler import BatchKey, unet_steps
 if TYPE_CHECKING:
     import numpy as np
 
-    from framewire.engine.runner import DiffusionRunner, Sample
+    from framewire.engine.runner import DiffusionRunner
 
 log = logging.getLogger("framewire.engine")
 
 SEED_LIMIT = 2**64
+
+#: The degradation ladder of every diffusion app, mildest first (levels 1, 2, 3).
+LADDER = ("num_inference_steps<=2", "num_inference_steps=1", "half size")
+#: Relative device cost of a VAE decode and encode, in UNet steps at the same size.
+VAE_DECODE_STEPS, VAE_ENCODE_STEPS = 1.5, 0.75
 
 
 class DiffusionInput(BaseModel):
@@ -99,6 +116,7 @@ class DiffusionApp(App):
         self.runner: DiffusionRunner | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lcm = self.lcm_steps
+        self._decoding = PixelBudget(int(self.config.max_decode_megapixels * 1e6))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -148,6 +166,7 @@ class DiffusionApp(App):
         return self.default_size
 
     def key_for(self, inp: DiffusionInput) -> BatchKey:
+        """What the frame runs as: its mode (txt2img, img2img, copy), size, UNet steps and CFG."""
         mode = self._mode(inp)
         width, height = self._size(inp, mode)
         steps = 0 if mode == "copy" else unet_steps(self._lcm, inp.num_inference_steps, inp.strength, mode == "img2img")
@@ -155,13 +174,16 @@ class DiffusionApp(App):
         return BatchKey(mode, width, height, steps, cfg)
 
     def batch_key(self, path: str, inp: BaseModel) -> Hashable:
+        """As :meth:`key_for`, with text- and image-to-image in one ``mixed`` mode (they share UNet calls)."""
+        assert isinstance(inp, DiffusionInput)
+        return _shared(self.key_for(inp))
+
+    # -- limits ----------------------------------------------------------------------------
+
+    def admit(self, path: str, inp: BaseModel) -> None:
+        """Refuse an input over the compute budget or the decode budget (see the module docstring)."""
         assert isinstance(inp, DiffusionInput)
         key = self.key_for(inp)
-        self._admit(inp, key)
-        return key
-
-    def _admit(self, inp: DiffusionInput, key: BatchKey) -> None:
-        """Refuse an input over the compute budget or the decode budget (see the module docstring)."""
         if key.mode != "copy":
             cost = key.width * key.height / 1e6 * key.steps * inp.num_images * (2 if key.cfg else 1)
             limit = self.config.max_megapixel_steps
@@ -177,11 +199,10 @@ class DiffusionApp(App):
         if isinstance(inp.image_url, str) and not inp.image_url.startswith("data:"):
             image_bytes(inp.image_url)  # raises: URLs are fetched before the engine
         pixels = self._decode_cost(inp, key)
-        limit_px = self.config.max_batch_megapixels * 1e6
-        if pixels is not None and pixels > limit_px:
+        if pixels is not None and pixels > self._decoding.total:
             raise InputError(
                 f"image_url: decoding this image takes {pixels / 1e6:.1f} megapixels; the limit is "
-                f"{limit_px / 1e6:g} (--max-batch-megapixels): send a smaller image or a JPEG",
+                f"{self._decoding.total / 1e6:g} (--max-decode-megapixels): send a smaller image or a JPEG",
                 field="image_url",
                 code="OVER_BUDGET",
             )
@@ -194,78 +215,144 @@ class DiffusionApp(App):
             return None
         return decoded_pixels(head, *found, (key.width, key.height))
 
-    def _decode_waves(self, inputs: list[DiffusionInput], keys: list[BatchKey], members: list[int]) -> list[list[int]]:
-        """``members`` split into consecutive groups decoding at most ``max_batch_megapixels`` each."""
-        budget = self.config.max_batch_megapixels * 1e6
-        waves: list[list[int]] = []
-        spent = budget
-        for i in members:
-            known = self._decode_cost(inputs[i], keys[i])
-            cost = budget if known is None else float(known)  # unknown: decoded on its own
-            if spent + cost > budget:
-                waves.append([])
-                spent = 0.0
-            waves[-1].append(i)
-            spent += cost
-        return waves
+    # -- keeping latency targets under load ------------------------------------------------
 
-    # -- the batch handler -----------------------------------------------------------------
+    def degradation(self, path: str) -> tuple[str, ...]:
+        return LADDER
 
-    def _decode(self, inp: DiffusionInput, key: BatchKey) -> np.ndarray:
-        from framewire.engine.imaging import decode_image
+    def degrade(self, path: str, inp: BaseModel, level: int) -> Degraded | None:
+        """Level 1: at most 2 steps; 2: one step; 3: one step at half the width and height."""
+        assert isinstance(inp, DiffusionInput)
+        mode = self._mode(inp)
+        if level < 1 or mode == "copy":
+            return None
+        changes: dict[str, Any] = {}
+        notes = []
+        steps = min(inp.num_inference_steps, 2) if level == 1 else 1
+        if steps != inp.num_inference_steps:
+            changes["num_inference_steps"] = steps
+            notes.append(f"num_inference_steps {inp.num_inference_steps}→{steps}")
+        if level >= 3:
+            width, height = self._size(inp, mode)
+            smaller = self._smaller(width, height)
+            if smaller is not None:
+                changes["image_size"] = ImageSize(width=smaller[0], height=smaller[1])
+                notes.append(f"image_size {width}x{height}→{smaller[0]}x{smaller[1]}")
+        if not changes:
+            return None
+        return Degraded(inp.model_copy(update=changes), "; ".join(notes))
 
-        assert inp.image_url is not None
-        data = image_bytes(inp.image_url)
-        return decode_image(data, key.width, key.height, int(self.config.max_batch_megapixels * 1e6))
+    def _smaller(self, width: int, height: int) -> tuple[int, int] | None:
+        """Half the size (multiples of 8, at least 64), if the backend can run it without compiling."""
+        small = round8(width // 2), round8(height // 2)
+        if small == (width, height):
+            return None
+        if self.config.backend != Backend.EAGER and small not in (self.config.warmup_sizes or (self.default_size,)):
+            return None  # a static-shape backend would compile this size on the frame path
+        return small
+
+    def frame_cost(self, path: str, inp: BaseModel) -> float:
+        """UNet steps at 512x512 (VAE passes counted as steps), times the images made."""
+        assert isinstance(inp, DiffusionInput)
+        key = self.key_for(inp)
+        area = key.width * key.height / (512 * 512)
+        if key.mode == "copy":
+            return 0.05 * area * inp.num_images
+        steps = key.steps * (2 if key.cfg else 1) + VAE_DECODE_STEPS
+        if key.mode == "img2img":
+            steps += VAE_ENCODE_STEPS
+        return area * steps * inp.num_images
+
+    def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
+        """A fixed seed and an inline image (or none) decide the output; else no identity."""
+        assert isinstance(inp, DiffusionInput)
+        if inp.seed is None:
+            return None
+        image: bytes | None = None
+        if inp.image_url is not None and self._mode(inp) != "txt2img":
+            if isinstance(inp.image_url, bytes):
+                image = inp.image_url
+            elif inp.image_url.startswith("data:"):
+                image = decode_data_uri(inp.image_url)
+            else:
+                return None  # what a URL serves may change
+        params = hashlib.blake2b(
+            inp.model_dump_json(exclude={"image_url"}).encode() + type(inp).__qualname__.encode(), digest_size=20
+        )
+        return FrameIdentity(params.digest(), image)
+
+    def stages(self, path: str) -> Stages:
+        return Stages(self.prepare, self.run_batch, self.finish)  # type: ignore[arg-type]
+
+    # -- the batch handler, in three stages -------------------------------------------------
 
     def generate(self, inputs: list[DiffusionInput], progress: Progress) -> list[ImageOutput | AppError]:
         """Run a batch of inputs; one output (or per-input error) per input, in order."""
-        from framewire.engine.imaging import encode_jpeg
+        if self._pool is None:
+            raise RuntimeError(f"{self.app_id} is not set up")
+        prepared = list(self._pool.map(self._try_prepare, inputs))
+        return self.finish(self.run_batch(inputs, prepared, progress), progress)
+
+    def prepare(self, inp: DiffusionInput) -> _Prepared:
+        """One input's CPU work before its batch: its seed, and its image decoded at its size."""
+        started = time.perf_counter()
+        seed = inp.seed if inp.seed is not None else secrets.randbelow(2**32)
+        key = self.key_for(inp)
+        image = None if key.mode == "txt2img" else self._decode(inp, key)
+        return _Prepared(seed, image, (time.perf_counter() - started) * 1000.0)
+
+    def _try_prepare(self, inp: DiffusionInput) -> _Prepared | AppError:
+        try:
+            return self.prepare(inp)
+        except AppError as exc:
+            return exc
+
+    def run_batch(self, inputs: list[DiffusionInput], prepared: list[_Prepared | AppError], progress: Progress) -> _Ran:
+        """The device work of a batch (one UNet call per step per group of equal keys).
+
+        ``inputs`` are as they run (possibly degraded); ``prepared`` was made from the
+        inputs as sent, so an image decoded at another size is resized here.
+        """
         from framewire.engine.runner import Cancelled, Sample
 
-        if self.runner is None or self._pool is None:
+        if self.runner is None:
             raise RuntimeError(f"{self.app_id} is not set up")
-        started = time.perf_counter()
-        results: list[ImageOutput | AppError | None] = [None] * len(inputs)
+        ran = _Ran(inputs, [None] * len(inputs), [0] * len(inputs))
         keys = [self.key_for(inp) for inp in inputs]
-        seeds = [inp.seed if inp.seed is not None else secrets.randbelow(2**32) for inp in inputs]
-        needs_image = [i for i, key in enumerate(keys) if key.mode != "txt2img"]
-        decoded: dict[int, np.ndarray | AppError] = {}
-        for wave in self._decode_waves(inputs, keys, needs_image):  # memory: one budget's worth at a time
-            pool = self._pool
-            decoded.update(
-                zip(wave, pool.map(self._try_decode, [inputs[i] for i in wave], [keys[i] for i in wave]), strict=True)
-            )
-        for i, got in decoded.items():
-            if isinstance(got, AppError):
-                results[i] = got
-        prepare_ms = (time.perf_counter() - started) * 1000.0
-
-        pixels: dict[int, list[np.ndarray]] = {}
-        generate_ms: dict[BatchKey, float] = {}
         groups: dict[BatchKey, list[int]] = {}
-        for i, key in enumerate(keys):
-            if results[i] is None:
-                groups.setdefault(key, []).append(i)
+        for i, (key, prep) in enumerate(zip(keys, prepared, strict=True)):
+            if isinstance(prep, AppError):
+                ran.results[i] = prep
+                continue
+            ran.seeds[i] = prep.seed
+            ran.prepare_ms[i] = prep.ms
+            if key.mode != "txt2img":
+                assert prep.image is not None
+                prep.image = _resized(prep.image, key.width, key.height)
+            groups.setdefault(_shared(key), []).append(i)
         for key, members in groups.items():
             if key.mode == "copy":
                 for i in members:
-                    pixels[i] = [decoded[i]] * inputs[i].num_images  # type: ignore[list-item]
+                    prep = prepared[i]
+                    assert not isinstance(prep, AppError) and prep.image is not None
+                    ran.pixels[i] = [prep.image] * inputs[i].num_images
                 continue
             samples: list[Sample] = []
             owners: list[int] = []
             for i in members:
-                inp = inputs[i]
+                inp, prep = inputs[i], prepared[i]
+                assert not isinstance(prep, AppError)
+                img2img = keys[i].mode == "img2img"
                 for j in range(inp.num_images):
                     samples.append(
                         Sample(
                             prompt=inp.prompt,
-                            seed=(seeds[i] + j) % SEED_LIMIT,
+                            seed=(prep.seed + j) % SEED_LIMIT,
                             steps=inp.num_inference_steps,
-                            strength=inp.strength if key.mode == "img2img" else 1.0,
+                            strength=inp.strength if img2img else 1.0,
                             guidance_scale=inp.guidance_scale,
                             negative_prompt=getattr(inp, "negative_prompt", ""),
-                            image=decoded.get(i) if key.mode == "img2img" else None,  # type: ignore[arg-type]
+                            image=prep.image if img2img else None,
                         )
                     )
                     owners.append(i)
@@ -274,48 +361,60 @@ class DiffusionApp(App):
                 images = self.runner.generate(
                     key,
                     samples,
-                    on_step=self._previewer(inputs, owners, seeds, key, progress),
+                    on_step=self._previewer(inputs, owners, ran.seeds, key, progress),
                     should_stop=functools.partial(_all_cancelled, progress, tuple(members)),
                 )
             except Cancelled:
                 for i in members:
-                    results[i] = AppError("the request was cancelled", code="CANCELLED")
+                    ran.results[i] = AppError("the request was cancelled", code="CANCELLED")
                 continue
-            generate_ms[key] = (time.perf_counter() - t0) * 1000.0
+            generate_ms = (time.perf_counter() - t0) * 1000.0
             for owner, image in zip(owners, images, strict=True):
-                pixels.setdefault(owner, []).append(image)
+                ran.pixels.setdefault(owner, []).append(image)
+                ran.generate_ms[owner] = generate_ms
+        return ran
 
+    def finish(self, ran: _Ran, progress: Progress) -> list[ImageOutput | AppError]:
+        """A batch's CPU work after the device: JPEG encoding and the outputs."""
+        from framewire.engine.imaging import encode_jpeg
+
+        if self._pool is None:
+            raise RuntimeError(f"{self.app_id} is not set up")
         t0 = time.perf_counter()
-        order = [i for i in sorted(pixels) if not progress.cancelled(i)]
-        flat = [(i, img) for i in order for img in pixels[i]]
+        order = [i for i in sorted(ran.pixels) if not progress.cancelled(i)]
+        flat = [(i, img) for i in order for img in ran.pixels[i]]
         jpegs = list(self._pool.map(lambda item: encode_jpeg(item[1], self.config.jpeg_quality), flat))
         jpeg_ms = (time.perf_counter() - t0) * 1000.0
         by_input: dict[int, list[Image]] = {}
         for (i, img), data in zip(flat, jpegs, strict=True):
             by_input.setdefault(i, []).append(Image(content=data, width=img.shape[1], height=img.shape[0]))
-        for i, inp in enumerate(inputs):
+        results = list(ran.results)
+        for i, inp in enumerate(ran.inputs):
             if results[i] is not None:
                 continue
             if i not in by_input:
                 results[i] = AppError("the request was cancelled", code="CANCELLED")
                 continue
-            timings = {"prepare_ms": round(prepare_ms, 3), "jpeg_ms": round(jpeg_ms, 3)}
-            if keys[i] in generate_ms:
-                timings["generate_ms"] = round(generate_ms[keys[i]], 3)
+            timings = {"prepare_ms": round(ran.prepare_ms[i], 3), "jpeg_ms": round(jpeg_ms, 3)}
+            if i in ran.generate_ms:
+                timings["generate_ms"] = round(ran.generate_ms[i], 3)
             results[i] = ImageOutput(
                 images=by_input[i],
                 timings=timings,
-                seed=seeds[i],
+                seed=ran.seeds[i],
                 has_nsfw_concepts=[False] * len(by_input[i]),
                 prompt=inp.prompt,
             )
         return [r for r in results if r is not None]
 
-    def _try_decode(self, inp: DiffusionInput, key: BatchKey) -> np.ndarray | AppError:
-        try:
-            return self._decode(inp, key)
-        except AppError as exc:
-            return exc
+    def _decode(self, inp: DiffusionInput, key: BatchKey) -> np.ndarray:
+        from framewire.engine.imaging import decode_image
+
+        assert inp.image_url is not None
+        data = image_bytes(inp.image_url)
+        known = self._decode_cost(inp, key)
+        with self._decoding.spend(self._decoding.total if known is None else known):  # unknown: decoded alone
+            return decode_image(data, key.width, key.height, self._decoding.total)
 
     def _previewer(
         self, inputs: list[DiffusionInput], owners: list[int], seeds: list[int], key: BatchKey, progress: Progress
@@ -349,6 +448,66 @@ class DiffusionApp(App):
                 progress(owner, partial)
 
         return on_step
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """One input ready for its batch: its seed and, unless text-to-image, its decoded image."""
+
+    seed: int
+    image: np.ndarray | None  # uint8 [H, W, 3]
+    ms: float
+
+
+@dataclass(eq=False)
+class _Ran:
+    """A batch after the device: pixels per input, or the input's error."""
+
+    inputs: list[DiffusionInput]
+    results: list[ImageOutput | AppError | None]
+    seeds: list[int]
+    pixels: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    prepare_ms: dict[int, float] = field(default_factory=dict)
+    generate_ms: dict[int, float] = field(default_factory=dict)
+
+
+def _shared(key: BatchKey) -> BatchKey:
+    """The key frames batch by: text- and image-to-image share UNet calls."""
+    return key if key.mode == "copy" else BatchKey("mixed", key.width, key.height, key.steps, key.cfg)
+
+
+def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` at ``width`` x ``height`` (bicubic, as decoding resizes), or itself."""
+    if image.shape[:2] == (height, width):
+        return image
+    import numpy as np
+    from PIL import Image as PILImage
+
+    resized = PILImage.fromarray(image).resize((width, height), PILImage.Resampling.BICUBIC)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+class PixelBudget:
+    """At most ``total`` pixels being decoded at once, across the threads that decode."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def spend(self, pixels: int) -> Iterator[None]:
+        """Hold ``pixels`` (at most ``total``) for the block, waiting until they are free."""
+        pixels = min(pixels, self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= pixels)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += pixels
+                self._cond.notify_all()
 
 
 def _all_cancelled(progress: Progress, members: tuple[int, ...]) -> bool:

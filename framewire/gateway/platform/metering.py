@@ -104,6 +104,7 @@ class SessionMeter:
         self._latency = m.request_duration.labels(app, "realtime")
         self._limited = m.rate_limited.labels("frames")
         self._record = meter.usage.record
+        self._children: dict[tuple[int, str], Any] = {}  # (metric, label) → child, bound on first use
 
     def received(self) -> None:
         self._received.inc()
@@ -129,10 +130,24 @@ class SessionMeter:
         if error is None:
             self._ok.inc()
             self._sent.inc()
+            if result.degraded:
+                self._count(self.meter.metrics.degraded_frames, str(result.degraded))
+            if result.skipped:
+                self._count(self.meter.metrics.skipped_frames, result.skipped)
         else:
             self._failed.inc()
             self.meter.metrics.realtime_errors.labels(self.app, error.code).inc()
+        met = result.target_met
+        if met is not None:
+            self._count(self.meter.metrics.target_frames, "met" if met else "missed")
         self._latency.observe(latency_s)
+
+    def _count(self, counter: Any, label: str) -> None:
+        """One more on ``counter`` for this app and ``label``."""
+        child = self._children.get((id(counter), label))
+        if child is None:
+            child = self._children[(id(counter), label)] = counter.labels(self.app, label)
+        child.inc()
 
     def frame_error(self, code: str) -> None:
         """A frame refused before it reached the engine (bad msgpack, validation, rate limit, ...)."""

@@ -19,6 +19,9 @@ public.
 | ``framewire_realtime_frames_sent_total`` | counter | app |
 | ``framewire_realtime_frames_dropped_total`` | counter | app, reason (superseded, closed, outbox) |
 | ``framewire_realtime_errors_total`` | counter | app, code (the ``x-fal-error`` code) |
+| ``framewire_realtime_degraded_frames_total`` | counter | app, level (the app's degradation level, 1..N) |
+| ``framewire_realtime_skipped_frames_total`` | counter | app, kind (exact, similar: answered with the last output) |
+| ``framewire_realtime_target_frames_total`` | counter | app, outcome (met, missed: frames with a latency target) |
 | ``framewire_requests_total`` | counter | app, surface, outcome (ok, error) |
 | ``framewire_request_duration_seconds`` | histogram | app, surface (realtime: frame in → output out) |
 | ``framewire_rate_limited_total`` | counter | kind (requests, frames, sessions) |
@@ -89,6 +92,24 @@ class Metrics:
         )
         self.realtime_errors = Counter(
             "framewire_realtime_errors_total", "x-fal-error messages sent, by code", ["app", "code"], registry=r
+        )
+        self.degraded_frames = Counter(
+            "framewire_realtime_degraded_frames_total",
+            "Realtime frames run at a degradation level under load (fewer steps, a smaller size)",
+            ["app", "level"],
+            registry=r,
+        )
+        self.skipped_frames = Counter(
+            "framewire_realtime_skipped_frames_total",
+            "Realtime frames answered with the session's last output without running (unchanged input)",
+            ["app", "kind"],
+            registry=r,
+        )
+        self.target_frames = Counter(
+            "framewire_realtime_target_frames_total",
+            "Realtime frames of sessions with a latency target, by whether the engine met it",
+            ["app", "outcome"],
+            registry=r,
         )
         self.requests = Counter(
             "framewire_requests_total",

@@ -1,7 +1,9 @@
 """The realtime WebSocket endpoint: handshake checks, then a :class:`RealtimeSession`.
 
 URL: ``/{owner}/{alias}[/{path}]/realtime`` (and the legacy ``/…/ws``), query
-``fal_jwt_token`` and ``max_buffering``. The Origin check happens before the handshake
+``fal_jwt_token``, ``max_buffering``, ``target_latency_ms`` (the session's latency
+target; default: the app's) and ``similarity_threshold`` (skip frames whose image barely
+changed; default 0: exact repeats only). The Origin check happens before the handshake
 completes (HTTP 403). Every other refusal is an ``x-fal-error`` text frame followed by
 a close whose code mirrors the HTTP status (4401, 4403, 4404, 4400, 4429 when the key
 has its maximum of sessions open; 1013 while the engine is not ready or the server
@@ -15,6 +17,7 @@ import asyncio
 import functools
 import logging
 import uuid
+from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
@@ -41,6 +44,15 @@ log = logging.getLogger("framewire.realtime")
 
 #: The reconnect hint sent with ENGINE_UNAVAILABLE (starting up or draining).
 RETRY_AFTER_MS = 1000
+
+
+@dataclass(frozen=True)
+class _SessionOptions:
+    """What the client's query string asks of its session."""
+
+    max_buffering: int | None
+    target_latency_ms: float | None
+    similarity_threshold: float
 
 
 class RealtimeEndpoint:
@@ -112,7 +124,12 @@ class RealtimeEndpoint:
             except (LookupError, ValueError) as exc:
                 raise ProtocolError(ErrorCode.NOT_FOUND, exc.args[0] if exc.args else str(exc)) from None
             self.auth.check_app(principal, registry.names_of(endpoint.app))
-            max_buffering = protocol.parse_max_buffering(ws.query_params.get("max_buffering"))
+            query = ws.query_params
+            options = _SessionOptions(
+                protocol.parse_max_buffering(query.get("max_buffering")),
+                protocol.parse_target_latency_ms(query.get("target_latency_ms")),
+                protocol.parse_similarity_threshold(query.get("similarity_threshold")),
+            )
         except AuthError as exc:
             close = CloseCode.UNAUTHORIZED if exc.status == 401 else CloseCode.FORBIDDEN
             await self._refuse(ws, exc.code, exc.reason, close)
@@ -139,23 +156,25 @@ class RealtimeEndpoint:
             )
             return
         try:
-            await self._run_session(ws, principal, endpoint, max_buffering)
+            await self._run_session(ws, principal, endpoint, options)
         finally:
             self.limiter.close_session(principal)
 
     async def _run_session(
-        self, ws: WebSocket, principal: Principal, endpoint: Endpoint, max_buffering: int | None
+        self, ws: WebSocket, principal: Principal, endpoint: Endpoint, options: _SessionOptions
     ) -> None:
         app_id = endpoint.app.app_id
         session_id = uuid.uuid4().hex
         logs.session_id.set(session_id)
-        capacity = max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
+        capacity = options.max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
         base = base_url(ws)
         session = RealtimeSession(
             ws,
             endpoint,
             self.engine,
             capacity=capacity,
+            target_latency_ms=options.target_latency_ms,
+            similarity_threshold=options.similarity_threshold,
             session_timeout_s=endpoint.spec.session_timeout_s,
             max_frame_bytes=self.max_frame_bytes,
             budget=self.budget,

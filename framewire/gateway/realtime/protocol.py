@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from typing import Any
 
 import msgpack
 from pydantic import ValidationError
 
-from framewire.engine.api import MAX_BUFFERING_RANGE
+from framewire.engine.api import MAX_BUFFERING_RANGE, SIMILARITY_RANGE, TARGET_LATENCY_RANGE_MS
 from framewire.gateway.budget import OverBudget, StructureBudget, check_msgpack
 
 
@@ -101,6 +102,32 @@ def parse_max_buffering(raw: str | None) -> int | None:
     if not low <= value <= high:
         raise ProtocolError(ErrorCode.INVALID_QUERY, f"max_buffering must be from {low} to {high}, got {value}")
     return value
+
+
+def _parse_number(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.INVALID_QUERY, f"{name} must be a number from {low:g} to {high:g}, got {raw!r}"
+        ) from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ProtocolError(ErrorCode.INVALID_QUERY, f"{name} must be from {low:g} to {high:g}, got {raw}")
+    return value
+
+
+def parse_target_latency_ms(raw: str | None) -> float | None:
+    """Validate the ``target_latency_ms`` query parameter (milliseconds, or absent: the app's default)."""
+    if raw is None:
+        return None
+    return _parse_number("target_latency_ms", raw, *TARGET_LATENCY_RANGE_MS)
+
+
+def parse_similarity_threshold(raw: str | None) -> float:
+    """Validate the ``similarity_threshold`` query parameter (absent: 0, exact repeats only)."""
+    if raw is None:
+        return 0.0
+    return _parse_number("similarity_threshold", raw, *SIMILARITY_RANGE)
 
 
 def decode_frame(data: bytes, budget: StructureBudget) -> dict[str, Any]:

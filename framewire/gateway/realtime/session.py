@@ -104,6 +104,8 @@ class RealtimeSession:
         session_timeout_s: float | None,
         max_frame_bytes: int,
         budget: StructureBudget,
+        target_latency_ms: float | None = None,
+        similarity_threshold: float = 0.0,
         store_files: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         meter: SessionMeter | None = None,
         fetcher: InputFetcher | None = None,
@@ -117,6 +119,8 @@ class RealtimeSession:
         self.endpoint = endpoint
         self.engine = engine
         self.capacity = capacity
+        self.target_latency_ms = target_latency_ms
+        self.similarity_threshold = similarity_threshold
         self.session_timeout_s = session_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.budget = budget
@@ -403,7 +407,13 @@ class RealtimeSession:
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> SessionStats:
-        self._stream = self.engine.open_stream(self.endpoint, self.capacity, self._on_result)
+        self._stream = self.engine.open_stream(
+            self.endpoint,
+            self.capacity,
+            self._on_result,
+            target_latency_ms=self.target_latency_ms,
+            similarity_threshold=self.similarity_threshold,
+        )
         writer = self._writer = asyncio.create_task(self._write())
         close_code: int | None = None
         try:
