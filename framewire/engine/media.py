@@ -111,7 +111,7 @@ def decoded_pixels(head: bytes, width: int, height: int, target: tuple[int, int]
     """
     if head.startswith(b"\xff\xd8"):
         ratio = min(width // max(1, target[0]), height // max(1, target[1]))
-        scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+        scale = next((s for s in (8, 4, 2) if ratio >= s), 1)
         return -(-width // scale) * -(-height // scale)
     return width * height
 

@@ -118,3 +118,7 @@ def test_images_decode_within_the_budget_however_many_arrive_at_once() -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(decode, [9_000_000] * 8 + [1_000_000] * 16 + [40_000_000]))  # the last: capped, alone
     assert 0 < peak <= 16_000_000
+
+
+def test_an_image_smaller_than_its_target_costs_its_own_pixels() -> None:
+    assert decoded_pixels(jpeg_head(80, 48), 80, 48, (64, 64)) == 80 * 48

@@ -26,6 +26,7 @@ from framewire.engine.api import AppError
 from framewire.engine.apps.echo import EchoInput
 from framewire.engine.apps.lcm import LcmApp, LcmInput
 from framewire.engine.apps.sdxl_turbo import TurboInput
+from framewire.engine.media import decoded_pixels
 from framewire.gateway import http
 from framewire.gateway.budget import OverBudget, StructureBudget, check_json, check_msgpack
 from framewire.gateway.realtime import protocol
@@ -131,9 +132,24 @@ def test_input_models_accept_or_name_the_field(fields: dict[str, Any]) -> None:
             continue
         if isinstance(inp, LcmInput):
             try:
-                lcm.batch_key("", inp)
+                lcm.admit("", inp)
             except AppError as exc:
                 assert exc.code in ("OVER_BUDGET", "INVALID_INPUT")
+            lcm.batch_key("", inp)
+
+
+@QUICK
+@given(
+    st.integers(1, 65535),
+    st.integers(1, 65535),
+    st.integers(64, 2048),
+    st.integers(64, 2048),
+    st.sampled_from([b"\xff\xd8", b"\x89PNG\r\n\x1a\n"]),
+)
+def test_decode_cost_is_never_more_than_the_image_nor_less_than_a_pixel(
+    width: int, height: int, target_w: int, target_h: int, head: bytes
+) -> None:
+    assert 1 <= decoded_pixels(head, width, height, (target_w, target_h)) <= width * height
 
 
 # -- a real server ------------------------------------------------------------------------------
