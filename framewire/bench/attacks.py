@@ -188,11 +188,11 @@ def _send_all(
     }
 
 
-def attack_headers(server: Server, mb: int, shape: str, line_bytes: int = 16) -> dict[str, Any]:
+def attack_headers(port: int, mb: int, shape: str, line_bytes: int = 16) -> dict[str, Any]:
     total = mb * MB
     if shape == "url":
         head = b"GET /health?q="
-        return _send_all(server.port, head, lambda n: b"a" * n, total)
+        return _send_all(port, head, lambda n: b"a" * n, total)
     head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     line = b"X-Pad: " + b"a" * max(1, line_bytes - 9) + b"\r\n"
 
@@ -200,7 +200,7 @@ def attack_headers(server: Server, mb: int, shape: str, line_bytes: int = 16) ->
         count = max(1, n // len(line))
         return line * count
 
-    return _send_all(server.port, head, lines, total)
+    return _send_all(port, head, lines, total)
 
 
 def attack_body(server: Server, mb: int) -> dict[str, Any]:
@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Probe(server.port, pid=server.pid) as probe:
             time.sleep(1.0)
             if args.scenario in ("headers", "url"):
-                result = attack_headers(server, args.mb, args.scenario, getattr(args, "line_bytes", 16))
+                result = attack_headers(server.port, args.mb, args.scenario, getattr(args, "line_bytes", 16))
             elif args.scenario == "frames":
                 result = asyncio.run(_frames(server.port, args.frames, 4 * MB, not args.no_request_id))
             elif args.scenario == "sockets":

@@ -125,8 +125,6 @@ class GuardedProtocol(HttpToolsProtocol):
             self._linger(len(data))
             return
         if self._in_head:
-            if self._deadline is None:
-                self._arm_deadline()  # the first byte of a keep-alive connection's next request
             room = self.limits.max_header_bytes - self._head_bytes
             if len(data) > room:
                 # Feed what the limit allows: the head may end within it, the rest is body.
@@ -142,6 +140,8 @@ class GuardedProtocol(HttpToolsProtocol):
                 return
             self._head_bytes += len(data)
         super().data_received(data)
+        if self._in_head and self._head_bytes and self._deadline is None and not self._refused:
+            self._arm_deadline()  # part of a head came: the rest has until the deadline (a whole one costs no timer)
 
     # -- parser callbacks ----------------------------------------------------------------
 
