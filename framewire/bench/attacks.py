@@ -11,6 +11,7 @@ python -m framewire.bench.attacks url --mb 64           # one request line of 64
 python -m framewire.bench.attacks frames --frames 8     # msgpack frames of 4 MB that decode to huge structures
 python -m framewire.bench.attacks sockets --count 1000  # silent and trickling sockets
 python -m framewire.bench.attacks body --mb 400         # one JSON body of 400 MB
+python -m framewire.bench.attacks pixels --images 8     # eight 39-megapixel PNGs arriving at once
 python -m framewire.bench.attacks fetch-stall           # realtime image_url at a listener that never answers
 ```
 """
@@ -328,6 +329,42 @@ async def _fetch_stall(port: int, duration_s: float) -> dict[str, Any]:
     }
 
 
+async def _pixels(port: int, images: int, megapixels: float) -> dict[str, Any]:
+    """``images`` sessions each send one image-to-image frame whose PNG has ``megapixels``."""
+    import io
+
+    import msgpack
+    import websockets
+    from PIL import Image
+
+    side = int((megapixels * 1e6) ** 0.5)
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 150)).save(buffer, format="PNG")  # compresses to little
+    frame = {
+        "prompt": "x",
+        "image_url": buffer.getvalue(),
+        "strength": 0.5,
+        "num_inference_steps": 1,
+        "image_size": {"width": 64, "height": 64},
+    }
+    answers: list[str] = []
+    started = time.perf_counter()
+
+    async def one(i: int) -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/framewire/lcm/realtime", max_size=None) as ws:
+            await ws.send(msgpack.packb({**frame, "request_id": i}))
+            reply = await asyncio.wait_for(ws.recv(), 120)
+            answers.append(reply[:120] if isinstance(reply, str) else "<output>")
+
+    await asyncio.gather(*(one(i) for i in range(images)))
+    return {
+        "images": images,
+        "image": f"{side}x{side} PNG, {len(buffer.getvalue())} bytes",
+        "seconds": round(time.perf_counter() - started, 2),
+        "answers": sorted(set(answers)),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framewire.bench.attacks", description=__doc__.split("\n")[0])
     parser.add_argument("--server-root", type=Path, default=ROOT, help="checkout whose framewire to run")
@@ -348,11 +385,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fd-limit", type=int, default=None, help="the server's RLIMIT_NOFILE")
     p = sub.add_parser("body", help="one large JSON body on the run surface")
     p.add_argument("--mb", type=int, default=400)
+    p = sub.add_parser("pixels", help="sessions sending large PNGs at once (LCM)")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--megapixels", type=float, default=39.0)
     p = sub.add_parser("fetch-stall", help="realtime image_url at a listener that never answers (LCM)")
     p.add_argument("--duration-s", type=float, default=15.0)
     args = parser.parse_args(argv)
 
-    apps = ["--builtin-apps", "echo,lcm" if args.scenario == "fetch-stall" else "echo"]
+    apps = ["--builtin-apps", "echo,lcm" if args.scenario in ("fetch-stall", "pixels") else "echo"]
     with serve([*apps, *args.server_arg], args.server_root, fd_limit=getattr(args, "fd_limit", None)) as server:
         time.sleep(1.0)
         before = rss_mb(server.pid)
@@ -366,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = attack_sockets(server, args.count, args.hold_s, args.trickle)
             elif args.scenario == "body":
                 result = attack_body(server, args.mb)
+            elif args.scenario == "pixels":
+                result = asyncio.run(_pixels(server.port, args.images, args.megapixels))
             else:
                 result = asyncio.run(_fetch_stall(server.port, args.duration_s))
             time.sleep(2.0)

@@ -26,8 +26,8 @@ Limits, checked when an input arrives (:meth:`DiffusionApp.admit`), before any w
 input may ask for at most ``max_megapixel_steps`` of compute (output megapixels x UNet
 steps x images, twice that with classifier-free guidance), and its image may cost at most
 ``max_decode_megapixels`` to decode (a JPEG counts at the reduced scale it decodes at).
-Images are decoded within that budget at any moment, however many arrive at once, so
-memory stays bounded. Both refusals are ``OVER_BUDGET`` errors naming the limit.
+Large images are decoded within that budget at any moment, however many arrive at once,
+so memory stays bounded (small ones, such as canvas frames, never wait for it). Both refusals are ``OVER_BUDGET`` errors naming the limit.
 """
 
 from __future__ import annotations
@@ -488,16 +488,24 @@ def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class PixelBudget:
-    """At most ``total`` pixels being decoded at once, across the threads that decode."""
+    """At most ``total`` pixels being decoded at once by large images, across the decoding threads.
+
+    Small images (at most ``total / 16``, e.g. a 1024x1024 canvas frame with the default)
+    never wait: they are cheap, and the realtime path must not queue behind a large one.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
+        self.small = total // 16
         self._free = total
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
     def spend(self, pixels: int) -> Iterator[None]:
         """Hold ``pixels`` (at most ``total``) for the block, waiting until they are free."""
+        if pixels <= self.small:
+            yield
+            return
         pixels = min(pixels, self.total)
         with self._cond:
             self._cond.wait_for(lambda: self._free >= pixels)
