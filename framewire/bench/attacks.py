@@ -312,9 +312,11 @@ async def _fetch_stall(port: int, duration_s: float) -> dict[str, Any]:
     async def session_b() -> None:
         async with websockets.connect(f"ws://127.0.0.1:{port}/framewire/lcm/realtime") as ws:
             end = time.monotonic() + duration_s
+            seed = 0
             while time.monotonic() < end:
                 started = time.perf_counter()
-                await ws.send(msgpack.packb(base))
+                seed += 1  # a new seed each time: a repeated frame would be answered without running
+                await ws.send(msgpack.packb({**base, "seed": seed}))
                 await ws.recv()
                 latencies.append((time.perf_counter() - started) * 1000)
 
