@@ -9,7 +9,12 @@ variant and round; rounds rotate the order so machine noise spreads evenly.
 
 ```bash
 python -m framewire.bench.listeners --rounds 3 --seconds 8 --frames 1500 --attack-mb 64
+python -m framewire.bench.listeners --per-request   # the protocols alone, in process: µs per request
 ```
+
+End-to-end numbers on a small shared machine vary by more than the guard costs;
+``--per-request`` isolates it: the same keep-alive request fed to each protocol object
+through a stub transport and a no-op app, so only HTTP parsing and the guard are timed.
 """
 
 from __future__ import annotations
@@ -141,6 +146,59 @@ def measure(variant: str, seconds: float, frames: int, attack_mb: int, connectio
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+async def _per_request(variant: str, requests: int) -> float:
+    """Microseconds per keep-alive request through one ``variant`` protocol object."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from framewire.gateway.listener import ListenerLimits, protocol_class
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    class Transport(asyncio.Transport):
+        def write(self, data: Any) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    config = uvicorn.Config(app, http=variant if variant != "guarded" else "httptools", log_level="warning")
+    config.load()
+    cls: Any = config.http_protocol_class
+    if variant == "guarded":
+        cls = protocol_class(ListenerLimits(32 * 1024, 15.0, 2048))
+    protocol = cls(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(Transport())
+    body = b'{"prompt": "a cat"}'
+    request = (
+        b"POST /framewire/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    started = time.perf_counter()
+    for _ in range(requests):
+        protocol.data_received(request)
+        await asyncio.sleep(0)  # the request's task answers
+        await asyncio.sleep(0)
+    elapsed = time.perf_counter() - started
+    protocol.connection_lost(None)
+    return elapsed / requests * 1e6
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
@@ -152,7 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections of the sync-run load")
     parser.add_argument("--frames", type=int, default=1500, help="realtime frames (48 KB) in one session")
     parser.add_argument("--attack-mb", type=int, default=64, help="header lines sent on one connection")
+    parser.add_argument("--per-request", action="store_true", help="time the protocols alone, in this process")
     args = parser.parse_args(argv)
+    if args.per_request:
+        for round_ in range(args.rounds):
+            for variant in VARIANTS:
+                us = asyncio.run(_per_request(variant, 20_000))
+                print(json.dumps({"round": round_, "variant": variant, "us_per_request": round(us, 2)}), flush=True)
+        return 0
     for round_ in range(args.rounds):
         order = VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]
         for variant in order:
