@@ -51,8 +51,11 @@ def _accepts_bytes(annotation: Any) -> bool:
     return False
 
 
+_URL_SUFFIXES = ("_url", "_urls")
+
+
 def _is_url_field(name: Any) -> bool:
-    return isinstance(name, str) and (name.endswith("_url") or name.endswith("_urls"))
+    return isinstance(name, str) and name.endswith(_URL_SUFFIXES)
 
 
 def _is_http(value: Any) -> bool:
@@ -62,24 +65,28 @@ def _is_http(value: Any) -> bool:
 def fetchable(data: dict[str, Any], model: type[BaseModel] | None = None) -> list[tuple[list[str | int], str, bool]]:
     """The URLs :meth:`InputFetcher.resolve` would fetch: (field path, URL, whether the field takes bytes).
 
-    ``model`` tells which top-level fields take bytes (None: none do).
+    ``model`` tells which top-level fields take bytes (None: none do). Cheap when there is
+    nothing to fetch: every realtime frame is looked at.
     """
     jobs: list[tuple[list[str | int], str, bool]] = []
 
     def collect(value: Any, loc: list[str | int], in_url_field: bool) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
-                collect(item, [*loc, key], _is_url_field(key))
+                if isinstance(item, dict | list) or (isinstance(item, str) and _is_url_field(key)):
+                    collect(item, [*loc, key], _is_url_field(key))
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                collect(item, [*loc, i], in_url_field)
+                if isinstance(item, dict | list) or (in_url_field and isinstance(item, str)):
+                    collect(item, [*loc, i], in_url_field)
         elif in_url_field and _is_http(value):
             jobs.append((loc, value, False))
 
     for key, value in data.items():
-        if _is_url_field(key) and _is_http(value):
-            field = model.model_fields.get(key) if model is not None and isinstance(key, str) else None
-            jobs.append(([key], value, field is not None and _accepts_bytes(field.annotation)))
+        if isinstance(value, str):
+            if _is_url_field(key) and _is_http(value):
+                field = model.model_fields.get(key) if model is not None else None
+                jobs.append(([key], value, field is not None and _accepts_bytes(field.annotation)))
         elif isinstance(value, dict | list):
             collect(value, [key], _is_url_field(key))
     return jobs
