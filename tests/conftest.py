@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.server
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ import pytest
 import uvicorn
 from pydantic import BaseModel
 
+from framewire.bench.servers import stop_process
 from framewire.engine.api import App, AppRegistry, realtime
 from framewire.engine.apps.echo import EchoApp
 from framewire.engine.host import LocalEngine
@@ -108,6 +110,23 @@ def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
         thread.join(10)
 
 
+class LocalHttp:
+    """A threaded HTTP server on a free loopback port for the ``with`` block; ``url`` is ``path`` on it."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], path: str = "/") -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LocalHttp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture
 def echo_app() -> EchoApp:
     return EchoApp()
@@ -154,9 +173,4 @@ def serve_process(*args: str, env: dict[str, str] | None = None, port: int | Non
             wait_ready(port, proc)
             yield port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framewire.bench.servers import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
 
@@ -91,12 +93,7 @@ def serve(args: Sequence[str], root: Path, *, fd_limit: int | None = None) -> It
                 time.sleep(0.2)
             yield Server(proc, port)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 20.0)
             shutil.rmtree(data_dir, ignore_errors=True)
 
 

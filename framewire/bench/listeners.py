@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from framewire.bench.attacks import Probe, _ok, attack_headers, free_port, rss_mb
+from framewire.bench.servers import stop_process
 
 VARIANTS = ("httptools", "guarded", "h11")
 
@@ -141,8 +142,7 @@ def measure(variant: str, seconds: float, frames: int, attack_mb: int, connectio
         )
         return out
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop_process(proc, 20.0)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -8,7 +8,6 @@ import http.server
 import io
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +23,12 @@ from framewire.engine.apps.echo import EchoApp
 from framewire.engine.apps.lcm import LcmApp
 from framewire.engine.config import DiffusionConfig
 from framewire.gateway.settings import Settings
-from tests.conftest import live_server
+from tests.conftest import LocalHttp, live_server
 
 BODY = b"\xff\xd8 the image \xff\xd9"
 
 
-class Origin:
+class Origin(LocalHttp):
     """A local HTTP server counting requests; ``delay_s`` before each answer."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
@@ -49,17 +48,7 @@ class Origin:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/img.jpg"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Origin:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/img.jpg")
 
 
 async def exchange(ws: Any, frames: list[dict[str, Any]], answers: int) -> list[Any]:

@@ -27,7 +27,8 @@ input may ask for at most ``max_megapixel_steps`` of compute (output megapixels 
 steps x images, twice that with classifier-free guidance), and its image may cost at most
 ``max_decode_megapixels`` to decode (a JPEG counts at the reduced scale it decodes at).
 Large images are decoded within that budget at any moment, however many arrive at once,
-so memory stays bounded (small ones, such as canvas frames, never wait for it). Both refusals are ``OVER_BUDGET`` errors naming the limit.
+so memory stays bounded (small ones, such as canvas frames, never wait for it). Both
+refusals are ``OVER_BUDGET`` errors naming the limit.
 """
 
 from __future__ import annotations
