@@ -124,24 +124,155 @@ def configure_kernels(settings: Settings) -> None:
     runtime.configure(enabled=settings.kernels)
 
 
+# -- engine workers ------------------------------------------------------------------------------
+
+#: Default port of `framewire worker` (FRAMEWIRE_WORKER_PORT overrides it).
+DEFAULT_WORKER_PORT = 7100
+#: Settings a local worker inherits from its edge, passed as flags: its apps and how they run.
+WORKER_INHERITED = (
+    "apps",
+    "builtin_apps",
+    "max_queue_delay_ms",
+    "log_level",
+    "log_format",
+    "kernels",
+    "max_batch_size",
+    "weights",
+    "backend",
+    "dtype",
+    "tiny_vae",
+    "cache_dir",
+    "batch_buckets",
+    "warmup_sizes",
+    "max_megapixel_steps",
+    "max_decode_megapixels",
+)
+#: Options of `framewire worker` shared with serve.
+WORKER_OPTIONS = (
+    *WORKER_INHERITED,
+    "host",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "shutdown_timeout_s",
+    "device",
+    "worker_secret",
+    "worker_timeout_s",
+)
+
+
+def settings_flags(settings: Settings, names: Sequence[str]) -> list[str]:
+    """The command-line flags that reproduce ``settings``' values of ``names`` (defaults omitted)."""
+    defaults = Settings()
+    flags: list[str] = []
+    for option in settings_mod.OPTIONS:
+        if option.name not in names:
+            continue
+        value = getattr(settings, option.name)
+        if value == getattr(defaults, option.name) or value is None:
+            continue
+        flag = settings_mod.flag_of(option)
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple) and option.repeatable:
+            for item in value:
+                flags += [flag, str(item)]
+        elif isinstance(value, tuple):
+            flags += [flag, ",".join(str(v) for v in value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def app_names(registry: AppRegistry) -> dict[str, str]:
+    """Every name an app answers to (id, aliases, built-in short name) → its id."""
+    names = {name: app.app_id for app in registry for name in registry.names_of(app)}
+    for short, spec in BUILTIN_APPS.items():
+        app_id = getattr(load_object(spec), "app_id", None)
+        if isinstance(app_id, str) and app_id in names:
+            names[short] = app_id
+    return names
+
+
+def local_worker_commands(settings: Settings, registry: AppRegistry) -> list[Any]:
+    """One ``framewire worker`` command per device of ``--devices`` (apps placed by ``--app-devices``)."""
+    import socket
+
+    from framewire.cluster import placement
+    from framewire.cluster.spawn import WorkerCommand, visible_gpus
+
+    assert settings.devices is not None
+    devices = placement.parse_devices(settings.devices)
+    if devices == ["auto"]:
+        devices = placement.auto_devices(visible_gpus())
+    assignment = placement.assign_apps(
+        [app.app_id for app in registry],
+        devices,
+        placement.parse_app_devices(settings.app_devices),
+        app_names(registry),
+    )
+    inherited = settings_flags(settings, WORKER_INHERITED)
+    host = socket.gethostname()
+    commands = []
+    for label, device, apps in zip(placement.worker_labels(devices), devices, assignment, strict=True):
+        argv = [sys.executable, "-m", "framewire.cli", "worker", *inherited, "--device", device]
+        argv += ["--only-apps", ",".join(apps), "--worker-id", f"{host}/{label}"]
+        argv += ["--worker-timeout-s", str(settings.worker_timeout_s)]
+        commands.append(WorkerCommand(label, argv))
+    return commands
+
+
+def build_engine(settings: Settings, registry: AppRegistry, on_batch: Callable[[Any], None] | None) -> Any:
+    """The engine the gateway talks to: in this process, or over links to worker processes."""
+    if not settings.workers and not settings.devices:
+        from framewire.engine.host import LocalEngine
+
+        return LocalEngine(
+            registry,
+            queue_delay_override_ms=settings.max_queue_delay_ms,
+            max_batch_size_cap=settings.max_batch_size,
+            on_batch=on_batch,
+        )
+    import ssl
+
+    from framewire.cluster import wire
+    from framewire.cluster.directory import Directories, Directory, StaticDirectory, parse_addresses
+    from framewire.cluster.edge import LinkOptions, RemoteEngine
+    from framewire.cluster.spawn import LocalWorkers
+
+    secret = wire.parse_secret(settings.worker_secret) if settings.worker_secret else wire.new_secret()
+    parts: list[Directory] = []
+    if settings.devices:
+        parts.append(LocalWorkers(local_worker_commands(settings, registry), secret))
+    if settings.workers:
+        parts.append(StaticDirectory(parse_addresses(settings.workers, tls=settings.worker_cafile is not None)))
+    context = None
+    if settings.worker_cafile is not None:
+        try:
+            context = ssl.create_default_context(cafile=settings.worker_cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--worker-cafile {settings.worker_cafile!r}: {exc}") from None
+    options = LinkOptions(
+        secret,
+        heartbeat_s=settings.worker_heartbeat_s,
+        timeout_s=settings.worker_timeout_s,
+        ssl_context=context,
+    )
+    return RemoteEngine(registry, Directories(parts), options)
+
+
 def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
-    from framewire.engine.host import LocalEngine
     from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
     from framewire.gateway.listener import ensure_fd_limit, server_config
     from framewire.gateway.platform.metrics import Metrics
 
     ensure_fd_limit(settings.max_connections)
-    configure_kernels(settings)
     registry = build_registry(settings)
-    metrics = Metrics()  # platform: the engine reports each batch to the metrics
-    engine = LocalEngine(
-        registry,
-        queue_delay_override_ms=settings.max_queue_delay_ms,
-        max_batch_size_cap=settings.max_batch_size,
-        on_batch=metrics.on_batch,
-    )
+    metrics = Metrics()  # platform: an in-process engine reports each batch to the metrics
+    if not settings.workers and not settings.devices:
+        configure_kernels(settings)  # workers configure their own
+    engine = build_engine(settings, registry, metrics.on_batch)
     gateway = create_gateway(settings, engine, metrics=metrics)
     config = server_config(
         gateway.app,
@@ -156,10 +287,16 @@ def serve(settings: Settings) -> None:
     if settings.queue_port is not None:
         sockets.append(_bind(settings.host, settings.queue_port))
     scheme = "https" if settings.ssl_certfile else "http"
+    where = ""
+    if settings.devices:
+        where += f"; engine workers on {settings.devices}"
+    if settings.workers:
+        where += f"; engine workers at {', '.join(settings.workers)}"
     print(
         f"FrameWire serving {', '.join(a.app_id for a in registry)} on {scheme}://{settings.host}:{settings.port}"
         + (f" (queue on port {settings.queue_port})" if settings.queue_port else "")
-        + (" with auth" if settings.auth else " without auth"),
+        + (" with auth" if settings.auth else " without auth")
+        + where,
         flush=True,
     )
     random_weights = [
@@ -189,6 +326,99 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """``framewire worker``: one engine (a device, a set of apps) serving edges over the link."""
+    import asyncio
+    import socket
+    import ssl
+
+    from framewire.cluster import wire
+    from framewire.cluster import worker as worker_mod
+    from framewire.engine.host import LocalEngine
+    from framewire.gateway.platform import logs
+
+    try:
+        options = [o for o in settings_mod.OPTIONS if o.name in WORKER_OPTIONS]
+        settings = settings_mod.from_sources(args, options=options)
+        logs.configure(settings.log_level, settings.log_format)
+        if settings.worker_secret is None:
+            raise ValueError(
+                "framewire worker needs --worker-secret (or FRAMEWIRE_WORKER_SECRET), the same as its edges'"
+            )
+        secret = wire.parse_secret(settings.worker_secret)
+        configure_kernels(settings)
+        registry = build_registry(settings)
+        if args.only_apps:
+            names = app_names(registry)
+            wanted = set()
+            for name in settings_mod._list(args.only_apps):
+                if name not in names:
+                    raise ValueError(f"--only-apps: no app {name!r} is loaded")
+                wanted.add(names[name])
+            registry = AppRegistry([app for app in registry if app.app_id in wanted])
+        port = args.port if args.port is not None else int(os.environ.get("FRAMEWIRE_WORKER_PORT", DEFAULT_WORKER_PORT))
+        context = None
+        if settings.ssl_certfile is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"--ssl-certfile/--ssl-keyfile: {exc}") from None
+    except ValueError as exc:
+        print(f"framewire: {exc}", file=sys.stderr)
+        return 2
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+        port = sock.getsockname()[1]
+    else:
+        sock = _bind(settings.host, port)
+    cap = settings.max_batch_size
+    stats = worker_mod.BatchStats(
+        {
+            ep.key: ep.max_batch_size if cap is None else min(cap, ep.max_batch_size)
+            for app in registry
+            for ep in registry.endpoints_of(app).values()
+        }
+    )
+    engine = LocalEngine(
+        registry,
+        queue_delay_override_ms=settings.max_queue_delay_ms,
+        max_batch_size_cap=cap,
+        on_batch=stats.on_batch,
+    )
+    worker_id = args.worker_id or f"{socket.gethostname()}:{port}"
+    server = worker_mod.WorkerServer(
+        engine,
+        secret=secret,
+        worker_id=worker_id,
+        device=settings.device,
+        stats=stats,
+        edge_timeout_s=settings.worker_timeout_s,
+    )
+    scheme = "tls" if context is not None else "tcp"
+
+    def ready() -> None:
+        print(
+            f"FrameWire worker {worker_id} serving {', '.join(a.app_id for a in registry)} "
+            f"on {settings.device} at {scheme}://{settings.host}:{port}",
+            flush=True,
+        )
+
+    main = worker_mod.run(
+        server,
+        [sock],
+        ssl_context=context,
+        drain_timeout_s=settings.shutdown_timeout_s,
+        on_ready=ready,
+        parent_pid=args.parent_pid,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _cmd_apps(args: argparse.Namespace) -> int:
@@ -414,6 +644,22 @@ def _add_platform_commands(sub: Any) -> None:
     p_health.set_defaults(func=_cmd_health)
 
 
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    """``framewire mcp``: the stdio bridge to a server's ``/mcp`` (stdout carries the protocol)."""
+    from framewire.gateway.mcp import bridge
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="framewire mcp: %(message)s")
+    key = args.key or os.environ.get("FRAMEWIRE_KEY") or None
+    try:
+        bridge.run(bridge.mcp_url(args.url), key)
+    except (bridge.BridgeError, ValueError) as exc:
+        print(f"framewire mcp: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def _cmd_pull(args: argparse.Namespace) -> int:
     from framewire.engine import weights
 
@@ -447,6 +693,16 @@ def parser() -> argparse.ArgumentParser:
     p_serve = sub.add_parser("serve", help="run the server (realtime, REST, demo page)")
     settings_mod.add_arguments(p_serve)
     p_serve.set_defaults(func=_cmd_serve)
+    p_worker = sub.add_parser("worker", help="run an engine worker (one device) that edges reach over a link")
+    settings_mod.add_arguments(p_worker, [o for o in settings_mod.OPTIONS if o.name in WORKER_OPTIONS])
+    p_worker.add_argument(
+        "--port", type=int, help=f"port edges connect to [FRAMEWIRE_WORKER_PORT, default {DEFAULT_WORKER_PORT}]"
+    )
+    p_worker.add_argument("--worker-id", help="name shown by edges (default: HOSTNAME:PORT)")
+    p_worker.add_argument("--only-apps", help="serve only these of the loaded apps (ids or names, comma separated)")
+    p_worker.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from the edge
+    p_worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # stop when this edge is gone
+    p_worker.set_defaults(func=_cmd_worker)
     p_apps = sub.add_parser("apps", help="list the apps and endpoints a serve would load")
     settings_mod.add_arguments(p_apps, [o for o in settings_mod.OPTIONS if o.name in ("apps", "builtin_apps")])
     p_apps.set_defaults(func=_cmd_apps)
@@ -462,6 +718,14 @@ def parser() -> argparse.ArgumentParser:
     p_init.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p_init.add_argument("--device", default="cpu", help="build on this device (cuda is much faster for sd15/sdxl)")
     p_init.set_defaults(func=_cmd_init_weights)
+    p_mcp = sub.add_parser(
+        "mcp", help="stdio MCP server for an assistant that launches local servers; calls go to a server's /mcp"
+    )
+    p_mcp.add_argument(
+        "--url", required=True, help="the server's MCP URL, e.g. https://host:8000/mcp (or its base URL)"
+    )
+    p_mcp.add_argument("--key", help="API key id:secret (default: $FRAMEWIRE_KEY; none for a server without --auth)")
+    p_mcp.set_defaults(func=_cmd_mcp)
     p_key = sub.add_parser("webhook-key", help="print the public key webhooks are signed with (JWKS and whpk_)")
     settings_mod.add_arguments(p_key, [o for o in settings_mod.OPTIONS if o.name == "data_dir"])
     p_key.set_defaults(func=_cmd_webhook_key)

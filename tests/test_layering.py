@@ -1,4 +1,9 @@
-"""The layers of DESIGN §2: gateway → framewire.engine.api → engine → kernels, never upwards."""
+"""The layers of DESIGN §2: gateway → framewire.engine.api → engine → kernels, never upwards.
+
+framewire.cluster (engine workers and the link to them) sits beside the gateway: it reaches
+engines only through framewire.engine.api, never imports torch, a web framework or the
+gateway, and the gateway reaches it only through the EngineClient the CLI hands it.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,22 @@ def test_engine_imports_no_web_framework(path: Path) -> None:
     found = imports_of(path)
     assert not {n for n in found if any(within(n, web) for web in WEB)}
     assert not {n for n in found if within(n, "framewire.bench") or within(n, "framewire.cli")}
+    assert not {n for n in found if within(n, "framewire.cluster")}, f"{path.name} imports the cluster"
+
+
+@pytest.mark.parametrize("path", modules("cluster"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_cluster_reaches_engines_only_through_the_engine_api(path: Path) -> None:
+    found = imports_of(path)
+    assert not {n for n in found if top(n) in HEAVY}, f"{path.name} imports a heavy library"
+    assert not {n for n in found if any(within(n, web) for web in WEB)}, f"{path.name} imports a web framework"
+    own = {n for n in found if top(n) == "framewire"}
+    outside = {n for n in own if not within(n, "framewire.cluster")}
+    assert outside <= {"framewire.engine.api"}, f"{path.name} imports {outside}"
+
+
+@pytest.mark.parametrize("path", modules("gateway"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_gateway_never_imports_the_cluster(path: Path) -> None:
+    assert not {n for n in imports_of(path) if within(n, "framewire.cluster")}, f"{path.name} imports the cluster"
 
 
 @pytest.mark.parametrize("path", modules("kernels"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -67,7 +88,9 @@ def test_importing_the_gateway_loads_no_torch() -> None:
         "import sys, framewire.gateway.app, framewire.cli, framewire.gateway.realtime.endpoint\n"
         "import framewire.gateway.realtime.session, framewire.engine.host, framewire.engine.apps.echo\n"
         "import framewire.engine.apps.lcm, framewire.engine.apps.sdxl_turbo, framewire.gateway.settings\n"
-        "framewire.cli.build_registry(framewire.gateway.settings.Settings())  # constructing the diffusion apps\n"
+        "import framewire.cluster.edge, framewire.cluster.worker, framewire.cluster.spawn\n"
+        "settings = framewire.gateway.settings.Settings(workers=('127.0.0.1:7100',), worker_secret='s' * 32)\n"
+        "framewire.cli.build_engine(settings, framewire.cli.build_registry(settings), None)  # an edge's engine\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

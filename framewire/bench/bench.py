@@ -5,6 +5,8 @@ and report numbers, ratios, plots and (for goals) benchmarks/RESULTS.md.
     framewire bench run --mode open --sessions 64 --fps 15 --targets framewire,starlette
     framewire bench goals                                     # the goals; rewrites RESULTS.md
     framewire bench plot benchmarks/out/<run>/results.json    # redraw plots from JSON
+    framewire bench workers                                   # engine worker processes (own flags)
+    framewire bench link                                      # the edge-worker link's transport
     framewire bench scheduler                                 # overload and idle-canvas scenarios
 
 Every target runs the same scenario one after the other (never at the same time), each
@@ -523,6 +525,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["workers"]:  # engine workers against in-process and the baseline (own flags)
+        from framewire.bench import workers_bench
+
+        return workers_bench.main(argv[1:])
+    if argv[:1] == ["link"]:  # the edge-worker link's transport: raw TCP against WebSocket (own flags)
+        from framewire.bench import link_bench
+
+        return link_bench.main(argv[1:])
     if argv[:1] == ["scheduler"]:
         from framewire.bench import scheduler_bench
 

@@ -75,6 +75,7 @@ class LoadSpec:
     drain_s: float = 3.0
     connect_timeout_s: float = 15.0
     connect_concurrency: int = 32
+    more_urls: tuple[str, ...] = ()  # several servers (edges): session i uses the (i mod n)-th URL
 
     def __post_init__(self) -> None:
         if self.sessions < 1:
@@ -85,6 +86,10 @@ class LoadSpec:
             raise ValueError(f"inflight must be >= 1, got {self.inflight}")
         if self.window_s <= 0 or self.warmup_s < 0 or self.drain_s < 0:
             raise ValueError("window_s must be > 0; warmup_s and drain_s >= 0")
+
+    def url_for(self, session: int) -> str:
+        urls = (self.url, *self.more_urls)
+        return urls[session % len(urls)]
 
     @property
     def deadline_s(self) -> float:
@@ -338,7 +343,8 @@ async def generate(
     starts once every session is connected, or at ``start_at_s`` (on :data:`clock`) when
     given, so several generator processes can start together.
     """
-    require_loopback(spec.url)
+    for url in (spec.url, *spec.more_urls):
+        require_loopback(url)
     if len(frame_makers) != spec.sessions:
         raise ValueError(f"need one frame maker per session: {len(frame_makers)} for {spec.sessions}")
     live = live if live is not None else Live()
@@ -349,7 +355,7 @@ async def generate(
     try:
         async with asyncio.timeout(spec.deadline_s):
             gate = asyncio.Semaphore(spec.connect_concurrency)
-            conns = await asyncio.gather(*(_connect(spec.url, spec, gate, run) for _ in range(spec.sessions)))
+            conns = await asyncio.gather(*(_connect(spec.url_for(i), spec, gate, run) for i in range(spec.sessions)))
             # The generator's own garbage collector would pause every session at once;
             # freezing what exists now keeps collections short during the window.
             gc.collect()

@@ -242,24 +242,30 @@ def error_lines(summaries: Iterable[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def render_block(doc: Mapping[str, Any], plots: Sequence[str], command: str) -> str:
-    """The generated part of ``RESULTS.md`` for one results document."""
+def stamp_lines(stamp: Mapping[str, Any]) -> list[str]:
+    """What a results block says about the machine, the versions and the code revision."""
     from framewire.bench.environment import describe
 
-    stamp = doc["stamp"]
-    summaries = doc["results"]
-    by_key = {(s["scenario"], s["target"]): s for s in summaries}
-    names = list(dict.fromkeys(s["scenario"] for s in summaries))
     v = stamp["versions"]
     git = stamp.get("git", {})
     revision = git.get("commit", "?")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
-    parts = [
-        BEGIN,
-        "",
-        f"Run on {stamp['time_utc']}: {describe(stamp)}; {stamp['os']}.",
+    return [
+        f"Run on {stamp['time_utc']}: {describe(dict(stamp))}; {stamp['os']}.",
         f"Python {v['python']}, starlette {v['starlette']}, uvicorn {v['uvicorn']}, websockets {v['websockets']}, "
         f"uvloop {v['uvloop']}, msgpack {v['msgpack']}, pydantic {v['pydantic']}; FrameWire at {revision}.",
         f"Load average at start: {', '.join(f'{x:.2f}' for x in stamp['load_average_at_start'])}.",
+    ]
+
+
+def render_block(doc: Mapping[str, Any], plots: Sequence[str], command: str) -> str:
+    """The generated part of ``RESULTS.md`` for one results document."""
+    summaries = doc["results"]
+    by_key = {(s["scenario"], s["target"]): s for s in summaries}
+    names = list(dict.fromkeys(s["scenario"] for s in summaries))
+    parts = [
+        BEGIN,
+        "",
+        *stamp_lines(doc["stamp"]),
         "",
         "Reproduce:",
         "",

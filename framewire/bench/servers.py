@@ -195,19 +195,24 @@ def external(url: str, pid: int | None = None) -> Server:
 
 
 class ProcessProbe:
-    """Memory (RSS) and CPU time of a server process and its children, via psutil."""
+    """Memory (RSS) and CPU time of server processes (one, or several: edges and workers)
+    and their children, via psutil."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int | Sequence[int]) -> None:
         import psutil
 
         self._psutil = psutil
-        self.process = psutil.Process(pid)
+        self.processes = [psutil.Process(p) for p in ([pid] if isinstance(pid, int) else pid)]
 
     def _family(self) -> list[object]:
-        try:
-            return [self.process, *self.process.children(recursive=True)]
-        except self._psutil.Error:
-            return [self.process]
+        found: list[object] = []
+        for process in self.processes:
+            found.append(process)
+            try:
+                found += process.children(recursive=True)
+            except self._psutil.Error:
+                pass
+        return found
 
     def sample(self) -> tuple[int, float, int]:
         """(RSS bytes, CPU seconds user+system, context switches) summed over the
@@ -228,7 +233,7 @@ class ServerObserver:
     """Samples a server at the window's edges (and its peak RSS in between), and the
     machine's CPU use, so a result says how busy the rest of the machine was."""
 
-    def __init__(self, pid: int | None, sample_every_s: float = 1.0) -> None:
+    def __init__(self, pid: int | Sequence[int] | None, sample_every_s: float = 1.0) -> None:
         import psutil
 
         self._psutil = psutil

@@ -18,10 +18,11 @@ Nothing here imports torch: the gateway imports this module to validate inputs.
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -34,6 +35,9 @@ TARGET_LATENCY_RANGE_MS = (1.0, 60_000.0)
 #: The ``similarity_threshold`` range: mean absolute difference of two downscaled grey
 #: thumbnails, 0-1 (0 means exact matches only).
 SIMILARITY_RANGE = (0.0, 0.25)
+
+
+_log = logging.getLogger("framewire.engine")
 
 
 class AppError(Exception):
@@ -361,6 +365,17 @@ class Endpoint:
     def max_batch_size(self) -> int:
         return self.spec.max_batch_size
 
+    def admit(self, inp: BaseModel) -> None:
+        """The app's :meth:`App.admit` for this endpoint: AppError refuses ``inp``; any other
+        exception (a bug in the check) refuses only ``inp`` too, as an :class:`EngineError`."""
+        try:
+            self.app.admit(self.spec.path, inp)
+        except AppError:
+            raise
+        except Exception as exc:
+            _log.exception("%s failed to admit an input", self.key)
+            raise EngineError(f"{self.key} failed on this input ({type(exc).__name__}); see the server log") from None
+
     def call(self, inputs: list[BaseModel], progress: Progress = NO_PROGRESS) -> list[BaseModel | AppError]:
         """Run the handler on one batch; the result has one element per input."""
         kwargs: dict[str, Any] = {}
@@ -606,3 +621,36 @@ class EngineClient(Protocol):
         queued after ``start_timeout_s`` is removed and raises :class:`StartTimeout`;
         one that started in time runs to its end.
         """
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One engine worker as the gateway's engine client sees it (readiness, metrics, catalog).
+
+    ``state`` is the worker's own (``starting``, ``ready``, ``restarting``, ``draining``) or
+    the link's (``connecting``, ``lost``, ``refused``); only ``ready`` workers take new work.
+    Per-endpoint figures are moving averages the worker reports.
+    """
+
+    name: str  # the link address, host:port
+    label: str  # what the operator calls it: its device for a local worker, else its id
+    device: str | None
+    state: str
+    apps: tuple[str, ...]
+    sessions: int  # realtime streams this edge has there
+    sessions_total: int  # streams open there from every edge, as last reported
+    requests: int  # requests this edge has there
+    batch_fill: Mapping[str, float] = field(default_factory=dict)  # endpoint -> mean batch / max batch
+    batch_size: Mapping[str, float] = field(default_factory=dict)  # endpoint -> mean batch size
+    queue_ms: Mapping[str, float] = field(default_factory=dict)  # endpoint -> mean queue delay
+    rtt_ms: float | None = None
+    failovers: int = 0  # times the link was lost while it held work of this edge
+    error: str | None = None  # why it is lost or refused
+
+
+@runtime_checkable
+class WorkerView(Protocol):
+    """An engine client made of workers in other processes tells the gateway about them."""
+
+    def worker_status(self) -> list[WorkerStatus]:
+        """Every worker the engine knows, in a stable order."""

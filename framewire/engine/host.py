@@ -550,17 +550,6 @@ def _deliver_threadsafe(loop: asyncio.AbstractEventLoop, results: list[tuple[Fra
         pass
 
 
-def _admit(endpoint: Endpoint, inp: BaseModel) -> None:
-    """The app's ``admit``; AppError refuses the input, and a bug in it fails only this input."""
-    try:
-        endpoint.app.admit(endpoint.spec.path, inp)
-    except AppError:
-        raise
-    except Exception as exc:
-        log.exception("%s failed to admit an input", endpoint.key)
-        raise EngineError(f"{endpoint.key} failed on this input ({type(exc).__name__}); see the server log") from None
-
-
 class LocalEngine:
     """An :class:`framewire.engine.api.EngineClient` running apps on threads of this process."""
 
@@ -679,7 +668,7 @@ class LocalEngine:
             raise EngineUnavailable("the stream is closed")
         endpoint = stream.endpoint
         worker = self._worker(endpoint)
-        _admit(endpoint, inp)  # an AppError refuses this frame before it is queued
+        endpoint.admit(inp)  # an AppError refuses this frame before it is queued
         now = time.perf_counter()
         frame = Frame(inp, None, now, stream.on_result, tag)
         with worker.cond:
@@ -721,7 +710,7 @@ class LocalEngine:
                 future.set_result(result)
 
         try:
-            _admit(endpoint, inp)
+            endpoint.admit(inp)
         except AppError as exc:  # refused before queueing (e.g. over a limit): this request's error
             return FrameResult(None, exc, 0.0, 0.0, 0)
         frame = Frame(inp, None, time.perf_counter(), resolve, on_progress=on_progress)

@@ -9,11 +9,11 @@ starting and stopping the engine and the background tasks. The one piece of shar
 mutable state is :class:`framewire.gateway.state.ServerState`.
 
 Routing: shared routes (health, readiness, metrics, catalog, keys and usage admin,
-tokens, storage, files, JWKS, WebSockets) answer on every surface; any other HTTP path
-goes to the queue surface or the run surface, chosen per request
+tokens, storage, files, JWKS, MCP, WebSockets) answer on every surface; any other HTTP
+path goes to the queue surface or the run surface, chosen per request
 (:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on
-both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health`` and ``/ready``
-are therefore not available as app owners.
+both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health``, ``/ready`` and
+``/mcp`` are therefore not available as app owners.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from framewire.gateway import http
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.db import Database, Migration
 from framewire.gateway.demo import DemoFiles
+from framewire.gateway.mcp import surface as mcp_surface
+from framewire.gateway.mcp.surface import McpSurface
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import usage as usage_mod
 from framewire.gateway.platform.admin import AdminRoutes
@@ -136,6 +138,7 @@ def create_gateway(
         TokenIssuer(settings.token_secret, settings.max_token_expiration_s),
     )
     metrics = metrics if metrics is not None else Metrics()
+    metrics.watch_workers(engine)  # per-worker series when the engine runs in worker processes
     usage = UsageMeter(db, flush_interval_s=settings.usage_flush_interval_s, retention_s=settings.usage_retention_s)
     limiter = Limiter()
     meter = Meter(usage, metrics, limiter)
@@ -227,6 +230,18 @@ def create_gateway(
     storage = StorageRoutes(
         auth, files, url_signer, storage_secret, body, upload_url_expiration_s=settings.upload_url_expiration_s
     )
+    mcp = McpSurface(
+        engine,
+        auth,
+        meter,
+        run,
+        queue,
+        finaliser,
+        files,
+        state,
+        allowed_origins=settings.allowed_origins,
+        max_body_bytes=mcp_surface.MAX_BODY_BYTES,
+    )
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
     static = DemoFiles(demo) if (demo / "index.html").is_file() else None
     routes = [
@@ -236,6 +251,7 @@ def create_gateway(
         *TokenRoutes(engine, auth, body).routes(),
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
+        *mcp.routes(),
         *realtime.routes(),
         Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
@@ -258,7 +274,8 @@ def create_gateway(
         await dispatcher.start()
         webhooks.start()
         try:
-            yield
+            async with mcp.running():  # the MCP session manager's task group
+                yield
         finally:
             state.draining = True
             for session in list(state.sessions):

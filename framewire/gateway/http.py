@@ -31,7 +31,6 @@ from starlette.responses import JSONResponse
 
 from framewire.engine.api import AppError
 from framewire.gateway.budget import OverBudget, StructureBudget, check_json
-from framewire.gateway.platform.limits import retry_after_header
 from framewire.gateway.realtime import protocol
 
 REQUEST_ID = "x-fal-request-id"
@@ -46,16 +45,6 @@ def error(
         body["error_type"] = error_type
         hdrs["x-fal-error-type"] = error_type
     return JSONResponse(body, status_code=status_code, headers=hdrs)
-
-
-def rate_limited(requests_per_s: float | None, wait_s: float) -> JSONResponse:
-    """429 for a key over its requests/s limit, with a ``Retry-After`` a client can obey."""
-    return error(
-        429,
-        f"this key is over its limit of {requests_per_s:g} requests/s; retry in {wait_s:.2f} s",
-        error_type="rate_limited",
-        headers={"Retry-After": retry_after_header(wait_s)},
-    )
 
 
 def validation_error(exc: ValidationError) -> JSONResponse:

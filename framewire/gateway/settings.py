@@ -30,6 +30,11 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _entries(value: str) -> tuple[str, ...]:
+    """Items separated by spaces or semicolons (each item may hold commas)."""
+    return tuple(item for item in value.replace(";", " ").split() if item)
+
+
 def _int_list(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(item) for item in _list(value))
@@ -98,6 +103,14 @@ class Settings:
     warmup_sizes: tuple[str, ...] = ()
     max_megapixel_steps: float = 64.0
     max_decode_megapixels: float = 16.0
+    # engine workers
+    workers: tuple[str, ...] = ()
+    devices: str | None = None
+    app_devices: tuple[str, ...] = ()
+    worker_secret: str | None = None
+    worker_cafile: str | None = None
+    worker_heartbeat_s: float = 0.5
+    worker_timeout_s: float = 1.5
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -195,9 +208,27 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_decode_megapixels",
-        "input-image megapixels a diffusion batch decodes at once (and one image's most)",
+        "input-image megapixels diffusion apps decode at once (also one image's most); JPEGs count at reduced scale",
         float,
     ),
+    # engine workers
+    Option(
+        "workers",
+        "run the apps on these engine workers (`framewire worker`), HOST:PORT, comma separated (repeatable)",
+        _list,
+        repeatable=True,
+    ),
+    Option("devices", "start one engine worker process per device: cuda:0,cuda:1,... or auto (every GPU) or cpu"),
+    Option(
+        "app_devices",
+        "with --devices, which devices run an app: APP=DEV[,DEV...] (repeatable; default: every app everywhere)",
+        _entries,
+        repeatable=True,
+    ),
+    Option("worker_secret", "secret shared by edges and workers, >= 32 bytes (needed with --workers)"),
+    Option("worker_cafile", "CA bundle (PEM) that signed the workers' certificates: links to --workers use TLS"),
+    Option("worker_heartbeat_s", "seconds between heartbeats on each worker link", float),
+    Option("worker_timeout_s", "a worker silent this long is lost: its sessions move, its requests run again", float),
 )
 
 BACKENDS = ("eager", "compile", "tensorrt")
@@ -248,7 +279,7 @@ def from_sources(
         value = values.get(option.name)
         if value is not None:
             if option.repeatable:
-                value = tuple(item for entry in value for item in _list(entry))
+                value = tuple(item for entry in value for item in option.parse(entry))
             elif option.parse is _list:
                 value = _list(value)
         elif env_of(option) in env:
@@ -320,6 +351,19 @@ def validate(settings: Settings) -> None:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {settings.dtype!r}")
     if not settings.batch_buckets or min(settings.batch_buckets) < 1 or max(settings.batch_buckets) > 64:
         raise ValueError(f"--batch-buckets must be integers in 1..64, got {settings.batch_buckets}")
+    if settings.worker_secret is not None and len(settings.worker_secret.encode()) < 32:
+        raise ValueError(
+            "--worker-secret must be at least 32 bytes; make one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    if settings.workers and settings.worker_secret is None:
+        raise ValueError("--workers needs --worker-secret (or FRAMEWIRE_WORKER_SECRET), the one the workers use")
+    if settings.app_devices and not settings.devices:
+        raise ValueError("--app-devices places apps on the workers of --devices; give --devices too")
+    if settings.worker_cafile is not None and not settings.workers:
+        raise ValueError("--worker-cafile is for TLS links to --workers; give --workers too")
+    if not 0 < settings.worker_heartbeat_s < settings.worker_timeout_s:
+        raise ValueError("--worker-heartbeat-s must be > 0 and below --worker-timeout-s")
     for size in settings.warmup_sizes:
         width, sep, height = size.lower().partition("x")
         if not (

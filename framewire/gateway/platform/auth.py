@@ -185,29 +185,32 @@ class Authenticator:
         self.keys = keys
         self.tokens = tokens
 
-    def from_header(self, authorization: str | None) -> Principal | None:
+    def from_header(self, authorization: str | None, *, bearer_keys: bool = False) -> Principal | None:
         """The principal of an ``Authorization`` header (``Key …`` or ``Bearer <token>``).
 
-        Returns None when there is no header; raises :class:`AuthError` when it is wrong.
+        With ``bearer_keys``, ``Bearer <id>:<secret>`` is a key too (the form MCP clients
+        send a static credential in; a token never contains a colon). Returns None when
+        there is no header; raises :class:`AuthError` when it is wrong.
         """
         if not authorization:
             return None
         scheme, _, value = authorization.strip().partition(" ")
         value = value.strip()
-        if scheme.lower() == "key" and value:
+        scheme = scheme.lower()
+        if value and (scheme == "key" or (scheme == "bearer" and bearer_keys and ":" in value)):
             principal = self.keys.verify(value)
             if principal is None:
                 raise AuthError(401, "invalid API key")
             return principal
-        if scheme.lower() == "bearer" and value:
+        if scheme == "bearer" and value:
             return self.token_principal(self.tokens.verify(value))
         raise AuthError(401, "Authorization header must be 'Key <id>:<secret>' or 'Bearer <token>'")
 
-    def request(self, headers: Mapping[str, str], token: str | None = None) -> Principal:
+    def request(self, headers: Mapping[str, str], token: str | None = None, *, bearer_keys: bool = False) -> Principal:
         """Authenticate an HTTP or WebSocket request (header first, then a query token)."""
         if not self.enabled:
             return ANONYMOUS
-        principal = self.from_header(headers.get("authorization"))
+        principal = self.from_header(headers.get("authorization"), bearer_keys=bearer_keys)
         if principal is not None:
             return principal
         if token:

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from framewire.engine.api import App, AppRegistry, Endpoint, EngineClient, split_app_id
 from framewire.gateway import http
 from framewire.gateway.http import base_url
+from framewire.gateway.platform import workers
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 
 log = logging.getLogger("framewire.catalog")
@@ -244,6 +245,61 @@ def openapi_document(app: App, registry: AppRegistry) -> dict[str, Any]:
     }
 
 
+class DescribeError(Exception):
+    """An app's models cannot be described as JSON Schema (the server log has the details)."""
+
+
+async def cached_document(app: App, registry: AppRegistry) -> dict[str, Any]:
+    """:func:`openapi_document`, built once per app instance, off the event loop."""
+    document = _documents.get(app)
+    if document is None:
+        try:
+            document = await asyncio.to_thread(openapi_document, app, registry)
+        except (PydanticUserError, TypeError, ValueError) as exc:
+            log.exception("cannot generate the OpenAPI document of %s", app.app_id)
+            raise DescribeError(f"cannot describe {app.app_id}: {exc}") from exc
+        _documents[app] = document
+    return document
+
+
+def endpoint_schemas(document: dict[str, Any], app: App, endpoint: Endpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An endpoint's input and output JSON Schemas as its app's OpenAPI ``document`` has them.
+
+    Their ``$ref`` s point into the document's ``components``."""
+    operation = document["paths"][_join(app.app_id, endpoint.spec.path)]["post"]
+    request_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    response_schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    return _deref(document, request_schema), _deref(document, response_schema)
+
+
+def _deref(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/components/schemas/"):
+        return schema
+    found: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return found
+
+
+def visible_apps(registry: AppRegistry, principal: Principal) -> list[App]:
+    """The apps ``principal`` may use, in the registry's order."""
+    return [app for app in registry if principal.may_use(registry.names_of(app))]
+
+
+def find_app(registry: AppRegistry, principal: Principal, name: str) -> App:
+    """The app called ``name`` (its id or an alias). Raises ``LookupError`` (none) or ``AuthError`` (403)."""
+    name = name.strip("/")
+    try:
+        base, _, sub = split_app_id(name)
+    except ValueError:
+        base, sub = name, ""
+    app = None if sub else registry.get(base)
+    if app is None:
+        raise LookupError(f"no app named {name!r}")
+    if not principal.may_use(registry.names_of(app)):
+        raise AuthError(403, f"credentials are not valid for {name!r}")
+    return app
+
+
 class CatalogRoutes:
     """``/models`` and each app's description and OpenAPI document; see the module docstring."""
 
@@ -265,20 +321,11 @@ class CatalogRoutes:
         """The app named in the path, if the caller's credentials may use it; else the error response."""
         try:
             principal = self._principal(request)
+            return find_app(self.engine.registry, principal, request.path_params["app_id"])
         except AuthError as exc:
             return http.error(exc.status, exc.reason)
-        name = request.path_params["app_id"].strip("/")
-        registry = self.engine.registry
-        try:
-            base, _, sub = split_app_id(name)
-        except ValueError:
-            base, sub = name, ""
-        app = None if sub else registry.get(base)
-        if app is None:
-            return http.error(404, f"no model named {name!r}; GET /models lists them")
-        if not principal.may_use(registry.names_of(app)):
-            return http.error(403, f"credentials are not valid for {name!r}")
-        return app
+        except LookupError as exc:
+            return http.error(404, f"{exc.args[0]}; GET /models lists them")
 
     async def list_models(self, request: Request) -> Response:
         try:
@@ -286,25 +333,28 @@ class CatalogRoutes:
         except AuthError as exc:
             return http.error(exc.status, exc.reason)
         registry = self.engine.registry
-        visible = [app for app in registry if principal.may_use(registry.names_of(app))]
-        return JSONResponse({"models": [describe(app, registry) for app in visible]})
+        return JSONResponse({"models": [self._entry(app) for app in visible_apps(registry, principal)]})
+
+    def _entry(self, app: App) -> dict[str, Any]:
+        """An app's catalog entry; with engine workers, the ``workers`` serving it."""
+        entry = describe(app, self.engine.registry)
+        serving = workers.for_app(self.engine, app.app_id)
+        if serving is not None:
+            entry["workers"] = serving
+        return entry
 
     async def get_model(self, request: Request) -> Response:
         found = self._requested_app(request)
         if isinstance(found, Response):
             return found
-        return JSONResponse(describe(found, self.engine.registry))
+        return JSONResponse(self._entry(found))
 
     async def openapi(self, request: Request) -> Response:
         found = self._requested_app(request)
         if isinstance(found, Response):
             return found
-        document = _documents.get(found)
-        if document is None:
-            try:
-                document = await asyncio.to_thread(openapi_document, found, self.engine.registry)
-            except (PydanticUserError, TypeError, ValueError) as exc:
-                log.exception("cannot generate the OpenAPI document of %s", found.app_id)
-                return http.error(500, f"cannot describe {found.app_id}: {exc}", error_type="internal_error")
-            _documents[found] = document
+        try:
+            document = await cached_document(found, self.engine.registry)
+        except DescribeError as exc:
+            return http.error(500, str(exc), error_type="internal_error")
         return JSONResponse({**document, "servers": [{"url": base_url(request)}]})

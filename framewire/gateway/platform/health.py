@@ -3,7 +3,8 @@
 None of them needs a key. ``/health`` says the process answers (the event loop is not
 stuck); ``/ready`` says every app is set up and warm, the server is not draining and its store
 can be written (503 with ``Retry-After`` and a ``reason`` otherwise: ``engine_starting``,
-``draining``, ``store_unwritable`` with ``detail``); ``/metrics`` is the Prometheus text
+``no_worker``, ``draining``, ``store_unwritable`` with ``detail``; with engine workers it
+also lists each worker and the apps no ready worker serves); ``/metrics`` is the Prometheus text
 format (see :mod:`framewire.gateway.platform.metrics`), with the gauges that are read at
 scrape time (readiness, draining, queue depths, pending usage) brought up to date first.
 """
@@ -19,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from framewire.engine.api import EngineClient
 from framewire.gateway.db import DatabaseClosed
+from framewire.gateway.platform import workers
 from framewire.gateway.platform.metrics import CONTENT_TYPE, Metrics
 from framewire.gateway.platform.usage import UsageMeter
 from framewire.gateway.requests.job_store import JobStore
@@ -55,14 +57,15 @@ class HealthRoutes:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> JSONResponse:
+        extra = workers.readiness(self.engine)  # with engine workers: each worker, and apps none serves
         store_error = self.store_error()
         if self.engine.ready and not self.state.draining and store_error is None:
-            return JSONResponse({"ready": True})
-        body: dict[str, object] = {"ready": False}
+            return JSONResponse({"ready": True, **extra})
+        body: dict[str, object] = {"ready": False, **extra}
         if self.state.draining:
             body["reason"] = "draining"
         elif not self.engine.ready:
-            body["reason"] = "engine_starting"
+            body["reason"] = "no_worker" if extra.get("unserved_apps") else "engine_starting"
         else:
             body.update(reason="store_unwritable", detail=store_error)
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})

@@ -33,6 +33,12 @@ public.
 | ``framewire_engine_queue_seconds`` | histogram | endpoint (mean wait of a batch's inputs) |
 | ``framewire_queue_jobs`` | gauge | app (jobs waiting in the durable queue) |
 | ``framewire_usage_pending`` | gauge | (usage tallies not yet written) |
+| ``framewire_worker_up`` | gauge | worker, address (with engine workers) |
+| ``framewire_worker_state`` | gauge | worker, state (1 for the current one) |
+| ``framewire_worker_sessions``, ``_sessions_all``, ``_requests`` | gauge | worker |
+| ``framewire_worker_batch_fill``, ``_batch_size``, ``_queue_delay_seconds`` | gauge | worker, endpoint |
+| ``framewire_worker_link_rtt_seconds`` | gauge | worker |
+| ``framewire_worker_failovers_total`` | counter | worker |
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+
+from framewire.engine.api import EngineClient
+from framewire.gateway.platform.workers import WorkerCollector, statuses
 
 log = logging.getLogger("framewire.metrics")
 
@@ -163,6 +172,11 @@ class Metrics:
         self.queue_jobs = Gauge("framewire_queue_jobs", "Jobs waiting in the durable queue", ["app"], registry=r)
         self.usage_pending = Gauge("framewire_usage_pending", "Usage tallies not yet written to the store", registry=r)
         self._responses: dict[int, Any] = {}
+
+    def watch_workers(self, engine: EngineClient) -> None:
+        """Export per-worker series when ``engine`` is made of worker processes."""
+        if statuses(engine) is not None:
+            self.registry.register(WorkerCollector(engine.worker_status))  # type: ignore[attr-defined]
 
     def on_batch(self, record: Any) -> None:
         """The engine's ``on_batch`` observer (``framewire.engine.host.BatchRecord``); runs on an engine thread.

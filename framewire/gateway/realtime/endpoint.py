@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineClient
+from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineClient, EngineUnavailable
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
@@ -190,6 +190,11 @@ class RealtimeEndpoint:
         log.info("session opened: %s by key %s", endpoint.key, principal.key_id)
         try:
             stats = await session.run()
+        except EngineUnavailable as exc:  # no worker could take the session (its app's are all down)
+            await self._refuse(
+                ws, ErrorCode.ENGINE_UNAVAILABLE, exc.reason, CloseCode.TRY_AGAIN_LATER, retry_after_ms=RETRY_AFTER_MS
+            )
+            return
         finally:
             self.state.sessions.discard(session)
             open_gauge.dec()

@@ -29,7 +29,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from framewire.engine.api import EngineClient, split_app_id
+from framewire.engine.api import Endpoint, EngineClient, split_app_id
 from framewire.gateway import http
 from framewire.gateway.db import StoreUnwritable
 from framewire.gateway.http import base_url
@@ -49,11 +49,18 @@ from framewire.gateway.requests.job_store import (
     Snapshot,
 )
 from framewire.gateway.requests.outcomes import cancelled_outcome, outcome_response
-from framewire.gateway.requests.surfaces import PING_S, not_ready, start_timeout_s
+from framewire.gateway.requests.surfaces import PING_S, Refused, admit, start_timeout_s
 from framewire.gateway.requests.webhooks import WebhookDeliverer, webhook_body
 from framewire.gateway.state import ServerState
 
 _REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?:/(?P<op>status/stream|status|cancel))?/?$")
+#: The ``status`` a cancel answers with.
+_CANCEL_STATUS = {
+    CancelResult.ALREADY_COMPLETED: "ALREADY_COMPLETED",
+    CancelResult.NOT_FOUND: "NOT_FOUND",
+    CancelResult.REMOVED: "CANCELLATION_REQUESTED",
+    CancelResult.SIGNALLED: "CANCELLATION_REQUESTED",
+}
 #: Longest a status stream waits for a change before looking again (queue positions move).
 STATUS_POLL_S = 0.5
 
@@ -181,11 +188,10 @@ class QueueSurface:
             return http.error(exc.status, exc.reason)
         except (LookupError, ValueError):
             return http.error(404, f"Path /{path} not found")
-        if self.state.draining or not self.engine.ready:
-            return not_ready()
-        wait_s = self.meter.rate_limited(principal, endpoint.app.app_id, "queue")
-        if wait_s is not None:
-            return http.rate_limited(principal.limits.requests_per_s, wait_s)
+        try:
+            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, "queue")
+        except Refused as exc:
+            return exc.response()
         try:
             priority, timeout_s, webhook, limit = _submit_options(request, self.max_queue_length)
             data = await http.read_json(request, self.body)
@@ -202,6 +208,47 @@ class QueueSurface:
             return http.validation_error(exc)
         except ValueError as exc:
             return http.error(400, str(exc))
+        try:
+            body = await self.enqueue(
+                principal,
+                endpoint,
+                path,
+                data,
+                base_url(request),
+                priority=priority,
+                timeout_s=timeout_s,
+                webhook=webhook,
+                max_queue_length=limit,
+            )
+        except QueueFull as exc:
+            return http.error(429, str(exc), error_type="queue_full")
+        except StoreUnwritable as exc:
+            return http.error(
+                503,
+                f"{exc}; the job was not queued, retry later",
+                error_type="store_unavailable",
+                headers={"Retry-After": "5"},
+            )
+        return _with_id(JSONResponse(body), body["request_id"])
+
+    async def enqueue(
+        self,
+        principal: Principal,
+        endpoint: Endpoint,
+        path: str,
+        data: dict[str, Any],
+        base: str,
+        *,
+        priority: Priority = Priority.NORMAL,
+        timeout_s: float | None = None,
+        webhook: str | None = None,
+        max_queue_length: int | None = None,
+    ) -> dict[str, Any]:
+        """Queue a validated input for ``endpoint`` (reached at ``path``); returns the submit answer.
+
+        ``base`` is the URL the job's status and result URLs start with. Raises
+        :class:`QueueFull` past ``max_queue_length`` (default: the server's), and
+        :class:`framewire.gateway.db.StoreUnwritable` when the store cannot be written."""
         app_path, _, _ = split_app_id(path)
         now = time.time()
         new = NewJob(
@@ -212,32 +259,50 @@ class QueueSurface:
             owner=principal.key_id,
             priority=priority,
             input=data,
-            base_url=base_url(request),
+            base_url=base,
             webhook_url=webhook,
             start_deadline=None if timeout_s is None else now + timeout_s,
         )
-        try:
-            job, position = await self.jobs.submit(new, limit)
-        except QueueFull as exc:
-            return http.error(429, str(exc), error_type="queue_full")
-        except StoreUnwritable as exc:
-            return http.error(
-                503,
-                f"{exc}; the job was not queued, retry later",
-                error_type="store_unavailable",
-                headers={"Retry-After": "5"},
-            )
+        limit = self.max_queue_length if max_queue_length is None else max_queue_length
+        job, position = await self.jobs.submit(new, limit)
         self.dispatcher.submitted(job.app_key, job.start_deadline)
-        body = {
+        return {
             "status": "IN_QUEUE",
             "request_id": job.id,
             "gateway_request_id": job.id,
             **_urls(new.base_url, job),
             "queue_position": position,
         }
-        return _with_id(JSONResponse(body), job.id)
 
     # -- request-specific ----------------------------------------------------------------------
+
+    async def find(
+        self, principal: Principal, job_id: str, *, with_logs: bool, with_result: bool, app: str | None = None
+    ) -> Snapshot | None:
+        """The job ``job_id`` as ``principal`` may see it, or None.
+
+        A job exists for its owner (and admin keys, and anyone when auth is off), and only
+        while the caller may use its app; with ``app`` (``[ns/]owner/alias``, as in a
+        request path) it must also be that app's job."""
+        snap = await self.jobs.snapshot(job_id, with_logs, with_result)
+        if snap is None:
+            return None
+        job = snap.job
+        registry = self.engine.registry
+        if app is not None:
+            try:
+                base, _, _ = split_app_id(app)
+            except ValueError:
+                return None
+            asked = registry.get(base)
+            if asked is None or asked.app_id != job.app_key:
+                return None
+        if self.auth.enabled and not principal.admin and principal.key_id != job.owner:
+            return None  # other callers' requests do not exist for this one
+        owner_app = registry.get(job.app_key)
+        if owner_app is not None and not principal.may_use(registry.names_of(owner_app)):
+            return None
+        return snap
 
     async def _job_for(
         self, request: Request, app: str, job_id: str, with_logs: bool, with_result: bool
@@ -246,20 +311,9 @@ class QueueSurface:
             principal = self._principal(request)
         except AuthError as exc:
             return http.error(exc.status, exc.reason)
-        snap = await self.jobs.snapshot(job_id, with_logs, with_result)
-        not_found = http.error(404, f"Request {job_id!r} not found", status="NOT_FOUND")
+        snap = await self.find(principal, job_id, with_logs=with_logs, with_result=with_result, app=app)
         if snap is None:
-            return not_found
-        job = snap.job
-        try:
-            base, _, _ = split_app_id(app)
-        except ValueError:
-            return not_found
-        asked = self.engine.registry.get(base)
-        if asked is None or asked.app_id != job.app_key:
-            return not_found
-        if self.auth.enabled and not principal.admin and principal.key_id != job.owner:
-            return not_found  # other callers' requests do not exist for this one
+            return http.error(404, f"Request {job_id!r} not found", status="NOT_FOUND")
         return snap
 
     async def request_endpoint(self, request: Request, match: re.Match[str]) -> Response:
@@ -288,11 +342,17 @@ class QueueSurface:
         return _with_id(_result(job), job.id)
 
     async def _cancel(self, job: Job) -> Response:
+        result = await self.cancel(job)
+        code = {CancelResult.ALREADY_COMPLETED: 400, CancelResult.NOT_FOUND: 404}.get(result, 202)
+        return JSONResponse({"status": _CANCEL_STATUS[result]}, status_code=code)
+
+    async def cancel(self, job: Job) -> CancelResult:
+        """Cancel a job: one still queued ends now as cancelled, one running is told to stop.
+
+        Returns what was done; ``ALREADY_COMPLETED`` and ``NOT_FOUND`` changed nothing."""
         result = await self.jobs.request_cancel(job.id)
-        if result == CancelResult.ALREADY_COMPLETED:
-            return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
-        if result == CancelResult.NOT_FOUND:
-            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        if result in (CancelResult.ALREADY_COMPLETED, CancelResult.NOT_FOUND):
+            return result
         if result == CancelResult.REMOVED:
             outcome = cancelled_outcome()
             body = webhook_body(job.id, outcome) if job.webhook_url else None
@@ -301,9 +361,9 @@ class QueueSurface:
                 if body is not None:
                     self.webhooks.wake()
                 self.dispatcher.events.notify(job.id)
-                return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+                return result
         self.dispatcher.cancel(job.id)  # running (or claimed just now): stop waiting for it
-        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        return result
 
     def _status_stream(self, request: Request, first: Snapshot, with_logs: bool) -> Response:
         base = base_url(request)

@@ -38,7 +38,7 @@ from framewire.gateway.platform.origins import cross_site_refusal
 from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
 from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
-from framewire.gateway.requests.surfaces import PING_S, not_ready, start_timeout_s
+from framewire.gateway.requests.surfaces import PING_S, Refused, admit, start_timeout_s
 from framewire.gateway.state import ServerState
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
@@ -90,7 +90,6 @@ class RunSurface:
         if found is None:
             return None
         endpoint, streaming = found
-        meter = self.meter
         try:
             principal = self.auth.request(request.headers, request.query_params.get("fal_jwt_token"))
             self.auth.check_app(principal, self.engine.registry.names_of(endpoint.app))
@@ -100,12 +99,11 @@ class RunSurface:
             refused = cross_site_refusal(request.headers, self.cross_site_origins)
             if refused is not None:
                 return http.error(403, refused, error_type="forbidden_origin")
-        if self.state.draining or not self.engine.ready:
-            return not_ready()
-        app_id, surface = endpoint.app.app_id, "stream" if streaming else "run"
-        wait_s = meter.rate_limited(principal, app_id, surface)
-        if wait_s is not None:
-            return http.rate_limited(principal.limits.requests_per_s, wait_s)
+        surface = "stream" if streaming else "run"
+        try:
+            admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
+        except Refused as exc:
+            return exc.response()
         started = time.perf_counter()
         base = base_url(request)
         try:
@@ -114,40 +112,78 @@ class RunSurface:
                 data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
             else:
                 data = await http.read_json(request, self.body)
-            if not isinstance(data, dict):
-                raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
-            # Fail before fetching anything; fetch only what the app's model knows.
-            data = endpoint.input_model.model_validate(data).model_dump(mode="json", exclude_unset=True, by_alias=True)
-            data = await self.fetcher.resolve(data, endpoint.input_model, base)
-            inp = endpoint.input_model.model_validate(data)
+            inp = await self.prepare(principal, endpoint, data, base, surface)
         except http.BodyError as exc:
-            meter.request(principal.key_id, app_id, surface, error_code=exc.error_type)
+            self.meter.request(principal.key_id, endpoint.app.app_id, surface, error_code=exc.error_type)
             return exc.response()
         except ValidationError as exc:
-            meter.request(principal.key_id, app_id, surface, error_code="validation_error")
             return http.validation_error(exc)
         except FetchError as exc:
-            meter.request(principal.key_id, app_id, surface, error_code=exc.error_type)
             return http.error(422, exc.detail(), error_type=exc.error_type)
         except ValueError as exc:
-            meter.request(principal.key_id, app_id, surface, error_code="bad_request")
+            self.meter.request(principal.key_id, endpoint.app.app_id, surface, error_code="bad_request")
             return http.error(400, str(exc))
         if streaming:
             return self._stream(endpoint, inp, base, principal, started, timeout_s)
-        call = asyncio.ensure_future(self.engine.call(endpoint, inp, priority=0, start_timeout_s=timeout_s))
+        run = asyncio.ensure_future(
+            self.execute(principal, endpoint, inp, surface=surface, timeout_s=timeout_s, started=started)
+        )
         try:
-            result = await http.unless_disconnected(request, call)
+            result = await http.unless_disconnected(request, run)
         except http.ClientGone:  # the client left: the engine drops the request or its handler stops early
-            meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
             return http.error(499, "the client closed the request", error_type="request_cancelled")
-        except asyncio.CancelledError:
-            meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
-            raise
         except StartTimeout as exc:
-            meter.request(principal.key_id, app_id, surface, error_code="request_timeout")
             return outcome_response(timeout_outcome(exc.timeout_s))
-        meter.result(principal, app_id, surface, result, started)
         return await self._respond(result, inp, base)
+
+    async def prepare(self, principal: Principal, endpoint: Endpoint, data: Any, base: str, surface: str) -> BaseModel:
+        """The validated input for ``data``, with the ``*_url`` fields its model knows fetched.
+
+        Unknown fields are dropped before anything is fetched. Raises ``ValidationError`` or
+        :class:`FetchError` (both recorded in usage), or ``ValueError`` when ``data`` is not
+        a JSON object (recorded by the caller, which also refuses other malformed requests
+        that way)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
+        app_id = endpoint.app.app_id
+        model = endpoint.input_model
+        try:
+            data = model.model_validate(data).model_dump(mode="json", exclude_unset=True, by_alias=True)
+            data = await self.fetcher.resolve(data, model, base)
+            return model.model_validate(data)
+        except ValidationError:
+            self.meter.request(principal.key_id, app_id, surface, error_code="validation_error")
+            raise
+        except FetchError as exc:
+            self.meter.request(principal.key_id, app_id, surface, error_code=exc.error_type)
+            raise
+
+    async def execute(
+        self,
+        principal: Principal,
+        endpoint: Endpoint,
+        inp: BaseModel,
+        *,
+        surface: str,
+        timeout_s: float | None,
+        started: float,
+    ) -> FrameResult:
+        """Run one input ahead of queue jobs and record its usage (``started`` is ``perf_counter``).
+
+        Raises :class:`StartTimeout` when it did not start within ``timeout_s``; cancelling
+        it (the caller went away) drops a request still queued or tells its handler to stop.
+        Both are recorded."""
+        app_id = endpoint.app.app_id
+        try:
+            result = await self.engine.call(endpoint, inp, priority=0, start_timeout_s=timeout_s)
+        except asyncio.CancelledError:  # the caller left
+            self.meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
+            raise
+        except StartTimeout:
+            self.meter.request(principal.key_id, app_id, surface, error_code="request_timeout")
+            raise
+        self.meter.result(principal, app_id, surface, result, started)
+        return result
 
     async def _respond(self, result: FrameResult, inp: BaseModel, base: str) -> Response:
         try:

@@ -1,4 +1,4 @@
-"""Which surface answers an HTTP request, and what the run and queue surfaces share.
+"""Which surface answers an HTTP request, and what the run, queue and MCP surfaces share.
 
 fal clients send run and queue calls to the same paths (``POST /{id}``) on two hosts,
 ``fal.run`` and ``queue.fal.run``. FrameWire picks the queue surface when the Host
@@ -6,6 +6,9 @@ header starts with ``queue.`` or the request arrived on the ``--queue-port`` lis
 (the ASGI ``server`` entry is the listening socket's address). :class:`SurfaceRouter`
 takes every HTTP path no shared route took; on the run surface, a path no app answers
 falls through to the demo page's static files.
+
+:func:`admit` is the one gate before work starts on any surface: the server must be ready
+and not draining, and the key within its requests/s limit.
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from framewire.engine.api import EngineClient
 from framewire.gateway import http
+from framewire.gateway.platform.auth import Principal
+from framewire.gateway.platform.limits import retry_after_header
+from framewire.gateway.platform.metering import Meter
 from framewire.gateway.settings import Settings
+from framewire.gateway.state import ServerState
 
 if TYPE_CHECKING:  # both import this module's helpers
     from framewire.gateway.requests.queue_surface import QueueSurface
@@ -38,11 +46,54 @@ def is_queue(scope: Scope, settings: Settings) -> bool:
     return settings.queue_port is not None and server is not None and server[1] == settings.queue_port
 
 
-def not_ready() -> Response:
-    """503 for a run or submit while the engine starts or the server drains; clients retry."""
-    return http.error(
-        503, "the server is not ready; retry shortly", error_type="engine_unavailable", headers={"Retry-After": "1"}
-    )
+class Refused(Exception):
+    """Work refused before it started. ``str()`` is the reason; :meth:`response` the HTTP answer."""
+
+    error_type = "refused"
+
+    def response(self) -> Response:
+        raise NotImplementedError
+
+
+class NotReady(Refused):
+    """The engine is starting or the server drains; clients retry."""
+
+    error_type = "engine_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the server is not ready; retry shortly")
+
+    def response(self) -> Response:
+        return http.error(503, str(self), error_type=self.error_type, headers={"Retry-After": "1"})
+
+
+class RateLimited(Refused):
+    """The key is over its requests/s limit; ``wait_s`` is when it may try again."""
+
+    error_type = "rate_limited"
+
+    def __init__(self, requests_per_s: float | None, wait_s: float) -> None:
+        super().__init__(f"this key is over its limit of {requests_per_s:g} requests/s; retry in {wait_s:.2f} s")
+        self.wait_s = wait_s
+
+    def response(self) -> Response:
+        """429 with a ``Retry-After`` a client can obey."""
+        return http.error(
+            429, str(self), error_type=self.error_type, headers={"Retry-After": retry_after_header(self.wait_s)}
+        )
+
+
+def admit(
+    engine: EngineClient, state: ServerState, meter: Meter, principal: Principal, app_id: str, surface: str
+) -> None:
+    """Let one request that starts work through, charging it to the key's rate; raises :class:`Refused`.
+
+    A refusal for the rate is recorded in usage and metrics (``rate_limited``)."""
+    if state.draining or not engine.ready:
+        raise NotReady()
+    wait_s = meter.rate_limited(principal, app_id, surface)
+    if wait_s is not None:
+        raise RateLimited(principal.limits.requests_per_s, wait_s)
 
 
 def start_timeout_s(conn: HTTPConnection) -> float | None:
