@@ -26,7 +26,7 @@ public.
 | ``framewire_request_duration_seconds`` | histogram | app, surface (realtime: frame in → output out) |
 | ``framewire_rate_limited_total`` | counter | kind (requests, frames, sessions) |
 | ``framewire_http_responses_total`` | counter | status (HTTP status code) |
-| ``framewire_limits_refused_total`` | counter | limit (e.g. header_too_large, header_timeout, body_too_large) |
+| ``framewire_limits_refused_total`` | counter | limit (header_too_large, uri_too_long, header_timeout, idle, ...) |
 | ``framewire_engine_batches_total`` | counter | endpoint, outcome (ok, failed) |
 | ``framewire_engine_batch_size`` | histogram | endpoint |
 | ``framewire_engine_inference_seconds`` | histogram | endpoint (one observation per batch) |
@@ -141,7 +141,7 @@ class Metrics:
         )
         self.limits_refused = Counter(
             "framewire_limits_refused_total",
-            "Connections, requests and frames refused by a server limit, before any work",
+            "Connections the listener refused or closed for a limit (request head size or deadline, connection cap)",
             ["limit"],
             registry=r,
         )
@@ -201,7 +201,7 @@ class Metrics:
         child.inc()
 
     def refused(self, limit: str) -> None:
-        """One connection, request or frame refused by a server limit (``limit`` names which)."""
+        """One connection the listener refused or closed (``limit`` names which limit)."""
         self.limits_refused.labels(limit).inc()
 
     def set_queue_depths(self, lengths: dict[str, int], apps: list[str]) -> None:
