@@ -1,11 +1,12 @@
 """Probes and the metrics scrape: ``GET /health``, ``GET /ready``, ``GET /metrics``.
 
 None of them needs a key. ``/health`` says the process answers (the event loop is not
-stuck); ``/ready`` says every app is set up and warm and the server is not draining (503
-with ``Retry-After`` and a ``reason`` otherwise; with engine workers it also lists each
-worker and the apps no ready worker serves; with ``--redis-url`` it is 503 ``store_unavailable``
-while Redis does not answer, so load balancers send new work to edges that can take it,
-while realtime sessions already open here go on); ``/metrics`` is the Prometheus text
+stuck); ``/ready`` says every app is set up and warm, the server is not draining and its store
+can be written (503 with ``Retry-After`` and a ``reason`` otherwise: ``engine_starting``,
+``no_worker``, ``draining``, ``store_unwritable`` with ``detail``, and with ``--redis-url``
+``store_unavailable`` while Redis does not answer, so load balancers send new work to edges
+that can take it while realtime sessions already open here go on; with engine workers it
+also lists each worker and the apps no ready worker serves); ``/metrics`` is the Prometheus text
 format (see :mod:`framewire.gateway.platform.metrics`), with the gauges that are read at
 scrape time (readiness, draining, queue depths, pending usage) brought up to date first.
 """
@@ -13,6 +14,7 @@ scrape time (readiness, draining, queue depths, pending usage) brought up to dat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,7 +41,9 @@ class HealthRoutes:
         usage: UsageMeter,
         jobs: JobStore,
         shared: StateConnection | None = None,
+        store_error: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.store_error = store_error
         self.engine = engine
         self.state = state
         self.metrics = metrics
@@ -64,20 +68,23 @@ class HealthRoutes:
         extra = workers.readiness(self.engine)  # with engine workers: each worker, and apps none serves
         if self.shared is not None:
             extra["store"] = {"url": self.shared.url, "available": self.shared.available}
-        if self.engine.ready and not self.state.draining and self._store_ok():
+        store_error = self.store_error()
+        if self.engine.ready and not self.state.draining and self._store_ok() and store_error is None:
             return JSONResponse({"ready": True, **extra})
+        body: dict[str, object] = {"ready": False, **extra}
         if self.state.draining:
-            reason = "draining"
+            body["reason"] = "draining"
         elif not self._store_ok():
-            reason = "store_unavailable"
+            body["reason"] = "store_unavailable"
+        elif not self.engine.ready:
+            body["reason"] = "no_worker" if extra.get("unserved_apps") else "engine_starting"
         else:
-            reason = "no_worker" if extra.get("unserved_apps") else "engine_starting"
-        body = {"ready": False, "reason": reason, **extra}
+            body.update(reason="store_unwritable", detail=store_error)
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     async def scrape(self, request: Request) -> Response:
         m, draining = self.metrics, self.state.draining
-        m.ready.set(1 if self.engine.ready and not draining and self._store_ok() else 0)
+        m.ready.set(1 if self.engine.ready and not draining and self._store_ok() and self.store_error() is None else 0)
         m.draining.set(1 if draining else 0)
         m.usage_pending.set(self.usage.pending)
         try:

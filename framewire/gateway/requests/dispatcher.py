@@ -17,8 +17,9 @@ no longer holds (taken over after a pause longer than the lease) is abandoned wi
 result, and a job whose caller cancelled it on another edge is cancelled here. It hears
 of jobs queued, changed and cancelled on other edges through the store's notices, and
 looks at every app once a second for jobs whose edge went away. When the store cannot
-be reached it keeps running what it has and retries recording outcomes for up to
-:data:`OUTCOME_RETRY_S`.
+be reached it keeps running what it has and retries recording outcomes until it answers
+(every :data:`OUTCOME_RETRY_MAX_S` at most); an outcome from an edge that meanwhile lost
+the job is refused there, so it is recorded once.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ log = logging.getLogger("framewire.queue")
 SWEEP_INTERVAL_S = 1.0
 PURGE_INTERVAL_S = 600.0
 MAX_IDLE_S = 1.0
-#: Longest an outcome waits for an unreachable store before the job is left to run again elsewhere.
-OUTCOME_RETRY_S = 120.0
+#: First and longest wait before storing a finished job's outcome again (the store failed).
+FINISH_RETRY_S = 0.25
+FINISH_RETRY_MAX_S = 30.0
+#: First and longest wait between tries to store an outcome while the shared store cannot be reached.
+OUTCOME_RETRY_FIRST_S = 0.1
+OUTCOME_RETRY_MAX_S = 2.0
 
 
 class JobEvents:
@@ -340,7 +345,23 @@ class Dispatcher:
             outcome = Outcome(
                 {"detail": "Internal Server Error", "error_type": "internal_error"}, 500, reason, "internal_error"
             )
-        await self._finish(job, job.attempts, outcome, logs)
+        await self._finish_durably(job, outcome, logs)
+
+    async def _finish_durably(self, job: Job, outcome: Outcome, logs: list[LogEntry]) -> None:
+        """:meth:`_finish`, retried with back-off while the store cannot be written (a full disk):
+        the outcome waits in memory, not lost, and the job completes once the store recovers.
+        A stop meanwhile leaves the job running in the store: the next start runs it again."""
+        delay_s = FINISH_RETRY_S
+        while True:
+            try:
+                await self._finish(job, job.attempts, outcome, logs)
+                return
+            except Exception as exc:
+                log.warning(
+                    "job %s finished but its outcome cannot be stored (%s); retrying in %.1f s", job.id, exc, delay_s
+                )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, FINISH_RETRY_MAX_S)
 
     async def _execute(self, job: Job, logs: list[LogEntry]) -> Outcome:
         try:
@@ -406,16 +427,13 @@ class Dispatcher:
     async def _record(
         self, job_id: str, attempt: int | None, outcome: Outcome, body: bytes | None, logs: Sequence[LogEntry]
     ) -> bool:
-        """Store an outcome, waiting out a store that cannot be reached (up to :data:`OUTCOME_RETRY_S`)."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + OUTCOME_RETRY_S
-        delay_s = 0.1
+        """Store an outcome, waiting out a store that cannot be reached (see the module docstring)."""
+        delay_s = OUTCOME_RETRY_FIRST_S
         while True:
             try:
                 return await self.store.complete(job_id, attempt, outcome, body, logs)
-            except StateUnavailable:
-                if loop.time() + delay_s > give_up:
-                    log.error("the outcome of job %s could not be stored; it runs again elsewhere", job_id)
-                    raise
+            except StateUnavailable as exc:
+                if delay_s == OUTCOME_RETRY_FIRST_S:  # once per outcome, not at every try
+                    log.warning("the outcome of job %s waits for the store: %s", job_id, exc)
             await asyncio.sleep(delay_s)
-            delay_s = min(2 * delay_s, 2.0)
+            delay_s = min(2 * delay_s, OUTCOME_RETRY_MAX_S)
