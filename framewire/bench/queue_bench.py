@@ -29,9 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,14 +40,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from framewire.bench.environment import stamp
+from framewire.bench.servers import ROOT, free_port, stop_process
+
 APP = "framewire/echo"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -251,8 +245,7 @@ def redis_server(binary: str, appendfsync: str) -> Iterator[tuple[int, int]]:
             time.sleep(0.05)
         yield port, proc.pid
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, timeout_s=30)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -271,8 +264,7 @@ def server(redis_url: str | None) -> Iterator[tuple[subprocess.Popen[bytes], int
         wait_ready(port, proc, timeout_s=60.0)
         yield proc, port, queue_port
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, timeout_s=30)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -360,7 +352,7 @@ def main() -> None:
 
     results: list[dict[str, Any]] = []
     realtime: list[dict[str, Any]] = []
-    load_at_start = os.getloadavg()
+    machine = stamp()
     for store in stores:
         with contextlib.ExitStack() as stack:
             redis_port = redis_pid = None
@@ -378,12 +370,7 @@ def main() -> None:
         "app": APP,
         "engine": "one local CPU worker process (--devices cpu)",
         "redis": {"appendfsync": args.appendfsync, "aof": True} if "redis" in stores else None,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": load_at_start,
-        },
+        "machine": machine,
         "client": "minimal asyncio HTTP/1.1 client (one keep-alive connection per submitter), same machine",
         "results": results,
         "realtime": realtime,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from websockets.asyncio.client import connect
@@ -416,6 +417,44 @@ async def test_a_hundred_queued_jobs_complete_across_a_redis_crash_midway(cluste
     results = [(await asyncio.to_thread(result_of, b.queue_port, request_id))["n"] for request_id in ids]
     assert results == list(range(1000, 1100))
     await asyncio.to_thread(cluster.wait_ready)
+
+
+async def test_redis_lost_while_running_turns_ready_off_refuses_submits_and_open_sessions_go_on(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.edges["a"], cluster.edges["b"]
+    sessions = [await session(a.port), await session(b.port)]
+    for s in sessions:
+        await s.send(1)
+        await s.receive(1)
+    cluster.redis.kill()
+    try:
+        async with httpx.AsyncClient(headers=ROOT, timeout=10) as client:
+            for edge in (a, b):
+                deadline = time.monotonic() + 10
+                while (ready := await client.get(f"http://127.0.0.1:{edge.port}/ready")).status_code == 200:
+                    assert time.monotonic() < deadline, ready.json()
+                    await asyncio.sleep(0.05)
+                assert ready.status_code == 503 and ready.json()["reason"] == "store_unavailable"
+                assert ready.json()["store"]["available"] is False
+                submitted = await client.post(f"http://127.0.0.1:{edge.queue_port}/test/sleep", json={"n": 5})
+                assert submitted.status_code == 503, submitted.text
+                assert submitted.json()["error_type"] == "store_unavailable"
+                assert submitted.headers["retry-after"] == "1"
+            # Past the workers' leases (2 s), which nobody can renew: the links, not Redis, carry the frames.
+            for n in range(2, 6):
+                for s in sessions:
+                    await s.send(n)
+                    await s.receive(n)
+                await asyncio.sleep(0.8)
+            assert all(s.errors == [] and sorted(s.outputs) == [1, 2, 3, 4, 5] for s in sessions)
+    finally:
+        cluster.redis.start()
+    for s in sessions:
+        await s.close()
+    await asyncio.to_thread(cluster.wait_ready)
+    job = await asyncio.to_thread(submit, b.queue_port, {"n": 6})
+    assert "error" not in await completed(a.queue_port, job["request_id"])
 
 
 def test_an_unreachable_redis_is_a_start_up_error_naming_the_url() -> None:
