@@ -264,6 +264,10 @@ async def test_a_key_revoked_on_a_is_refused_on_b_within_a_second(cluster: Clust
     _, created = await asyncio.to_thread(_send, a.port, "POST", "/v1/keys", {"name": "short-lived"})
     key = {"authorization": f"Key {created['key']}"}
     await until(lambda: _send(b.port, "POST", "/test/sleep", {"n": 0}, key)[0] == 200, what="b to take the key")
+    url = f"ws://127.0.0.1:{b.port}/test/sleep/realtime"
+    on_b = Session(await connect(url, additional_headers=key, compression=None, max_size=None))
+    await on_b.send(1)
+    await on_b.receive(1)
     revoked_at = time.monotonic()
     status, _ = await asyncio.to_thread(_send, a.port, "DELETE", f"/v1/keys/{created['id']}")
     assert status == 200
@@ -275,8 +279,14 @@ async def test_a_key_revoked_on_a_is_refused_on_b_within_a_second(cluster: Clust
             return True
         return False
 
+    closing = json.loads(await asyncio.wait_for(on_b.ws.recv(), 5.0))  # b closes the key's open session
+    closed_after_s = time.monotonic() - revoked_at
     await until(b_refuses, timeout_s=5.0, what="b to refuse the key")
-    assert refused_after[0] < 1.0
+    assert closing["error"] == "UNAUTHORIZED", closing
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(on_b.ws.recv(), 5.0)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert closed_after_s < 1.0 and refused_after[0] < 1.0, (closed_after_s, refused_after)
 
 
 async def test_a_rate_limit_holds_across_both_edges(cluster: Cluster) -> None:
