@@ -186,20 +186,31 @@ async def realtime_frames(port: int, sessions: int, frames: int) -> list[float]:
     return sorted(latencies)
 
 
-def redis_commands(port: int) -> int:
-    """Commands the Redis server has processed so far (this INFO call included)."""
+def redis_commands(port: int) -> dict[str, int]:
+    """Calls per command the Redis server has processed so far (``INFO commandstats``; this
+    INFO call is counted in the next one)."""
     import redis
 
     client = redis.Redis(port=port)
     try:
-        return int(client.info("stats")["total_commands_processed"])
+        stats = client.info("commandstats")
     finally:
         client.close()
+    return {name.removeprefix("cmdstat_"): int(fields["calls"]) for name, fields in stats.items()}
+
+
+def commands_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The calls per command from ``before`` to ``after``, less the INFO call that read ``after``."""
+    diff = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    diff["info"] = diff.get("info", 0) - 1
+    return {name: calls for name, calls in sorted(diff.items()) if calls > 0}
 
 
 def realtime_probe(port: int, redis_port: int | None, sessions: int, frames: int) -> dict[str, Any]:
-    """Frame latency, and with Redis the commands it ran during the frames and during as long idle."""
-    before = redis_commands(redis_port) if redis_port is not None else 0
+    """Frame latency; with Redis also the commands it ran during the frames and during an idle
+    window as long, by command: the same background work (claims, leases, usage flushes) in both,
+    and nothing that grows with the frames."""
+    before = redis_commands(redis_port) if redis_port is not None else {}
     started = time.perf_counter()
     latencies = asyncio.run(realtime_frames(port, sessions, frames))
     took_s = time.perf_counter() - started
@@ -211,14 +222,15 @@ def realtime_probe(port: int, redis_port: int | None, sessions: int, frames: int
         "p99_ms": round(percentile(latencies, 99) * 1000, 2),
     }
     if redis_port is not None:
-        during = redis_commands(redis_port) - before - 1  # less the INFO that read it
-        idle_from = redis_commands(redis_port)
+        during = commands_between(before, idle_from := redis_commands(redis_port))
         time.sleep(took_s)
-        idle = redis_commands(redis_port) - idle_from - 1
+        idle = commands_between(idle_from, redis_commands(redis_port))
         result.update(
-            redis_commands_during_frames=during,
-            redis_commands_idle_same_time=idle,
-            redis_commands_per_frame=round((during - idle) / max(1, len(latencies)), 4),
+            redis_commands_during_frames=sum(during.values()),
+            redis_commands_idle_same_time=sum(idle.values()),
+            redis_commands_per_frame=round((sum(during.values()) - sum(idle.values())) / max(1, len(latencies)), 4),
+            redis_commands_during_frames_by_name=during,
+            redis_commands_idle_by_name=idle,
         )
     return result
 
@@ -390,6 +402,10 @@ def main() -> None:
         print(f"{'':<10}{r['store']:<8}{r['frames']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}"
               f"{r.get('redis_commands_during_frames', '-'):>20}{r.get('redis_commands_idle_same_time', '-'):>7}"
               f"{r.get('redis_commands_per_frame', '-'):>11}")  # fmt: skip
+    for r in realtime:
+        if "redis_commands_during_frames_by_name" in r:
+            print(f"redis commands during the frames: {r['redis_commands_during_frames_by_name']}")
+            print(f"redis commands idle, as long:     {r['redis_commands_idle_by_name']}")
     print(f"written to {args.out}")
 
 
