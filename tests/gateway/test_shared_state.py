@@ -100,6 +100,30 @@ async def test_a_job_queued_on_one_edge_is_polled_streamed_cancelled_and_read_on
             assert (await b.put(local(slow["cancel_url"]))).status_code == 400
 
 
+async def test_a_submit_over_the_body_limit_is_refused_before_it_reaches_redis(redis_url: str, tmp_path: Path) -> None:
+    with edges(redis_url, tmp_path, count=1, max_body_bytes=2048) as (address,):
+        async with clients([address], **QUEUE) as (client,):
+            big = {"prompt": "x" * 4096}
+            sized = await client.post("/framewire/echo", json=big)
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the reader counts as it goes
+                yield b'{"prompt": "'
+                for _ in range(64):
+                    yield b"x" * 64
+                yield b'"}'
+
+            streamed = await client.post(
+                "/framewire/echo", content=chunks(), headers={"content-type": "application/json"}
+            )
+            for refused in (sized, streamed):
+                assert refused.status_code == 413 and refused.json()["error_type"] == "body_too_large", refused.text
+            async with state(redis_url) as conn:
+                assert [k async for k in conn.client.scan_iter(match=conn.key("job", "*"))] == []
+            accepted = await client.post("/framewire/echo", json={"prompt": "small"})
+            assert accepted.status_code == 200
+            await wait_status(client, accepted.json()["status_url"], "COMPLETED")
+
+
 async def test_an_idempotency_key_holds_across_edges(redis_url: str, tmp_path: Path) -> None:
     with edges(redis_url, tmp_path) as addresses:
         async with clients(addresses, **QUEUE) as (a, b):
