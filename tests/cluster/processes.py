@@ -116,7 +116,10 @@ def edge_process(
     proc = Proc(cmd, env={"FRAMEWIRE_WORKER_SECRET": secret})
     try:
         if ready:
-            wait_ready(port, timeout_s=30.0)
+            try:
+                wait_ready(port, timeout_s=60.0)  # generous: a loaded 2-core machine starts slowly
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}; the edge said:\n{proc.output()[-3000:]}") from None
         yield proc, port, queue_port
     finally:
         proc.stop()
