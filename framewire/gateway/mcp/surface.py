@@ -374,7 +374,7 @@ class McpSurface:
         registry, book = self.engine.registry, self.book
         apps = []
         for app in visible_apps(registry, principal):
-            entry = describe(app, registry)
+            entry = describe(app, self.engine)
             for ep_entry, endpoint in zip(entry["endpoints"], registry.endpoints_of(app).values(), strict=True):
                 ep_entry.update(book.names_of(endpoint))
             apps.append(entry)
@@ -391,7 +391,7 @@ class McpSurface:
             return content.error(exc.reason, "forbidden")
         except DescribeError as exc:
             return content.error(str(exc), "internal_error")
-        entry = describe(app, registry)
+        entry = describe(app, self.engine)
         for ep_entry, endpoint in zip(entry["endpoints"], registry.endpoints_of(app).values(), strict=True):
             input_schema, output_schema = endpoint_schemas(document, app, endpoint)
             ep_entry.update(self.book.names_of(endpoint), input_schema=input_schema, output_schema=output_schema)
@@ -427,7 +427,7 @@ class McpSurface:
         except DescribeError as exc:
             raise MCPError(INTERNAL_ERROR, str(exc)) from None
         names = {ep.key: self.book.names_of(ep) for ep in registry.endpoints_of(app).values()}
-        text = guide(app, registry, document, names)
+        text = guide(app, self.engine, document, names)
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="text/markdown", text=text)]
         )
