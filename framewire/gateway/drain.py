@@ -73,7 +73,7 @@ class DrainingServer(uvicorn.Server):
         # sse-starlette ends every event stream as soon as uvicorn begins its shutdown, which
         # would cut streamed runs that step 4 lets finish: streams here end on their own
         # (queued jobs' status streams in step 3), or all at once on a second signal.
-        AppStatus.disable_automatic_graceful_drain()
+        AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
         self.drain = drain
         self.timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
