@@ -9,7 +9,8 @@ starting and stopping the engine and the background tasks. The one piece of shar
 mutable state is :class:`framewire.gateway.state.ServerState`.
 
 Routing: shared routes (health, readiness, metrics, catalog, keys and usage admin,
-tokens, storage, files, JWKS, MCP, WebSockets) answer on every surface; any other HTTP
+tokens, storage, files, JWKS, MCP, WebSockets: an app's raw socket path first, then the
+realtime paths) answer on every surface; any other HTTP
 path goes to the queue surface or the run surface, chosen per request
 (:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on
 both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health``, ``/ready`` and
@@ -55,6 +56,7 @@ from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import UsageMeter
 from framewire.gateway.realtime.endpoint import RealtimeEndpoint
 from framewire.gateway.realtime.protocol import CloseCode
+from framewire.gateway.realtime.rawsocket import AppSocketRoutes
 from framewire.gateway.requests import job_store as job_store_mod
 from framewire.gateway.requests.dispatcher import Dispatcher
 from framewire.gateway.requests.finaliser import OutputFinaliser
@@ -202,6 +204,16 @@ def create_gateway(
         max_frame_bytes=settings.max_frame_bytes,
     )
     key_store.on_change(realtime.close_revoked_sessions)
+    sockets = AppSocketRoutes(
+        engine,
+        auth,
+        limiter,
+        meter,
+        metrics,
+        state,
+        allowed_origins=settings.allowed_origins,
+        max_message_bytes=settings.max_frame_bytes,
+    )
     queue = QueueSurface(
         engine,
         auth,
@@ -239,7 +251,7 @@ def create_gateway(
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
         *mcp.routes(),
-        *realtime.routes(),
+        *sockets.routes(fallback=realtime.routes()),
         Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
 
