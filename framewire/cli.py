@@ -568,7 +568,9 @@ def _cmd_usage(args: argparse.Namespace) -> int:
                 cells = (entry["bucket"] or "total", r["key_id"], r["app"], r["requests"], r["outputs"], r["errors"])
                 print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}\t{r['session_s']:.1f}")
         t = report["totals"]
-        print(f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}\t{t['session_s']:.1f}")
+        print(
+            f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}\t{t['session_s']:.1f}"
+        )
         return 0
 
     return _run_with_db(settings, work)

@@ -524,7 +524,7 @@ class Endpoint:
                 ("output", self.output_model, self.frame_output),
             ):
                 if name is None:
-                    raise TypeError(f"{self.key}: a video endpoint's {what} model {model.__name__} needs a VideoFrame field")
+                    raise TypeError(f"{self.key}: a video endpoint's {what} model {model.__name__} needs a VideoFrame")
 
     @property
     def video(self) -> VideoSpec | None:
@@ -611,7 +611,7 @@ class Socket(abc.ABC):
     path: str = ""
     query: Mapping[str, str] = {}
 
-    async def accept(self) -> None:
+    async def accept(self) -> None:  # noqa: B027 (a no-op on purpose, for apps written for fal)
         """Nothing to do: the server accepted the socket once it had checked the caller."""
 
     @abc.abstractmethod

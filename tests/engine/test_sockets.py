@@ -90,7 +90,9 @@ async def test_a_failing_handler_closes_with_1011_and_no_traceback(engine: Local
     await line.send(b"x")
     with pytest.raises(SocketClosed) as closed:
         await line.receive()
-    assert closed.value.code == 1011 and "RuntimeError" in closed.value.reason and "Traceback" not in closed.value.reason
+    assert (
+        closed.value.code == 1011 and "RuntimeError" in closed.value.reason and "Traceback" not in closed.value.reason
+    )
 
 
 async def test_the_client_leaving_ends_the_handler(engine: LocalEngine) -> None:

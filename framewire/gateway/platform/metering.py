@@ -28,7 +28,6 @@ from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.metrics import Metrics
 from framewire.gateway.platform.usage import UsageMeter, count_outputs
 
-
 #: How often an open session's seconds are recorded (so a crash loses at most this much).
 SESSION_TICK_S = 10.0
 

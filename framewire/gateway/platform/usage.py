@@ -6,7 +6,8 @@ sessions, ``socket`` for raw WebSocket endpoints), a status (``ok``, a lower-cas
 error code such as ``invalid_input`` or ``rate_limited``, or ``dropped`` for a realtime
 frame superseded by a newer one before it ran), the outputs it produced and the engine
 time it used. Sessions that hold resources while open (video sessions, raw sockets) are
-also charged the seconds they were open (``session_s``), recorded as they go. A batch's ``inference_ms`` is shared by its inputs: each is charged
+also charged the seconds they were open (``session_s``), recorded as they go. A batch's
+``inference_ms`` is shared by its inputs: each is charged
 ``inference_ms / batch_size``, so a key's compute adds up to the engine's busy time.
 
 Recording is an in-memory addition (O(1), on the event loop): tallies are kept per

@@ -216,7 +216,8 @@ class AppSocketRoutes:
         if not self.limiter.open_session(principal):
             self.metrics.rate_limited.labels("sessions").inc()
             limit = principal.limits.max_sessions
-            await self._refuse(ws, 429, f"this key may have {limit} sessions open at once; close one first", "too_many_sessions")
+            detail = f"this key may have {limit} sessions open at once; close one first"
+            await self._refuse(ws, 429, detail, "too_many_sessions")
             return
         try:
             await self._run(ws, principal, endpoint)
