@@ -85,7 +85,7 @@ async def test_credits_bound_what_either_end_holds() -> None:
     await asyncio.wait_for(blocked, 1)
     with pytest.raises(Violation):
         sock.on_ack(WINDOW + 5)  # more than is in flight
-    for n in range(WINDOW):
+    for _ in range(WINDOW):
         sock.on_data(b"x")
     with pytest.raises(Violation, match="without credit"):
         sock.on_data(b"one too many")
