@@ -10,7 +10,7 @@ mutable state is :class:`framewire.gateway.state.ServerState`.
 
 Routing: shared routes (health, readiness, metrics, catalog, keys and usage admin,
 tokens, storage, files, JWKS, MCP, WebSockets: an app's raw socket path first, then the
-realtime paths) answer on every surface; any other HTTP
+realtime paths; live video's ``…/start-session``) answer on every surface; any other HTTP
 path goes to the queue surface or the run surface, chosen per request
 (:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on
 both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health``, ``/ready`` and
@@ -71,6 +71,8 @@ from framewire.gateway.settings import Settings
 from framewire.gateway.state import ServerState
 from framewire.gateway.storage.routes import StorageRoutes
 from framewire.gateway.storage.store import FileStore, UrlSigner, load_secret
+from framewire.gateway.video.offer import ice_configuration
+from framewire.gateway.video.signalling import VideoRoutes
 
 log = logging.getLogger("framewire")
 
@@ -214,6 +216,16 @@ def create_gateway(
         allowed_origins=settings.allowed_origins,
         max_message_bytes=settings.max_frame_bytes,
     )
+    video = VideoRoutes(
+        engine,
+        auth,
+        limiter,
+        meter,
+        metrics,
+        state,
+        ice=ice_configuration(settings.ice_servers, settings.turn_username, settings.turn_credential),
+        max_sessions=settings.max_video_sessions,
+    )
     queue = QueueSurface(
         engine,
         auth,
@@ -252,6 +264,7 @@ def create_gateway(
         *storage.routes(),
         *mcp.routes(),
         *sockets.routes(fallback=realtime.routes()),
+        *video.routes(),
         Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
 
@@ -279,6 +292,7 @@ def create_gateway(
             state.draining = True
             for session in list(state.sessions):
                 await session.close(CloseCode.GOING_AWAY, "server shutting down")
+            await video.stop()
             await dispatcher.stop()
             await webhooks.stop()
             await engine.stop()
