@@ -432,8 +432,10 @@ def _cmd_apps(args: argparse.Namespace) -> int:
     for app in registry:
         names = registry.names_of(app)
         for path, ep in registry.endpoints_of(app).items():
-            kind = "realtime" if ep.spec.realtime else "endpoint"
+            kind = "video" if ep.video is not None else "realtime" if ep.spec.realtime else "endpoint"
             print(f"{'/'.join(p for p in (app.app_id, path) if p)}\t{kind}\tmax_batch_size={ep.max_batch_size}")
+        for path in registry.sockets_of(app):
+            print(f"{'/'.join(p for p in (app.app_id, path) if p)}\twebsocket")
         if len(names) > 1:
             print(f"  aliases: {', '.join(n for n in names if n != app.app_id)}")
     return 0

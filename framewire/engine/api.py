@@ -750,7 +750,15 @@ class AppRegistry:
         return [name for name, other in self._names.items() if other is app]
 
     def endpoints_of(self, app: App) -> dict[str, Endpoint]:
+        """Every batched endpoint of ``app`` (video endpoints included) by path."""
         return self._endpoints[id(app)]
+
+    def request_endpoints(self, app: App) -> dict[str, Endpoint]:
+        """The endpoints of ``app`` that take inputs as requests or realtime frames (not video)."""
+        return {p: ep for p, ep in self._endpoints[id(app)].items() if ep.video is None}
+
+    def video_endpoints(self, app: App) -> dict[str, Endpoint]:
+        return {p: ep for p, ep in self._endpoints[id(app)].items() if ep.video is not None}
 
     def sockets_of(self, app: App) -> dict[str, SocketEndpoint]:
         return self._sockets[id(app)]

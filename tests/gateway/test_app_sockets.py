@@ -124,3 +124,16 @@ def _token(server: str, apps: list[str]) -> str:
     res.raise_for_status()
     token: str = res.json()
     return token
+
+
+def test_the_catalog_lists_socket_endpoints(server: str) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Key {KEY}"}
+    entry = httpx.get(f"http://{server}/models/test/rawsocket", headers=headers).json()
+    assert entry["websockets"] == [
+        {"path": "/", "id": "test/rawsocket", "url": "/test/rawsocket"},
+        {"path": "/count", "id": "test/rawsocket/count", "url": "/test/rawsocket/count"},
+    ]
+    doc = httpx.get(f"http://{server}/models/test/rawsocket/openapi.json", headers=headers).json()
+    assert doc["paths"]["/test/rawsocket/count"]["x-fal-protocol"]["type"] == "websocket"
