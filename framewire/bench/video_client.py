@@ -52,7 +52,10 @@ def pattern(index: int, width: int, height: int) -> np.ndarray:
 
 
 def read_code(img: np.ndarray) -> int:
-    """The frame number :func:`pattern` wrote into ``img`` (of an inverted image: its complement)."""
+    """The frame number :func:`pattern` wrote into ``img`` (of an inverted image: its complement);
+    -1 for an image too small to hold the code (an app that changed the size)."""
+    if img.shape[0] < BLOCK or img.shape[1] < CODE_BITS * BLOCK:
+        return -1
     cells = [float(img[4 : BLOCK - 4, b * BLOCK + 4 : (b + 1) * BLOCK - 4].mean()) for b in range(CODE_BITS)]
     return sum(1 << b for b, level in enumerate(cells) if level > 128)
 
