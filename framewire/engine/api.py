@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import inspect
 import json
+import logging
 import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
@@ -42,6 +43,9 @@ TARGET_LATENCY_RANGE_MS = (1.0, 60_000.0)
 SIMILARITY_RANGE = (0.0, 0.25)
 #: The largest side of a video frame handed to an app, in pixels.
 MAX_VIDEO_SIDE = 4096
+
+
+_log = logging.getLogger("framewire.engine")
 
 
 class AppError(Exception):
@@ -441,6 +445,15 @@ class App:
         """
         return None
 
+    def admit(self, path: str, inp: BaseModel) -> None:
+        """Refuse an input over one of the app's limits before it is queued: raise :class:`AppError`.
+
+        Runs for every input as it arrives (cheap and torch-free), so no work is spent on
+        an input that would be refused later. The input fails alone: ``submit`` raises the
+        error, ``call`` returns it as the result's error. The default admits everything.
+        """
+        return None
+
     # -- keeping latency targets under load (all optional; cheap and torch-free) --------
 
     def degradation(self, path: str) -> tuple[str, ...]:
@@ -538,6 +551,17 @@ class Endpoint:
     @property
     def max_batch_size(self) -> int:
         return self.spec.max_batch_size
+
+    def admit(self, inp: BaseModel) -> None:
+        """The app's :meth:`App.admit` for this endpoint: AppError refuses ``inp``; any other
+        exception (a bug in the check) refuses only ``inp`` too, as an :class:`EngineError`."""
+        try:
+            self.app.admit(self.spec.path, inp)
+        except AppError:
+            raise
+        except Exception as exc:
+            _log.exception("%s failed to admit an input", self.key)
+            raise EngineError(f"{self.key} failed on this input ({type(exc).__name__}); see the server log") from None
 
     def call(self, inputs: list[BaseModel], progress: Progress = NO_PROGRESS) -> list[BaseModel | AppError]:
         """Run the handler on one batch; the result has one element per input."""

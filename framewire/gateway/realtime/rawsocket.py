@@ -30,10 +30,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from framewire.engine.api import App, EngineClient, EngineUnavailable, SocketClosed, SocketEndpoint, SocketLine
-from framewire.gateway.platform.auth import Authenticator, AuthError, Principal, origin_allowed
+from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.limits import Limiter, retry_after_header
 from framewire.gateway.platform.metering import Meter, SessionClock, SessionMeter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.origins import origin_allowed
 from framewire.gateway.realtime.protocol import CloseCode
 from framewire.gateway.state import ServerState
 
@@ -179,6 +180,7 @@ class AppSocketRoutes:
         state: ServerState,
         *,
         allowed_origins: tuple[str, ...],
+        allowed_hosts: tuple[str, ...],
         max_message_bytes: int,
     ) -> None:
         self.engine = engine
@@ -188,6 +190,7 @@ class AppSocketRoutes:
         self.metrics = metrics
         self.state = state
         self.allowed_origins = allowed_origins
+        self.allowed_hosts = allowed_hosts
         self.max_message_bytes = max_message_bytes
 
     def routes(self, fallback: Sequence[BaseRoute]) -> list[BaseRoute]:
@@ -200,7 +203,8 @@ class AppSocketRoutes:
 
     async def connect(self, ws: WebSocket, endpoint: SocketEndpoint) -> None:
         """Check the caller, then run the socket until either side closes."""
-        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), self.allowed_origins):
+        origin, host = ws.headers.get("origin"), ws.headers.get("host")
+        if not origin_allowed(origin, host, self.allowed_origins, allowed_hosts=self.allowed_hosts):
             await self._refuse(ws, 403, f"origin {ws.headers.get('origin')!r} is not allowed", "forbidden")
             return
         try:

@@ -46,6 +46,7 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel, ValidationError
 
 from framewire.engine.api import App, AppError, Endpoint, EngineClient, FrameResult, Stream, VideoFrame
+from framewire.gateway.budget import OverBudget, StructureBudget, check_json
 from framewire.gateway.platform.metering import SessionClock, SessionMeter
 from framewire.gateway.realtime import protocol
 from framewire.gateway.video.frames import to_app_frame, to_av_frame
@@ -95,6 +96,7 @@ class VideoSession:
         meter: SessionMeter,
         converter: Executor,
         session_id: str,
+        budget: StructureBudget,
         target_latency_ms: float | None = None,
     ) -> None:
         assert endpoint.video is not None and endpoint.frame_input is not None and endpoint.frame_output is not None
@@ -104,6 +106,7 @@ class VideoSession:
         self.meter = meter
         self.converter = converter
         self.session_id = session_id
+        self.budget = budget
         self.target_latency_ms = target_latency_ms
         self.spec = endpoint.video
         self._frame_in = endpoint.frame_input
@@ -283,8 +286,13 @@ class VideoSession:
         if len(message) > MAX_MESSAGE_BYTES:
             self._send_error("MESSAGE_TOO_LARGE", f"message of {len(message)} bytes; the limit is {MAX_MESSAGE_BYTES}")
             return
+        raw = message.encode() if isinstance(message, str) else message
         try:
-            data = json.loads(message)
+            check_json(raw, self.budget)  # before decoding: a small message can hold a huge structure
+            data = json.loads(raw)
+        except OverBudget as exc:
+            self._send_error("MESSAGE_TOO_LARGE", f"the message {exc}")
+            return
         except (ValueError, UnicodeDecodeError) as exc:
             self._send_error("INVALID_MESSAGE", f"messages are JSON objects ({exc})")
             return

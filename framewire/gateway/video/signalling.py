@@ -1,6 +1,9 @@
 """``POST /{owner}/{alias}[/{path}]/start-session``: a live video session, signalled as fal's WMA.
 
-Request: JSON (at most :data:`framewire.gateway.video.offer.MAX_BODY_BYTES`), either of
+Request: JSON (``Content-Type: application/json``; at most
+:data:`framewire.gateway.video.offer.MAX_BODY_BYTES` or ``--max-body-bytes`` if smaller,
+within ``--max-input-items`` and ``--read-timeout-s``, read by
+:func:`framewire.gateway.http.read_json`), either of
 fal's shapes (:mod:`framewire.gateway.video.offer`): the client's complete SDP offer (a
 sendrecv video track, optionally a data channel) and the session's parameters. Auth as
 on every surface: ``Authorization: Key …`` / ``Bearer <token>`` or ``?fal_jwt_token=``,
@@ -30,6 +33,7 @@ the receiver asks (PLI/FIR). ICE candidates come from every interface, plus the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -69,31 +73,10 @@ log = logging.getLogger("framewire.video")
 
 #: Seconds between keep-alive comments while a session's request is held open.
 KEEPALIVE_S = 15
-#: Longest wait for a body, and for the answer (ICE gathering), seconds.
-BODY_TIMEOUT_S = 10.0
+#: Longest wait for the answer (ICE gathering), seconds.
 ANSWER_TIMEOUT_S = 15.0
 #: Threads converting camera frames (scale + YUV to RGB, without the GIL).
 CONVERT_THREADS = 2
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
-    """The whole body, at most ``max_bytes`` (:class:`BodyTooLarge`), within ``timeout_s`` (TimeoutError)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async with asyncio.timeout(timeout_s):
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class VideoRoutes:
@@ -107,6 +90,7 @@ class VideoRoutes:
         meter: Meter,
         metrics: Metrics,
         state: ServerState,
+        body: http.BodyLimits,
         *,
         ice: RTCConfiguration,
         max_sessions: int,
@@ -117,6 +101,8 @@ class VideoRoutes:
         self.meter = meter
         self.metrics = metrics
         self.state = state
+        # The server's body rules (read timeout, JSON structure budget), at most an offer's size.
+        self.body = dataclasses.replace(body, max_bytes=min(body.max_bytes, MAX_BODY_BYTES))
         self.ice = ice
         self.max_sessions = max_sessions
         self.sessions: set[VideoSession] = set()
@@ -163,14 +149,12 @@ class VideoRoutes:
             return exc.response()
         try:
             target_ms = protocol.parse_target_latency_ms(request.query_params.get("target_latency_ms"))
-            raw = await read_body(request, MAX_BODY_BYTES, BODY_TIMEOUT_S)
-            body = parse_body(http.json_body(raw))
+            raw = await http.read_json(request, self.body, flag="start-session bodies hold an SDP offer of a few kB")
+            body = parse_body(raw)
             offer = body.description()
             check_offer(offer.sdp)
-        except BodyTooLarge:
-            return http.error(413, f"the body is over {MAX_BODY_BYTES} bytes", error_type="body_too_large")
-        except TimeoutError:
-            return http.error(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", error_type="timeout")
+        except http.BodyError as exc:
+            return exc.response()
         except ProtocolError as exc:
             return http.error(400, exc.reason, error_type="invalid_query")
         except ValidationError as exc:
@@ -214,6 +198,7 @@ class VideoRoutes:
                 meter=meter,
                 converter=self._converter,
                 session_id=session_id,
+                budget=self.body.budget,
                 target_latency_ms=target_ms,
             )
         except ValidationError as exc:
