@@ -62,12 +62,12 @@ export class CameraMode {
   #frame(event, roundTripMs) {
     const now = performance.now();
     const dropped = Number(event.dropped) || 0;
-    if (dropped > this.dropped) {
-      this.stats.recordDropped(dropped - this.dropped);
-      this.dropped = dropped;
-    }
-    this.stats.recordSent(0);
-    if (roundTripMs !== null) this.stats.recordResult(roundTripMs, now, 0);
+    const newlyDropped = Math.max(dropped - this.dropped, 0);
+    this.dropped = Math.max(dropped, this.dropped);
+    // The camera frames this output accounts for: its own and the ones replaced before it.
+    for (let i = 0; i <= newlyDropped; i += 1) this.stats.recordSent(0);
+    if (newlyDropped) this.stats.recordDropped(newlyDropped);
+    this.stats.recordResult(roundTripMs, now, 0); // no round trip until the first ping came back
     this.onFrame(event);
   }
 
