@@ -107,7 +107,7 @@ def test_camera_mode_streams_the_webcam_through_the_app_and_back(page: Page, ech
         expect(page.locator(stat)).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
     assert int(page.inner_text("#stat-received")) > 5
     expect(page.locator("#stat-dropped")).to_have_text(re.compile(r"^\d+$"))
-    expect(page.locator("#output-meta")).to_have_text(re.compile(r"pts \d+ · \d+ × \d+ · batch \d+"))
+    expect(page.locator("#output-meta")).to_have_text(re.compile(r"pts \d+ · \d+ \u00d7 \d+ · batch \d+"))
     assert "server" in page.inner_text("#server-timings")
 
     # Back to sketching: the camera is released and the session ends.
