@@ -117,4 +117,3 @@ def test_camera_mode_streams_the_webcam_through_the_app_and_back(page: Page, ech
     expect(page.locator("#conn")).to_have_attribute("data-state", "live")
     seen = frames(page)
     page.wait_for_function("n => Number(document.querySelector('#output-pane').dataset.frames) > n", arg=seen)
-
