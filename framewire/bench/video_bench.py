@@ -18,7 +18,9 @@ Per phase: p50/p99 latency of frames sent during the window, output fps per sess
 frames that never came back (``lost``: replaced on the server by a newer one, or dropped
 on the way), the server's own drop count, the engine's time per frame (queue and app, from
 the outputs' timings), and server CPU per delivered frame.
-Client and server share the machine's cores, so the numbers include that contention.
+Client and server share the machine's cores, so the numbers include that contention; each
+row gives the clients' CPU too (one process: at 100 % of a core or more, the clients, not
+the server, set the pace).
 
     framewire bench video [--sessions 1,4] [--fps 30] [--window-s 10] [--out FILE]
     framewire bench video --app framewire/lcm --server-arg=--weights=lcm=random  # the tiny LCM
@@ -32,6 +34,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,20 @@ from framewire.bench.stats import summarize
 from framewire.bench.video_client import StartRefused, VideoClient
 
 ECHO = "framewire/echo"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One measured phase: ``sessions`` sessions of ``app`` at ``fps`` frames of ``width`` x ``height``."""
+
+    app: str
+    sessions: int
+    fps: float
+    width: int
+    height: int
+    warmup_s: float
+    window_s: float
+    drain_s: float  # longest wait after the window for outputs of frames sent in it
 
 
 def _window_stats(
@@ -67,31 +84,22 @@ def video_params(app: str, session: int) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k not in NOT_VIDEO_PARAMS}
 
 
-async def measure_video(
-    base_url: str,
-    app: str,
-    sessions: int,
-    fps: float,
-    width: int,
-    height: int,
-    warmup_s: float,
-    window_s: float,
-    observer: servers.ServerObserver,
-) -> dict[str, Any]:
-    """One video phase: ``sessions`` WebRTC sessions at ``fps``; see the module docstring."""
+async def measure_video(base_url: str, phase: Phase, observer: servers.ServerObserver) -> dict[str, Any]:
+    """One video phase: ``phase.sessions`` WebRTC sessions at ``phase.fps``; see the module docstring."""
+    app, sessions, fps, window_s = phase.app, phase.sessions, phase.fps, phase.window_s
     clients = [
-        VideoClient(base_url, app, params=video_params(app, i), width=width, height=height, fps=fps)
+        VideoClient(base_url, app, params=video_params(app, i), width=phase.width, height=phase.height, fps=fps)
         for i in range(sessions)
     ]
     try:
         await asyncio.gather(*(c.start() for c in clients))
-        await asyncio.sleep(warmup_s)
-        start = time.perf_counter()
+        await asyncio.sleep(phase.warmup_s)
+        start, cpu_start = time.perf_counter(), time.process_time()
         observer.window_started()
         await asyncio.sleep(window_s)
-        end = time.perf_counter()
+        end, client_cpu_s = time.perf_counter(), time.process_time() - cpu_start
         observer.window_ended()
-        await asyncio.sleep(1.0)  # frames sent at the window's end come back
+        await asyncio.sleep(phase.drain_s)  # frames sent at the window's end come back
         latencies: list[float] = []
         engine_ms: list[float] = []
         sent = delivered = server_dropped = 0
@@ -113,21 +121,13 @@ async def measure_video(
     out = _window_stats(latencies, delivered, sent, sessions, window_s)
     out["server_dropped"] = server_dropped
     out["engine_p50_ms"] = summarize(engine_ms).get("p50")
+    out["client_cpu_pct"] = 100.0 * client_cpu_s / window_s  # the clients' encode and decode, all threads
     return out
 
 
-async def measure_websocket(
-    ws_base: str,
-    app: str,
-    sessions: int,
-    fps: float,
-    width: int,
-    height: int,
-    warmup_s: float,
-    window_s: float,
-    observer: servers.ServerObserver,
-) -> dict[str, Any]:
+async def measure_websocket(ws_base: str, phase: Phase, observer: servers.ServerObserver) -> dict[str, Any]:
     """One WebSocket phase at the same rate with a JPEG of the camera's size."""
+    app, sessions, width, height = phase.app, phase.sessions, phase.width, phase.height
     workload = payload.workload_for(app)
     jpeg = payload.make_jpeg(width * height // 5, width, height)  # about what a camera JPEG of this size weighs
     # Without a seed no two frames are the same input: every frame runs, as camera frames do.
@@ -136,15 +136,16 @@ async def measure_websocket(
         url=f"{ws_base}{workload.ws_path}",
         sessions=sessions,
         mode=loadgen.Mode.OPEN,
-        fps=fps,
-        warmup_s=warmup_s,
-        window_s=window_s,
-        drain_s=2.0,
+        fps=phase.fps,
+        warmup_s=phase.warmup_s,
+        window_s=phase.window_s,
+        drain_s=phase.drain_s,
     )
     result = await loadgen.generate(spec, [payload.FrameMaker(f) for f in inputs], observers=[observer])
     out = _window_stats(result.latencies_ms, result.tally.ok, result.tally.sent, sessions, result.window_s)
     out["server_dropped"] = result.tally.dropped
     out["engine_p50_ms"] = summarize(result.timings.get("engine_ms", [])).get("p50")
+    out["client_cpu_pct"] = 100.0 * result.client_cpu_s / result.window_s
     out["jpeg_bytes"] = len(jpeg)
     return out
 
@@ -162,11 +163,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for sessions in args.sessions:
                 for path in ("video", "websocket"):
                     observer = servers.ServerObserver(server.pid)
-                    shape = (args.app, sessions, args.fps, args.width, args.height, args.warmup_s, args.window_s)
+                    phase = Phase(
+                        args.app,
+                        sessions,
+                        args.fps,
+                        args.width,
+                        args.height,
+                        args.warmup_s,
+                        args.window_s,
+                        args.drain_s,
+                    )
                     if path == "video":
-                        row = asyncio.run(measure_video(http_base, *shape, observer))
+                        row = asyncio.run(measure_video(http_base, phase, observer))
                     else:
-                        row = asyncio.run(measure_websocket(server.base_url, *shape, observer))
+                        row = asyncio.run(measure_websocket(server.base_url, phase, observer))
                     server.check_alive()
                     seen = observer.results(args.window_s)
                     cpu_s = seen.get("server_cpu_s")
@@ -194,7 +204,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 HEADER = (
     f"{'path':<10}{'sessions':>9}{'p50 ms':>9}{'p99 ms':>9}{'fps/session':>12}{'sent':>7}{'lost':>6}"
-    f"{'srv drops':>10}{'engine p50':>11}{'CPU ms/frame':>13}"
+    f"{'srv drops':>10}{'engine p50':>11}{'CPU ms/frame':>13}{'client CPU':>11}"
 )
 
 
@@ -203,7 +213,7 @@ def _line(row: dict[str, Any]) -> str:
         f"{row['path']:<10}{row['sessions']:>9}{_fmt(row['p50_ms']):>9}{_fmt(row['p99_ms']):>9}"
         f"{_fmt(row['fps_per_session']):>12}{row['frames_sent']:>7}{row['lost']:>6}{row['server_dropped']:>10}"
         f"{_fmt(row['engine_p50_ms']):>11}"
-        f"{_fmt(row['server_cpu_ms_per_frame'], 2):>13}"
+        f"{_fmt(row['server_cpu_ms_per_frame'], 2):>13}{_fmt(row['client_cpu_pct'], 0) + ' %':>11}"
     )
 
 
@@ -216,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--window-s", type=float, default=10.0)
+    parser.add_argument("--drain-s", type=float, default=2.0, help="wait for outputs of the window's last frames")
     parser.add_argument(
         "--server-arg",
         action="append",
