@@ -434,8 +434,10 @@ def _cmd_apps(args: argparse.Namespace) -> int:
     for app in registry:
         names = registry.names_of(app)
         for path, ep in registry.endpoints_of(app).items():
-            kind = "realtime" if ep.spec.realtime else "endpoint"
+            kind = "video" if ep.video is not None else "realtime" if ep.spec.realtime else "endpoint"
             print(f"{'/'.join(p for p in (app.app_id, path) if p)}\t{kind}\tmax_batch_size={ep.max_batch_size}")
+        for path in registry.sockets_of(app):
+            print(f"{'/'.join(p for p in (app.app_id, path) if p)}\twebsocket")
         if len(names) > 1:
             print(f"  aliases: {', '.join(n for n in names if n != app.app_id)}")
     return 0
@@ -564,13 +566,15 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report, indent=2))
             return 0
-        print("BUCKET\tKEY\tAPP\tREQUESTS\tOUTPUTS\tERRORS\tCOMPUTE_MS")
+        print("BUCKET\tKEY\tAPP\tREQUESTS\tOUTPUTS\tERRORS\tCOMPUTE_MS\tSESSION_S")
         for entry in report["time_series"]:
             for r in entry["results"]:
                 cells = (entry["bucket"] or "total", r["key_id"], r["app"], r["requests"], r["outputs"], r["errors"])
-                print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}")
+                print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}\t{r['session_s']:.1f}")
         t = report["totals"]
-        print(f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}")
+        print(
+            f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}\t{t['session_s']:.1f}"
+        )
         return 0
 
     return _run_with_db(settings, work)

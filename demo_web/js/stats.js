@@ -80,13 +80,13 @@ export class LiveStats {
     this.bytesUp = bytes;
   }
 
-  /** An output arrived `rttMs` after its frame was sent; `atMs` is the arrival time. */
+  /** An output arrived `rttMs` after its frame was sent (null: not known); `atMs` is the arrival time. */
   recordResult(rttMs, atMs, bytes = 0) {
     this.received += 1;
-    this.rtts.push(rttMs);
+    if (rttMs !== null) this.rtts.push(rttMs);
     this.arrivals.push(atMs);
     if (this.firstArrivalMs === null) this.firstArrivalMs = atMs;
-    this.lastRttMs = rttMs;
+    if (rttMs !== null) this.lastRttMs = rttMs;
     this.bytesDown = bytes;
   }
 

@@ -379,6 +379,7 @@ def parser() -> argparse.ArgumentParser:
     p_plot.add_argument("results", type=Path)
     p_plot.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the JSON)")
     p_plot.add_argument("--results-md", type=Path, help="also rewrite the generated block of this Markdown file")
+    sub.add_parser("video", help="WebRTC video sessions beside the WebSocket path on one server", add_help=False)
     sub.add_parser(
         "scheduler",
         help="latency targets and degradation under 3x overload, skipping on a mostly idle canvas (fake engine)",
@@ -533,6 +534,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from framewire.bench import link_bench
 
         return link_bench.main(argv[1:])
+    if argv[:1] == ["video"]:  # WebRTC video sessions beside the WebSocket path (own flags)
+        from framewire.bench import video_bench
+
+        return video_bench.main(argv[1:])
     if argv[:1] == ["scheduler"]:
         from framewire.bench import scheduler_bench
 

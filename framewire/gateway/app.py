@@ -9,7 +9,8 @@ starting and stopping the engine and the background tasks. The one piece of shar
 mutable state is :class:`framewire.gateway.state.ServerState`.
 
 Routing: shared routes (health, readiness, metrics, catalog, keys and usage admin,
-tokens, storage, files, JWKS, MCP, WebSockets) answer on every surface; any other HTTP
+tokens, storage, files, JWKS, MCP, WebSockets: an app's raw socket path first, then the
+realtime paths; live video's ``…/start-session``) answer on every surface; any other HTTP
 path goes to the queue surface or the run surface, chosen per request
 (:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on
 both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health``, ``/ready`` and
@@ -56,6 +57,7 @@ from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import UsageMeter
 from framewire.gateway.realtime.endpoint import RealtimeEndpoint
 from framewire.gateway.realtime.protocol import CloseCode
+from framewire.gateway.realtime.rawsocket import AppSocketRoutes
 from framewire.gateway.requests import job_store as job_store_mod
 from framewire.gateway.requests.dispatcher import Dispatcher
 from framewire.gateway.requests.finaliser import OutputFinaliser
@@ -70,6 +72,8 @@ from framewire.gateway.settings import Settings
 from framewire.gateway.state import ServerState
 from framewire.gateway.storage.routes import StorageRoutes
 from framewire.gateway.storage.store import FileStore, UrlSigner, load_secret
+from framewire.gateway.video.offer import ice_configuration
+from framewire.gateway.video.signalling import VideoRoutes
 
 log = logging.getLogger("framewire")
 
@@ -210,6 +214,28 @@ def create_gateway(
         budget=budget,
     )
     key_store.on_change(realtime.close_revoked_sessions)
+    sockets = AppSocketRoutes(
+        engine,
+        auth,
+        limiter,
+        meter,
+        metrics,
+        state,
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=("*",) if settings.auth else settings.allowed_hosts,
+        max_message_bytes=settings.max_frame_bytes,
+    )
+    video = VideoRoutes(
+        engine,
+        auth,
+        limiter,
+        meter,
+        metrics,
+        state,
+        body,
+        ice=ice_configuration(settings.ice_servers, settings.turn_username, settings.turn_credential),
+        max_sessions=settings.max_video_sessions,
+    )
     queue = QueueSurface(
         engine,
         auth,
@@ -251,7 +277,8 @@ def create_gateway(
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
         *mcp.routes(),
-        *realtime.routes(),
+        *sockets.routes(fallback=realtime.routes()),
+        *video.routes(),
         Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
 
@@ -279,6 +306,7 @@ def create_gateway(
             state.draining = True
             for session in list(state.sessions):
                 await session.close(CloseCode.GOING_AWAY, "server shutting down")
+            await video.stop()
             await dispatcher.stop()
             await webhooks.stop()
             await engine.stop()

@@ -114,6 +114,11 @@ class Settings:
     worker_cafile: str | None = None
     worker_heartbeat_s: float = 0.5
     worker_timeout_s: float = 1.5
+    # live video
+    ice_servers: tuple[str, ...] = ()
+    turn_username: str | None = None
+    turn_credential: str | None = None
+    max_video_sessions: int = 16
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -247,6 +252,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("worker_cafile", "CA bundle (PEM) that signed the workers' certificates: links to --workers use TLS"),
     Option("worker_heartbeat_s", "seconds between heartbeats on each worker link", float),
     Option("worker_timeout_s", "a worker silent this long is lost: its sessions move, its requests run again", float),
+    # live video
+    Option(
+        "ice_servers",
+        "STUN/TURN server for live video sessions behind NAT: stun:HOST[:PORT] or turn:HOST[:PORT][?transport=tcp] "
+        "(repeatable; none needed on loopback or a LAN)",
+        _list,
+        repeatable=True,
+    ),
+    Option("turn_username", "username for the --ice-server TURN servers"),
+    Option("turn_credential", "credential (password) for the --ice-server TURN servers"),
+    Option(
+        "max_video_sessions",
+        "live video sessions open at once (the server decodes and encodes each one's video on its CPU)",
+        int,
+    ),
 )
 
 BACKENDS = ("eager", "compile", "tensorrt")
@@ -258,6 +278,7 @@ _FLAG_NAMES = {
     "allowed_origins": "allowed-origin",
     "allowed_hosts": "allowed-host",
     "loras": "lora",
+    "ice_servers": "ice-server",
 }
 
 
@@ -393,6 +414,14 @@ def validate(settings: Settings) -> None:
         raise ValueError("--worker-cafile is for TLS links to --workers; give --workers too")
     if not 0 < settings.worker_heartbeat_s < settings.worker_timeout_s:
         raise ValueError("--worker-heartbeat-s must be > 0 and below --worker-timeout-s")
+    for url in settings.ice_servers:
+        scheme, sep, rest = url.partition(":")
+        if scheme not in ("stun", "stuns", "turn", "turns") or not sep or not rest.strip("/"):
+            raise ValueError(f"--ice-server {url!r}: expected stun:HOST[:PORT] or turn:HOST[:PORT][?transport=udp|tcp]")
+        if scheme.startswith("turn") and not (settings.turn_username and settings.turn_credential):
+            raise ValueError(f"--ice-server {url!r}: a TURN server needs --turn-username and --turn-credential")
+    if settings.max_video_sessions < 0:
+        raise ValueError(f"--max-video-sessions must be >= 0 (0: no video sessions), got {settings.max_video_sessions}")
     for size in settings.warmup_sizes:
         width, sep, height = size.lower().partition("x")
         if not (

@@ -211,7 +211,9 @@ async def _raw_edge(port: int, secret: bytes = SECRET) -> tuple[asyncio.StreamRe
     enc, dec = wire.Encoder(), wire.Decoder()
     hello = dec.feed(await reader.read(65536))[0]
     nonce = wire.new_nonce()
-    writer.write(enc.pack([wire.Kind.AUTH, 1, "raw", nonce, wire.edge_proof(secret, hello[3], nonce), {}]))
+    writer.write(
+        enc.pack([wire.Kind.AUTH, wire.PROTOCOL_VERSION, "raw", nonce, wire.edge_proof(secret, hello[3], nonce), {}])
+    )
     welcome = dec.feed(await reader.read(65536))[0]
     assert welcome[0] == wire.Kind.WELCOME
     return reader, writer

@@ -76,7 +76,7 @@ def test_usage_command_prints_a_table_with_totals(tmp_path: Path, capsys: pytest
     asyncio.run(record())
     assert cli.main(["usage", "--granularity", "total", "--data-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split("\t") == ["BUCKET", "KEY", "APP", "REQUESTS", "OUTPUTS", "ERRORS", "COMPUTE_MS"]
-    assert lines[1].split("\t") == ["total", "k1", "framewire/echo", "4", "3", "1", "4.5"]
-    assert lines[-1].split("\t") == ["total", "*", "*", "4", "3", "1", "4.5"]
+    assert lines[0].split("\t") == ["BUCKET", "KEY", "APP", "REQUESTS", "OUTPUTS", "ERRORS", "COMPUTE_MS", "SESSION_S"]
+    assert lines[1].split("\t") == ["total", "k1", "framewire/echo", "4", "3", "1", "4.5", "0.0"]
+    assert lines[-1].split("\t") == ["total", "*", "*", "4", "3", "1", "4.5", "0.0"]
     assert cli.main(["usage", "--start", "last week", "--data-dir", str(tmp_path)]) == 2

@@ -69,7 +69,7 @@ def guide(app: App, engine: EngineClient, document: dict[str, Any], tool_names: 
         lines += [app.description, ""]
     if about["aliases"]:
         lines += ["Also reachable as " + ", ".join(f"`{a}`" for a in about["aliases"]) + ".", ""]
-    for endpoint, entry in zip(registry.endpoints_of(app).values(), about["endpoints"], strict=True):
+    for endpoint, entry in zip(registry.request_endpoints(app).values(), about["endpoints"], strict=True):
         names = tool_names[endpoint.key]
         input_schema, _ = endpoint_schemas(document, app, endpoint)
         lines += [

@@ -375,7 +375,7 @@ class McpSurface:
         apps = []
         for app in visible_apps(registry, principal):
             entry = describe(app, self.engine)
-            for ep_entry, endpoint in zip(entry["endpoints"], registry.endpoints_of(app).values(), strict=True):
+            for ep_entry, endpoint in zip(entry["endpoints"], registry.request_endpoints(app).values(), strict=True):
                 ep_entry.update(book.names_of(endpoint))
             apps.append(entry)
         return content.json_result({"apps": apps})
@@ -392,7 +392,7 @@ class McpSurface:
         except DescribeError as exc:
             return content.error(str(exc), "internal_error")
         entry = describe(app, self.engine)
-        for ep_entry, endpoint in zip(entry["endpoints"], registry.endpoints_of(app).values(), strict=True):
+        for ep_entry, endpoint in zip(entry["endpoints"], registry.request_endpoints(app).values(), strict=True):
             input_schema, output_schema = endpoint_schemas(document, app, endpoint)
             ep_entry.update(self.book.names_of(endpoint), input_schema=input_schema, output_schema=output_schema)
         entry["components"] = document["components"]
@@ -426,7 +426,7 @@ class McpSurface:
             document = await cached_document(app, registry)
         except DescribeError as exc:
             raise MCPError(INTERNAL_ERROR, str(exc)) from None
-        names = {ep.key: self.book.names_of(ep) for ep in registry.endpoints_of(app).values()}
+        names = {ep.key: self.book.names_of(ep) for ep in registry.request_endpoints(app).values()}
         text = guide(app, self.engine, document, names)
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="text/markdown", text=text)]

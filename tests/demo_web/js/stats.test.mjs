@@ -58,3 +58,16 @@ test("reset forgets samples and counters", () => {
   assert.deepEqual([snap.sent, snap.received, snap.dropped, snap.samples, snap.p50], [0, 0, 0, 0, null]);
   assert.equal(snap.fps, 0);
 });
+
+test("an output without a known round trip counts as received and for fps, not in the percentiles", () => {
+  const stats = new LiveStats();
+  stats.recordResult(null, 0);
+  stats.recordResult(40, 100);
+  stats.recordResult(null, 200);
+  const snap = stats.snapshot(200);
+  assert.equal(snap.received, 3);
+  assert.equal(snap.samples, 1);
+  assert.equal(snap.p50, 40);
+  assert.equal(snap.lastRttMs, 40);
+  assert.ok(snap.fps > 0);
+});
