@@ -489,8 +489,12 @@ def _cmd_goals(args: argparse.Namespace, argv: Sequence[str]) -> int:
         OUT_DIR / ("quick-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) if args.quick else RESULTS_DIR
     )
     out_dir = args.out or default_out
-    # Server logs stay out of the committed results folder.
-    log_dir = OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    # Server logs go under --out; without it they stay out of the committed results folder.
+    log_dir = (
+        args.out / "logs"
+        if args.out
+        else OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    )
     with _harness(args, out_dir, log_dir) as harness:
         env = stamp()
         runs = _run_or_save(harness, scenarios, argv, env)
