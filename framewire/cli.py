@@ -321,7 +321,24 @@ def build_engine(settings: Settings, registry: AppRegistry, on_batch: Callable[[
     return RemoteEngine(registry, Directories(parts), options)
 
 
-def serve(settings: Settings) -> None:
+def local_tls(settings: Settings) -> tuple[Settings, Any]:
+    """With ``--tls-self-signed``: the settings serving the local CA's certificate, and the
+    :class:`framewire.gateway.certificates.LocalTls` files; else ``settings`` and None."""
+    if not settings.tls_self_signed:
+        return settings, None
+    from framewire.gateway import certificates
+
+    folder = Path(settings.data_dir).expanduser() / "tls"
+    try:
+        tls = certificates.ensure(folder, certificates.server_names(settings.host))
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--tls-self-signed: cannot make a certificate in {folder} ({exc}); check --data-dir"
+        ) from None
+    return settings.with_changes(ssl_certfile=str(tls.certfile), ssl_keyfile=str(tls.keyfile)), tls
+
+
+def serve(settings: Settings, tls: Any = None) -> None:
     """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
     from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
@@ -361,6 +378,12 @@ def serve(settings: Settings) -> None:
         + f"; data in {settings.data_dir}",
         flush=True,
     )
+    if tls is not None:
+        print(
+            f"TLS from the local CA {tls.ca_file}, for {', '.join(tls.names)}. Clients trust it with:\n"
+            f"  export SSL_CERT_FILE={tls.ca_bundle}",
+            flush=True,
+        )
     DrainingServer(config, gateway.drain, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
@@ -382,9 +405,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_mod.from_sources(args)
         preflight(settings)
+        settings, tls = local_tls(settings)
         logs.configure(settings.log_level, settings.log_format)
         quiet_libraries(settings)
-        serve(settings)
+        serve(settings, tls)
     except ValueError as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
@@ -713,7 +737,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     base = args.url
     if base is None:
-        names = ("host", "port", "ssl_certfile", "ssl_keyfile")
+        names = ("host", "port", "ssl_certfile", "ssl_keyfile", "tls_self_signed")
         try:
             settings = settings_mod.from_sources({}, options=[o for o in settings_mod.OPTIONS if o.name in names])
         except ValueError as exc:
@@ -721,7 +745,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
             return 2
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         host = f"[{host}]" if ":" in host else host
-        base = f"{'https' if settings.ssl_certfile else 'http'}://{host}:{settings.port}"
+        tls = settings.ssl_certfile or settings.tls_self_signed
+        base = f"{'https' if tls else 'http'}://{host}:{settings.port}"
     url = base.rstrip("/") + ("/ready" if args.ready else "/health")
     context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:

@@ -57,6 +57,7 @@ class Settings:
     queue_port: int | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    tls_self_signed: bool = False
     auth: bool = False
     api_keys: tuple[str, ...] = ()
     token_secret: str | None = None
@@ -142,6 +143,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_port", "also listen on this port for the queue surface (fal's queue.fal.run)", int),
     Option("ssl_certfile", "TLS certificate (PEM) for wss:// and https://"),
     Option("ssl_keyfile", "TLS private key (PEM)"),
+    Option(
+        "tls_self_signed",
+        "serve https/wss with a certificate from a local CA kept in the data dir (clients trust"
+        " <data dir>/tls/ca-bundle.pem through SSL_CERT_FILE) (1/0)",
+        _bool,
+    ),
     Option("auth", "require an API key or token on every surface (1/0)", _bool),
     Option("api_keys", "accepted API keys, id:secret, comma separated", _list, repeatable=True),
     Option("token_secret", "secret that signs realtime tokens (random per process if unset)"),
@@ -333,6 +340,8 @@ def validate(settings: Settings) -> None:
     """Fail early, naming the fix."""
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         raise ValueError("--ssl-certfile and --ssl-keyfile must be given together")
+    if settings.tls_self_signed and settings.ssl_certfile is not None:
+        raise ValueError("--tls-self-signed makes its own certificate: drop it, or drop --ssl-certfile/--ssl-keyfile")
     if settings.max_frame_bytes < 1024:
         raise ValueError(f"--max-frame-bytes must be at least 1024, got {settings.max_frame_bytes}")
     if settings.max_header_bytes < 1024:
