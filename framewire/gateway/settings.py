@@ -2,7 +2,7 @@
 
 Precedence: command-line flag > ``FRAMEWIRE_<NAME>`` environment variable > default.
 Every option is declared once in :data:`OPTIONS`; the CLI flags, the environment names
-and the README's table all come from it.
+and docs/configuration.md's table all come from it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Settings:
     max_token_expiration_s: int = 3600
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 4 * 1024 * 1024
-    # limits enforced before any work (see the README's "Security and limits")
+    # limits enforced before any work (see docs/security.md)
     max_header_bytes: int = 32 * 1024
     read_timeout_s: float = 15.0
     max_connections: int = 2048
