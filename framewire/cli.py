@@ -406,6 +406,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings = settings_mod.from_sources(args)
         preflight(settings)
         settings, tls = local_tls(settings)
+        # Resolved once here, so local workers (whose stderr may be a pipe) log as the edge does.
+        settings = settings.with_changes(log_format=logs.resolve_format(settings.log_format))
         logs.configure(settings.log_level, settings.log_format)
         quiet_libraries(settings)
         serve(settings, tls)
