@@ -615,7 +615,8 @@ function renderPanel() {
   $("stat-p50").textContent = formatMs(snap.p50);
   $("stat-p95").textContent = formatMs(snap.p95);
   $("stat-fps").textContent = snap.received ? snap.fps.toFixed(1) : "—";
-  $("stat-window").textContent = `round trip, last ${snap.samples} frame${snap.samples === 1 ? "" : "s"}`;
+  $("stat-window").textContent =
+    `round trip, last ${snap.samples} frame${snap.samples === 1 ? "" : "s"}` + (snap.samples > 1 ? " · dashed: p50" : "");
   $("stat-sent").textContent = String(snap.sent);
   $("stat-received").textContent = String(snap.received);
   $("stat-dropped").textContent = String(snap.dropped);
@@ -639,8 +640,6 @@ function drawSparkline(snap) {
   if (values.length < 2) return;
   const top = niceCeiling(Math.max(...values, snap.p95 ?? 0) * 1.05);
   $("spark-max").textContent = `${formatMs(top)} ms`;
-  $("spark-p50").textContent = snap.p50 === null ? "" : `p50 ${formatMs(snap.p50)} ms`;
-  $("spark-p50").style.bottom = snap.p50 === null ? "" : `${(snap.p50 / top) * 100}%`;
   const pad = 6;
   const slots = Math.max(values.length, SPARK_MIN_SLOTS); // few samples do not stretch across
   const x = (i) => pad + (i * (width - 2 * pad)) / (slots - 1);
