@@ -179,7 +179,7 @@ def test_a_cpu_start_prints_no_kernel_fallbacks_or_library_noise(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if k not in cli.QUIET_LIBRARIES}
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         try:
-            wait_ready(port, proc)
+            wait_ready(port, proc, timeout_s=120)  # a loaded 2-core machine builds the model slowly
         finally:
             servers.stop_process(proc)
         assert proc.stdout is not None

@@ -40,8 +40,8 @@ NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->$")
 FENCE = re.compile(r"^(\s*)```([\w+-]*)\s*$")
 #: A line that starts a server the block then talks to.
 SERVER_LINE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:\.venv/bin/)?(?:framewire serve|make serve)\b")
-BLOCK_TIMEOUT_S = 90
-READY_TIMEOUT_S = 60
+BLOCK_TIMEOUT_S = 180  # generous: a loaded 2-core machine
+READY_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
