@@ -7,11 +7,11 @@
 import { APPS, buildInput, findApp, formatMs, outputImage, serverTimings, videoParams } from "./apps.js";
 import { KeyStore, TokenSource } from "./auth.js";
 import { CameraMode } from "./camera.js";
-import { entryFor, fetchCatalog, isRandom, pickDefault, randomApps, withCode } from "./catalog.js";
+import { entryFor, fetchCatalog, isRandom, pickDefault, randomApps, resolveRequested, withCode } from "./catalog.js";
 import { RealtimeConnection, State, realtimeUrl } from "./connection.js";
 import { FramePump } from "./pump.js";
 import { Sketchpad } from "./sketch.js";
-import { LiveStats } from "./stats.js";
+import { LiveStats, niceCeiling } from "./stats.js";
 import { VideoState } from "./video.js";
 
 const $ = (id) => document.getElementById(id);
@@ -67,6 +67,12 @@ function saveSettings() {
 let app = findApp(settings.appId) ?? APPS[0];
 
 // ---- log ----------------------------------------------------------------------------
+
+/** A message about the page's own setup (e.g. a `?app=` it cannot use), on top of the page. */
+function showNotice(text) {
+  $("app-notice").hidden = !text;
+  $("app-notice-text").textContent = text ?? "";
+}
 
 function log(level, text) {
   const list = $("log");
@@ -730,7 +736,8 @@ function renderPanel() {
   $("stat-p50").textContent = formatMs(snap.p50);
   $("stat-p95").textContent = formatMs(snap.p95);
   $("stat-fps").textContent = snap.received ? snap.fps.toFixed(1) : "—";
-  $("stat-window").textContent = `round trip, last ${snap.samples} frame${snap.samples === 1 ? "" : "s"}`;
+  $("stat-window").textContent =
+    `round trip, last ${snap.samples} frame${snap.samples === 1 ? "" : "s"}` + (snap.samples > 1 ? " · dashed: p50" : "");
   $("stat-sent").textContent = String(snap.sent);
   $("stat-received").textContent = String(snap.received);
   $("stat-dropped").textContent = String(snap.dropped);
@@ -750,8 +757,10 @@ function drawSparkline(snap) {
   const { width, height } = canvas;
   ctx.clearRect(0, 0, width, height);
   const values = snap.recent;
+  $("spark-scale").hidden = values.length < 2;
   if (values.length < 2) return;
-  const top = Math.max(...values, snap.p95 ?? 0) * 1.15 || 1;
+  const top = niceCeiling(Math.max(...values, snap.p95 ?? 0) * 1.05);
+  $("spark-max").textContent = `${formatMs(top)} ms`;
   const pad = 6;
   const slots = Math.max(values.length, SPARK_MIN_SLOTS); // few samples do not stretch across
   const x = (i) => pad + (i * (width - 2 * pad)) / (slots - 1);
@@ -823,9 +832,20 @@ $("key-form").addEventListener("submit", (event) => {
   $("key-panel").classList.remove("needed");
   renderKeyStatus();
   log("info", key ? `using API key ${key.split(":")[0]}:••••` : "API key cleared");
-  if (settings.mode === "camera") startCamera();
-  else connection.restart();
-  loadCatalog().then(() => renderApps()); // with auth on, /models answers only with a key
+  // With auth on, /models answers only with a key: now the page can see which apps exist
+  // and, unless the user chose one, start on one the server has (bounded wait).
+  loadCatalog().then(() => {
+    if (!appChosen && catalog) {
+      const first = pickDefault(APPS, catalog);
+      if (first.app.id !== app.id) {
+        if (first.note) log("warn", first.note);
+        chooseApp(first.app, { byUser: false });
+      }
+    }
+    renderApps();
+    if (settings.mode === "camera") startCamera();
+    else connection.restart();
+  });
 });
 
 $("key-forget").addEventListener("click", () => {
@@ -847,6 +867,17 @@ sketchChanged();
 clearOutput();
 if (keys.get()) renderKeyStatus();
 await loadCatalog(); // bounded: the page goes on without it
+if (query.has("app")) {
+  const requested = resolveRequested(APPS, catalog, query.get("app"));
+  if (requested.note) log(requested.app ? "info" : "error", requested.note);
+  if (requested.app) app = requested.app;
+  else {
+    appChosen = saved.appId !== undefined && findApp(saved.appId) !== null;
+    app = findApp(saved.appId) ?? APPS[0];
+    settings.appId = app.id;
+    showNotice(requested.note);
+  }
+}
 if (!appChosen) {
   const first = pickDefault(APPS, catalog);
   if (first.note) log("warn", first.note);

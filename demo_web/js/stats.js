@@ -130,3 +130,18 @@ export class LiveStats {
     };
   }
 }
+
+/**
+ * The top of a chart's scale for data up to `value`: the smallest 1, 2, 2.5 or 5 × 10^n at
+ * or above it (so the axis label is a round number). 1 for nothing to show.
+ */
+export function niceCeiling(value) {
+  if (!Number.isFinite(value) || value <= 0) return 1;
+  const magnitude = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    // Rounding guards against 10 ** n being a hair off (e.g. 0.30000000000000004).
+    const top = Number((step * magnitude).toPrecision(12));
+    if (top >= value) return top;
+  }
+  return 10 * magnitude;
+}

@@ -103,7 +103,7 @@ class Harness:
         self.server_pid = server_pid
         self.console = Console(stderr=True, quiet=quiet, log_path=False)
         # Tables go to stdout, wide enough to stay readable in a log file.
-        self.out = Console(quiet=quiet, width=None if self.console.is_terminal else 200)
+        self.out = Console(quiet=quiet, width=None if self.console.is_terminal else TABLE_WIDTH)
         self._servers: dict[str, Server] = {}
         self._jpegs: dict[tuple[int, int], bytes] = {}
         self.runs: list[Run] = []  # every completed run, kept when a later one fails
@@ -263,6 +263,10 @@ def build_doc(
     }
 
 
+#: Width of the tables when the output is not a terminal (a log file, a pipe).
+TABLE_WIDTH = 120
+
+
 def print_tables(doc: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
@@ -282,7 +286,10 @@ def print_tables(doc: dict[str, Any], console: Any) -> None:
     if ratio_rows:
         show("FrameWire / baseline (same run)", report.RATIO_HEADER, ratio_rows)
     header, rows = report.result_rows(doc["results"])
-    show("Runs", header, rows)
+    # Two tables, what the client saw and what the server spent, so each fits a terminal.
+    cost = header.index("server CPU µs/frame")
+    show("Runs", header[:cost], [row[:cost] for row in rows])
+    show("Runs: cost", header[:2] + header[cost:], [row[:2] + row[cost:] for row in rows])
     for line in report.error_lines(doc["results"]):
         console.print(line)
 
@@ -490,8 +497,12 @@ def _cmd_goals(args: argparse.Namespace, argv: Sequence[str]) -> int:
         OUT_DIR / ("quick-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) if args.quick else RESULTS_DIR
     )
     out_dir = args.out or default_out
-    # Server logs stay out of the committed results folder.
-    log_dir = OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    # Server logs go under --out; without it they stay out of the committed results folder.
+    log_dir = (
+        args.out / "logs"
+        if args.out
+        else OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    )
     with _harness(args, out_dir, log_dir) as harness:
         env = stamp()
         runs = _run_or_save(harness, scenarios, argv, env)

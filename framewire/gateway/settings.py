@@ -2,7 +2,7 @@
 
 Precedence: command-line flag > ``FRAMEWIRE_<NAME>`` environment variable > default.
 Every option is declared once in :data:`OPTIONS`; the CLI flags, the environment names
-and the README's table all come from it.
+and docs/configuration.md's table all come from it.
 """
 
 from __future__ import annotations
@@ -11,10 +11,18 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import platformdirs
+
 ENV_PREFIX = "FRAMEWIRE_"
+
+
+def default_data_dir() -> str:
+    """The per-user data folder (``~/.local/share/framewire`` on Linux): the same from any
+    working directory, so ``serve``, ``keys`` and ``usage`` find one store."""
+    return platformdirs.user_data_dir("framewire", appauthor=False)
 
 
 def _bool(value: str) -> bool:
@@ -49,13 +57,14 @@ class Settings:
     queue_port: int | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    tls_self_signed: bool = False
     auth: bool = False
     api_keys: tuple[str, ...] = ()
     token_secret: str | None = None
     max_token_expiration_s: int = 3600
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 4 * 1024 * 1024
-    # limits enforced before any work (see the README's "Security and limits")
+    # limits enforced before any work (see docs/security.md)
     max_header_bytes: int = 32 * 1024
     read_timeout_s: float = 15.0
     max_connections: int = 2048
@@ -70,7 +79,7 @@ class Settings:
     # kernels
     kernels: bool = True
     # storage/queue
-    data_dir: str = "./var"
+    data_dir: str = field(default_factory=default_data_dir)
     max_upload_bytes: int = 512 * 1024 * 1024
     file_ttl_s: float = 7 * 24 * 3600.0
     upload_url_expiration_s: int = 3600
@@ -88,7 +97,7 @@ class Settings:
     # batching
     max_batch_size: int | None = None
     # platform
-    log_format: str = "json"
+    log_format: str = "auto"
     shutdown_timeout_s: float = 30.0
     usage_flush_interval_s: float = 5.0
     usage_retention_s: float = 400 * 24 * 3600.0
@@ -139,6 +148,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_port", "also listen on this port for the queue surface (fal's queue.fal.run)", int),
     Option("ssl_certfile", "TLS certificate (PEM) for wss:// and https://"),
     Option("ssl_keyfile", "TLS private key (PEM)"),
+    Option(
+        "tls_self_signed",
+        "serve https/wss with a certificate from a local CA kept in the data dir (clients trust"
+        " <data dir>/tls/ca-bundle.pem through SSL_CERT_FILE) (1/0)",
+        _bool,
+    ),
     Option("auth", "require an API key or token on every surface (1/0)", _bool),
     Option("api_keys", "accepted API keys, id:secret, comma separated", _list, repeatable=True),
     Option("token_secret", "secret that signs realtime tokens (random per process if unset)"),
@@ -169,7 +184,12 @@ OPTIONS: tuple[Option, ...] = (
     # kernels
     Option("kernels", "fused Triton kernels for the frame path on CUDA (1/0); off runs their torch references", _bool),
     # storage/queue
-    Option("data_dir", "folder for the job database, stored files and server keys", str),
+    Option(
+        "data_dir",
+        "folder for the job database, keys, usage, stored files and server keys (default: the user data dir,"
+        " e.g. ~/.local/share/framewire)",
+        str,
+    ),
     Option("max_upload_bytes", "largest file accepted by storage uploads, bytes", int),
     Option("file_ttl_s", "seconds stored files are kept unless the upload asks otherwise (0 = forever)", float),
     Option("upload_url_expiration_s", "lifetime of signed upload URLs, seconds", int),
@@ -191,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     # batching
     Option("max_batch_size", "cap every app's batch size (e.g. for a smaller GPU, or a benchmark sweep)", int),
     # platform
-    Option("log_format", "log lines as json (one object per line) or text"),
+    Option("log_format", "log lines as text (a terminal) or json (one object per line); auto: text on a terminal"),
     Option("shutdown_timeout_s", "longest a SIGTERM drain and shutdown may take, seconds", float),
     Option("usage_flush_interval_s", "seconds between writes of usage tallies to the store", float),
     Option("usage_retention_s", "seconds usage records are kept (0 = forever)", float),
@@ -270,6 +290,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BACKENDS = ("eager", "compile", "tensorrt")
+LOG_FORMATS = ("auto", "text", "json")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 _FLAG_NAMES = {
@@ -340,6 +361,8 @@ def validate(settings: Settings) -> None:
     """Fail early, naming the fix."""
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         raise ValueError("--ssl-certfile and --ssl-keyfile must be given together")
+    if settings.tls_self_signed and settings.ssl_certfile is not None:
+        raise ValueError("--tls-self-signed makes its own certificate: drop it, or drop --ssl-certfile/--ssl-keyfile")
     if settings.max_frame_bytes < 1024:
         raise ValueError(f"--max-frame-bytes must be at least 1024, got {settings.max_frame_bytes}")
     if settings.max_header_bytes < 1024:
@@ -375,8 +398,8 @@ def validate(settings: Settings) -> None:
     if settings.max_batch_size is not None and settings.max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
     # platform (--auth with keys only in the key store is checked at start, when the store is open)
-    if settings.log_format not in ("json", "text"):
-        raise ValueError(f"--log-format must be json or text, got {settings.log_format!r}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format!r}")
     if settings.shutdown_timeout_s < 1:
         raise ValueError(f"--shutdown-timeout-s must be >= 1, got {settings.shutdown_timeout_s}")
     if settings.usage_flush_interval_s <= 0 or settings.usage_retention_s < 0:

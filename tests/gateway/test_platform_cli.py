@@ -41,7 +41,7 @@ def test_platform_options_are_checked_naming_the_flag() -> None:
         s.add_arguments(parser)
         return s.from_sources(parser.parse_args(argv), {})
 
-    assert parse([]).log_format == "json" and parse([]).shutdown_timeout_s == 30.0
+    assert parse([]).log_format == "auto" and parse([]).shutdown_timeout_s == 30.0
     assert s.from_sources({}, {"FRAMEWIRE_USAGE_RETENTION_S": "0"}).usage_retention_s == 0.0
     with pytest.raises(ValueError, match="--log-format"):
         parse(["--log-format", "xml"])
