@@ -135,6 +135,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Library switches that keep a server's start to FrameWire's own lines: no download or
+#: loading progress bars (a log file fills with them) and no advisory warnings of
+#: transformers/diffusers (e.g. optional torchvision). ``--log-level debug`` keeps them.
+QUIET_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def quiet_libraries(settings: Settings, environ: Any = None) -> None:
+    """Set :data:`QUIET_LIBRARIES` (unless set already, or logging at debug) before any model
+    library is imported; worker processes inherit them."""
+    environ = os.environ if environ is None else environ
+    if settings.log_level.lower() == "debug":
+        return
+    for name, value in QUIET_LIBRARIES.items():
+        environ.setdefault(name, value)
+
+
 def configure_kernels(settings: Settings) -> None:
     """Hand the kernels switch to the kernels package before any model loads (it never reads it again)."""
     from framewire.kernels import runtime
@@ -143,6 +164,9 @@ def configure_kernels(settings: Settings) -> None:
 
 
 # -- engine workers ------------------------------------------------------------------------------
+
+#: The options that say which apps a server loads (``apps`` lists, ``keys``/``usage`` check names).
+APP_OPTIONS = tuple(o for o in settings_mod.OPTIONS if o.name in ("apps", "builtin_apps"))
 
 #: Default port of `framewire worker` (FRAMEWIRE_WORKER_PORT overrides it).
 DEFAULT_WORKER_PORT = 7100
@@ -212,6 +236,26 @@ def app_names(registry: AppRegistry) -> dict[str, str]:
         if isinstance(app_id, str) and app_id in names:
             names[short] = app_id
     return names
+
+
+def known_app_names(settings: Settings) -> dict[str, str]:
+    """Every name a typed app may take on this configuration (id, alias id, bare alias,
+    built-in short name) → the app's id: what ``keys create --app`` and ``usage --app`` accept."""
+    names = app_names(build_registry(settings))
+    for name, app_id in list(names.items()):
+        names.setdefault(name.rsplit("/", 1)[-1], app_id)
+    return names
+
+
+def resolve_app(name: str, names: dict[str, str], flag: str) -> str:
+    """The app id ``name`` stands for; a ``ValueError`` listing the choices when it is unknown."""
+    if name in names:
+        return names[name]
+    ids = sorted(set(names.values()))
+    raise ValueError(
+        f"{flag} {name!r}: no such app on this server; choose from {', '.join(ids)} "
+        "(or their aliases; `framewire apps` lists them, --app/--builtin-apps add more)"
+    )
 
 
 def local_worker_commands(settings: Settings, registry: AppRegistry) -> list[Any]:
@@ -295,7 +339,24 @@ def build_engine(
     return RemoteEngine(registry, Directories(parts), options)
 
 
-def serve(settings: Settings) -> None:
+def local_tls(settings: Settings) -> tuple[Settings, Any]:
+    """With ``--tls-self-signed``: the settings serving the local CA's certificate, and the
+    :class:`framewire.gateway.certificates.LocalTls` files; else ``settings`` and None."""
+    if not settings.tls_self_signed:
+        return settings, None
+    from framewire.gateway import certificates
+
+    folder = Path(settings.data_dir).expanduser() / "tls"
+    try:
+        tls = certificates.ensure(folder, certificates.server_names(settings.host))
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--tls-self-signed: cannot make a certificate in {folder} ({exc}); check --data-dir"
+        ) from None
+    return settings.with_changes(ssl_certfile=str(tls.certfile), ssl_keyfile=str(tls.keyfile)), tls
+
+
+def serve(settings: Settings, tls: Any = None) -> None:
     """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
     from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
@@ -334,9 +395,16 @@ def serve(settings: Settings) -> None:
         f"FrameWire serving {', '.join(a.app_id for a in registry)} on {scheme}://{settings.host}:{settings.port}"
         + (f" (queue on port {settings.queue_port})" if settings.queue_port else "")
         + (" with auth" if settings.auth else " without auth")
-        + where,
+        + where
+        + f"; data in {settings.data_dir}",
         flush=True,
     )
+    if tls is not None:
+        print(
+            f"TLS from the local CA {tls.ca_file}, for {', '.join(tls.names)}. Clients trust it with:\n"
+            f"  export SSL_CERT_FILE={tls.ca_bundle}",
+            flush=True,
+        )
     DrainingServer(config, gateway.drain, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
@@ -354,14 +422,33 @@ def shared_state(settings: Settings) -> Any:
     return connection.StateConnection(options)
 
 
+def preflight(settings: Settings) -> None:
+    """What can stop a server from starting, checked before any log line or banner: a
+    ``ValueError`` whose message is one sentence naming the fix."""
+    check_data_dir(settings)
+    # With --redis-url the keys live in Redis, checked when the server connects to it.
+    no_keys = settings.redis_url is None and not _run_with_stores(settings, _count_active_keys)
+    if settings.auth and not settings.api_keys and no_keys:
+        raise ValueError(
+            f"--auth is on but {settings.data_dir} holds no API key: create one with "
+            f"`framewire keys create --admin --data-dir {settings.data_dir}` (or pass --api-key id:secret)"
+        )
+    build_registry(settings)  # unknown apps, bad --weights/--lora specs
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from framewire.gateway.platform import logs
     from framewire.state.connection import StateError
 
     try:
         settings = settings_mod.from_sources(args)
+        preflight(settings)
+        settings, tls = local_tls(settings)
+        # Resolved once here, so local workers (whose stderr may be a pipe) log as the edge does.
+        settings = settings.with_changes(log_format=logs.resolve_format(settings.log_format))
         logs.configure(settings.log_level, settings.log_format)
-        serve(settings)
+        quiet_libraries(settings)
+        serve(settings, tls)
     except (ValueError, StateError) as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
@@ -384,6 +471,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         options = [o for o in settings_mod.OPTIONS if o.name in WORKER_OPTIONS]
         settings = settings_mod.from_sources(args, options=options)
         logs.configure(settings.log_level, settings.log_format)
+        quiet_libraries(settings)
         if settings.worker_secret is None:
             raise ValueError(
                 "framewire worker needs --worker-secret (or FRAMEWIRE_WORKER_SECRET), the same as its edges'"
@@ -511,8 +599,10 @@ def _cmd_apps(args: argparse.Namespace) -> int:
     for app in registry:
         names = registry.names_of(app)
         for path, ep in registry.endpoints_of(app).items():
-            kind = "realtime" if ep.spec.realtime else "endpoint"
+            kind = "video" if ep.video is not None else "realtime" if ep.spec.realtime else "endpoint"
             print(f"{'/'.join(p for p in (app.app_id, path) if p)}\t{kind}\tmax_batch_size={ep.max_batch_size}")
+        for path in registry.sockets_of(app):
+            print(f"{'/'.join(p for p in (app.app_id, path) if p)}\twebsocket")
         if len(names) > 1:
             print(f"  aliases: {', '.join(n for n in names if n != app.app_id)}")
     return 0
@@ -527,7 +617,9 @@ def _cmd_webhook_key(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_mod.from_sources(args)
-        signer = WebhookSigner(load_signing_key(Path(settings.data_dir) / "webhook_ed25519.pem"))
+        say_data_dir(settings)
+        check_data_dir(settings)
+        signer = WebhookSigner(load_signing_key(Path(settings.data_dir).expanduser() / "webhook_ed25519.pem"))
     except ValueError as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
@@ -542,6 +634,47 @@ def _cmd_bench(argv: Sequence[str]) -> int:
 
 
 # -- platform: keys, usage, health -----------------------------------------------------------
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Make the data dir (0700) and check it can be written; a ``ValueError`` naming the fix."""
+    folder = Path(settings.data_dir).expanduser()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write the data dir {folder} ({exc.strerror}); choose another with --data-dir or FRAMEWIRE_DATA_DIR"
+        ) from None
+
+
+def say_data_dir(settings: Settings) -> None:
+    """Tell a person which store a command uses (stderr: stdout stays the command's answer)."""
+    if settings.redis_url is not None:
+        from framewire.state.connection import redacted
+
+        print(f"framewire: keys and usage in Redis at {redacted(settings.redis_url)} (--redis-url)", file=sys.stderr)
+        return
+    print(f"framewire: data dir {settings.data_dir} (--data-dir or FRAMEWIRE_DATA_DIR to change)", file=sys.stderr)
+
+
+def existing_store(settings: Settings) -> None:
+    """Refuse to read a data dir that has no store, rather than create an empty one there."""
+    if settings.redis_url is None and not (Path(settings.data_dir).expanduser() / "framewire.db").exists():
+        raise ValueError(
+            f"no FrameWire store in {settings.data_dir} yet (a server, or `framewire keys create`, makes it); "
+            "give the server's folder with --data-dir or FRAMEWIRE_DATA_DIR"
+        )
+
+
+async def _count_active_keys(backend: Any, _usage: Any) -> int:
+    from framewire.gateway.platform.keys import KeyStore
+
+    store = KeyStore(backend)
+    await store.reload()
+    return int(store.active_count())
 
 
 def _run_with_stores(settings: Settings, work: Callable[[Any, Any], Awaitable[int]]) -> int:
@@ -568,7 +701,7 @@ def _run_with_stores(settings: Settings, work: Callable[[Any, Any], Awaitable[in
                 return await work(RedisKeys(conn), RedisUsage(conn))
             finally:
                 await conn.close()
-        db = Database(Path(settings.data_dir) / "framewire.db", MIGRATIONS)
+        db = Database(Path(settings.data_dir).expanduser() / "framewire.db", MIGRATIONS)
         await db.open()
         try:
             return await work(SqliteKeys(db), SqliteUsage(db))
@@ -591,10 +724,19 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_mod.from_sources({"data_dir": args.data_dir, "redis_url": args.redis_url})
+        say_data_dir(settings)
         new = None
         if args.keys_command == "create":
             limits = Limits(args.requests_per_s, args.max_sessions, args.frames_per_s)
-            new = NewKey(args.name or "", parse_apps(args.app), args.admin, limits)
+            apps = parse_apps(args.app)
+            if apps is not None:
+                names = known_app_names(settings_mod.from_sources(args, options=APP_OPTIONS))
+                for name in apps:
+                    resolve_app(name, names, "--app")
+            new = NewKey(args.name or "", apps, args.admin, limits)
+            check_data_dir(settings)
+        else:
+            existing_store(settings)
     except ValueError as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
@@ -647,26 +789,41 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_mod.from_sources({"data_dir": args.data_dir, "redis_url": args.redis_url})
+        say_data_dir(settings)
+        existing_store(settings)
         end = parse_time(args.end, "--end") if args.end else None
         start = parse_time(args.start, "--start") if args.start else (end or time.time()) - 24 * 3600
-        query = UsageQuery(key_id=args.key_id, app=args.app, start=start, end=end, granularity=args.granularity)
+        names = known_app_names(settings_mod.from_sources(args, options=APP_OPTIONS)) if args.app else {}
     except ValueError as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
 
     async def work(_keys: Any, usage: Any) -> int:
+        app = args.app
+        if app is not None and app in names:
+            app = names[app]  # ids, aliases and short names count under the app's id, as GET /v1/usage does
+        query = UsageQuery(key_id=args.key_id, app=app, start=start, end=end, granularity=args.granularity)
         rows = await usage.query(query)
+        if args.app is not None and args.app not in names and not rows:
+            # An app this configuration lacks is still known when usage was recorded for it.
+            try:
+                resolve_app(args.app, names, "--app")
+            except ValueError as exc:
+                print(f"framewire: {exc}", file=sys.stderr)
+                return 2
         report = report_json(query, rows)
         if args.json:
             print(json.dumps(report, indent=2))
             return 0
-        print("BUCKET\tKEY\tAPP\tREQUESTS\tOUTPUTS\tERRORS\tCOMPUTE_MS")
+        print("BUCKET\tKEY\tAPP\tREQUESTS\tOUTPUTS\tERRORS\tCOMPUTE_MS\tSESSION_S")
         for entry in report["time_series"]:
             for r in entry["results"]:
                 cells = (entry["bucket"] or "total", r["key_id"], r["app"], r["requests"], r["outputs"], r["errors"])
-                print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}")
+                print("\t".join(str(c) for c in cells) + f"\t{r['compute_ms']:.1f}\t{r['session_s']:.1f}")
         t = report["totals"]
-        print(f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}")
+        print(
+            f"total\t*\t*\t{t['requests']}\t{t['outputs']}\t{t['errors']}\t{t['compute_ms']:.1f}\t{t['session_s']:.1f}"
+        )
         return 0
 
     return _run_with_stores(settings, work)
@@ -685,7 +842,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     base = args.url
     if base is None:
-        names = ("host", "port", "ssl_certfile", "ssl_keyfile")
+        names = ("host", "port", "ssl_certfile", "ssl_keyfile", "tls_self_signed")
         try:
             settings = settings_mod.from_sources({}, options=[o for o in settings_mod.OPTIONS if o.name in names])
         except ValueError as exc:
@@ -693,7 +850,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
             return 2
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         host = f"[{host}]" if ":" in host else host
-        base = f"{'https' if settings.ssl_certfile else 'http'}://{host}:{settings.port}"
+        tls = settings.ssl_certfile or settings.tls_self_signed
+        base = f"{'https' if tls else 'http'}://{host}:{settings.port}"
     url = base.rstrip("/") + ("/ready" if args.ready else "/health")
     context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
@@ -727,15 +885,24 @@ def _add_platform_commands(sub: Any) -> None:
     p_revoke.add_argument("key_id")
     for p in (p_create, p_list, p_revoke):
         settings_mod.add_arguments(p, data_dir)
+    # which apps exist, to refuse a mistyped --app (the server's --builtin-apps and extra apps)
+    settings_mod.add_arguments(p_create, [o for o in APP_OPTIONS if o.name != "apps"])
+    p_create.add_argument(
+        "--load-app", dest="apps", action="append", help="an extra app the server loads, module:object"
+    )
     p_keys.set_defaults(func=_cmd_keys)
     p_usage = sub.add_parser("usage", help="print usage by key and app")
     p_usage.add_argument("--key-id", help="only this key")
-    p_usage.add_argument("--app", help="only this app id")
+    p_usage.add_argument("--app", help="only this app (id, alias or short name)")
     p_usage.add_argument("--start", help="from (unix seconds or ISO 8601; default: 24 h ago)")
     p_usage.add_argument("--end", help="until, exclusive (default: now)")
     p_usage.add_argument("--granularity", default="hour", choices=("minute", "hour", "day", "total"))
     p_usage.add_argument("--json", action="store_true", help="print the GET /v1/usage document")
     settings_mod.add_arguments(p_usage, data_dir)
+    settings_mod.add_arguments(p_usage, [o for o in APP_OPTIONS if o.name != "apps"])
+    p_usage.add_argument(
+        "--load-app", dest="apps", action="append", help="an extra app the server loads, module:object"
+    )
     p_usage.set_defaults(func=_cmd_usage)
     p_health = sub.add_parser("health", help="exit 0 when a server answers /health (container health checks)")
     p_health.add_argument("--url", help="the server's base URL (default: this machine, port from the settings)")
@@ -797,8 +964,12 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_init_weights(args: argparse.Namespace) -> int:
     from framewire.engine import weights
 
+    quiet_libraries(Settings())
+
     try:
-        folder = weights.init_weights(args.arch, Path(args.dir), seed=args.seed, dtype=args.dtype, device=args.device)
+        folder = weights.init_weights(
+            args.arch, Path(args.dir), seed=args.seed, dtype=args.dtype, device=args.device, force=args.force
+        )
     except (weights.WeightsError, ValueError, RuntimeError) as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
@@ -839,7 +1010,10 @@ def parser() -> argparse.ArgumentParser:
     p_pull.set_defaults(func=_cmd_pull)
     p_init = sub.add_parser("init-weights", help="write random weights built from a config (outputs are noise)")
     p_init.add_argument("--arch", required=True, choices=("tiny", "tiny-sdxl", "sd15", "sdxl"))
-    p_init.add_argument("dir", help="folder to write (replaced if it exists)")
+    p_init.add_argument(
+        "dir", help="folder to write: new, empty, or one init-weights wrote before (others are refused)"
+    )
+    p_init.add_argument("--force", action="store_true", help="replace DIR even if it holds other files (deletes them)")
     p_init.add_argument("--seed", type=int, default=0)
     p_init.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p_init.add_argument("--device", default="cpu", help="build on this device (cuda is much faster for sd15/sdxl)")

@@ -49,6 +49,14 @@ os.environ.setdefault("FRAMEWIRE_WEIGHTS", "random")
 atexit.register(shutil.rmtree, _CACHE_DIR, True)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_user_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default data dir (the user data dir, from ``XDG_DATA_HOME``) is a fresh folder per
+    test, for the test and the servers it starts: never a developer's own keys and jobs."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+    monkeypatch.delenv("FRAMEWIRE_DATA_DIR", raising=False)
+
+
 class SlowIn(BaseModel):
     n: int = 0
     delay_ms: float = 0.0
@@ -96,7 +104,7 @@ def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    if settings.data_dir == Settings().data_dir:  # never the working tree's ./var
+    if settings.data_dir == Settings().data_dir:  # a folder of its own, not the test's default
         settings = settings.with_changes(data_dir=tempfile.mkdtemp(prefix="framewire-test-"))
     app = create_app(settings, LocalEngine(AppRegistry(apps)))
     config = server_config(app, settings, log_level="warning")

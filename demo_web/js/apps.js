@@ -61,6 +61,15 @@ export function buildInput(app, { prompt, image, strength, steps, seed, width, h
   };
 }
 
+/**
+ * The parameters of a camera session on `app` (its video endpoint's fields but the frame):
+ * the camera frame replaces the sketch, the model's output size follows the camera's.
+ */
+export function videoParams(app, { prompt, strength, steps, seed }) {
+  if (app.kind === "echo") return {};
+  return { prompt, strength, num_inference_steps: steps, guidance_scale: app.guidanceScale, seed };
+}
+
 const JPEG = [0xff, 0xd8, 0xff];
 const PNG = [0x89, 0x50, 0x4e, 0x47];
 const WEBP_RIFF = [0x52, 0x49, 0x46, 0x46];

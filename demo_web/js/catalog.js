@@ -83,3 +83,19 @@ export function withCode(text, doc = globalThis.document) {
       return code;
     });
 }
+
+/**
+ * The page app for a requested id (`?app=`): one of `apps` by id, or by an alias the server
+ * lists for it. `{ app, note }`; `app` is null, and `note` says why, when the id names no
+ * app the page can drive.
+ */
+export function resolveRequested(apps, models, requested) {
+  const direct = apps.find((a) => a.id === requested);
+  if (direct) return { app: direct, note: null };
+  const entry = entryFor(models, requested);
+  const viaAlias = entry ? apps.find((a) => a.id === entry.id) : null;
+  if (viaAlias) return { app: viaAlias, note: `${requested} is an alias of ${viaAlias.id}` };
+  const known = apps.map((a) => a.id).join(", ");
+  const why = entry ? "is served, but this page cannot drive it" : "is not an app this server lists";
+  return { app: null, note: `?app=${requested} ${why}; this page drives ${known}` };
+}

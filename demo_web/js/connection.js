@@ -49,6 +49,17 @@ export const RETRY_MAX_MS = 3000;
 export const OPEN_TIMEOUT_MS = 8000;
 
 /** `ws://host/app/realtime?...` for a page served from `baseUrl` (http or https). */
+/**
+ * The session error a refused `/tokens/` request stands for: 403 the key may not use the
+ * app, 404/422 no such app on the server (the page may then move on to one it has), else
+ * the key itself was refused.
+ */
+export function tokenRefusal(status) {
+  if (status === 403) return "FORBIDDEN";
+  if (status === 404 || status === 422) return "NOT_FOUND";
+  return "UNAUTHORIZED";
+}
+
 export function realtimeUrl(baseUrl, appId, { token = null, maxBuffering = null } = {}) {
   const url = new URL(`/${appId.replace(/^\/+|\/+$/g, "")}/realtime`, baseUrl);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -185,7 +196,7 @@ export class RealtimeConnection {
     } catch (error) {
       if (generation !== this.generation) return;
       if (error instanceof TokenError && error.refused) {
-        this.#setState(State.STOPPED, { code: error.status, error: "UNAUTHORIZED", reason: error.message });
+        this.#setState(State.STOPPED, { code: error.status, error: tokenRefusal(error.status), reason: error.message });
       } else {
         this.#scheduleRetry({ error: "TOKEN", reason: error.message });
       }

@@ -4,13 +4,15 @@
  * this module only renders and reacts.
  */
 
-import { APPS, buildInput, findApp, formatMs, outputImage, serverTimings } from "./apps.js";
+import { APPS, buildInput, findApp, formatMs, outputImage, serverTimings, videoParams } from "./apps.js";
 import { KeyStore, TokenSource } from "./auth.js";
-import { entryFor, fetchCatalog, isRandom, pickDefault, randomApps, withCode } from "./catalog.js";
+import { CameraMode } from "./camera.js";
+import { entryFor, fetchCatalog, isRandom, pickDefault, randomApps, resolveRequested, withCode } from "./catalog.js";
 import { RealtimeConnection, State, realtimeUrl } from "./connection.js";
 import { FramePump } from "./pump.js";
 import { Sketchpad } from "./sketch.js";
-import { LiveStats } from "./stats.js";
+import { LiveStats, niceCeiling } from "./stats.js";
+import { VideoState } from "./video.js";
 
 const $ = (id) => document.getElementById(id);
 const SETTINGS_ITEM = "framewire.demo.settings";
@@ -47,6 +49,7 @@ const settings = {
   color: /^#[0-9a-f]{6}$/i.test(saved.color ?? "") ? saved.color : SWATCHES[0],
   size: bounded(saved.size, 2, 64, 12),
   params: saved.params && typeof saved.params === "object" ? saved.params : {}, // per app: { strength, steps }
+  mode: (query.get("mode") ?? saved.mode) === "camera" ? "camera" : "sketch",
 };
 // An app the user named (link or earlier choice) is kept even when the server lacks it;
 // the built-in default gives way to the next app, with a note in the log.
@@ -64,6 +67,12 @@ function saveSettings() {
 let app = findApp(settings.appId) ?? APPS[0];
 
 // ---- log ----------------------------------------------------------------------------
+
+/** A message about the page's own setup (e.g. a `?app=` it cannot use), on top of the page. */
+function showNotice(text) {
+  $("app-notice").hidden = !text;
+  $("app-notice-text").textContent = text ?? "";
+}
 
 function log(level, text) {
   const list = $("log");
@@ -344,7 +353,8 @@ function chooseApp(entry, { byUser }) {
     $("output-pane").dataset.frames = "0";
     clearOutput();
   }
-  connection.use(entry.id);
+  if (settings.mode === "camera") startCamera();
+  else connection.use(entry.id);
   changed();
 }
 
@@ -387,6 +397,10 @@ const connection = new RealtimeConnection({
 });
 
 function changed() {
+  if (settings.mode === "camera") {
+    camera.setParams(cameraParams());
+    return;
+  }
   pump.request();
   connection.connect(); // reopens after an idle timeout; a no-op otherwise
 }
@@ -508,7 +522,120 @@ function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-$("retry").addEventListener("click", () => connection.restart());
+$("retry").addEventListener("click", () => (settings.mode === "camera" ? startCamera() : connection.restart()));
+
+// ---- camera mode -------------------------------------------------------------------------------
+
+const camera = new CameraMode({
+  local: $("camera"),
+  remote: $("camera-output"),
+  stats,
+  tokens,
+  onState: renderCameraState,
+  onFrame: cameraFrame,
+  onMessage: (message) => {
+    if (message.type === "error") {
+      stats.recordError();
+      log("error", `${message.error}: ${message.reason}`);
+    } else if (message.type === "params") {
+      log("info", `parameters v${message.version} apply from the next frame`);
+    }
+  },
+});
+
+function cameraParams() {
+  const params = paramsOf(app);
+  return videoParams(app, { prompt: promptBox.value.trim(), strength: params.strength, steps: params.steps, seed: settings.seed });
+}
+
+async function startCamera() {
+  stats.reset();
+  hasOutput = false;
+  framesShown = 0;
+  $("output-pane").dataset.frames = "0";
+  try {
+    await camera.start(app.id, cameraParams());
+  } catch (error) {
+    renderCameraState(VideoState.STOPPED, { reason: `the camera could not be opened (${error.message ?? error})` });
+  }
+}
+
+function setMode(mode) {
+  settings.mode = mode;
+  saveSettings();
+  document.body.dataset.mode = mode;
+  for (const button of $("mode").querySelectorAll("button")) {
+    const on = button.dataset.mode === mode;
+    button.classList.toggle("active", on);
+    button.setAttribute("aria-pressed", String(on));
+  }
+  $("sketch-title").textContent = mode === "camera" ? "Camera" : "Sketch";
+  $("sketch-meta").textContent = mode === "camera" ? "webcam · WebRTC" : "512 × 512 · JPEG";
+  $("ws-url").textContent =
+    mode === "camera" ? `/${app.id}/start-session` : new URL(realtimeUrl(location.origin, app.id)).pathname;
+  pump.reset();
+  stats.reset();
+  if (mode === "camera") {
+    connection.close();
+    setOverlay("Starting the camera…");
+    startCamera();
+  } else {
+    camera.stop();
+    hasOutput = false;
+    clearOutput();
+    connection.use(app.id);
+    changed();
+  }
+}
+
+for (const button of $("mode").querySelectorAll("button")) {
+  button.addEventListener("click", () => {
+    if (button.dataset.mode !== settings.mode) setMode(button.dataset.mode);
+  });
+}
+
+const CAMERA_LABELS = {
+  [VideoState.IDLE]: "Idle",
+  [VideoState.STARTING]: "Connecting…",
+  [VideoState.LIVE]: "Live",
+  [VideoState.STOPPED]: "Stopped",
+};
+
+function renderCameraState(state, info) {
+  if (settings.mode !== "camera") return;
+  $("conn").dataset.state = state;
+  $("conn-label").textContent = CAMERA_LABELS[state];
+  $("retry").hidden = state !== VideoState.STOPPED;
+  let detail = "";
+  if (state === VideoState.STARTING && !hasOutput) setOverlay("Connecting the camera…");
+  if (state === VideoState.LIVE) {
+    detail = `${app.id} · ${info.codec ?? "video"}`;
+    log("info", `camera session ${info.sessionId ?? ""} live (${info.codec ?? "video"})`);
+    if (!hasOutput) setOverlay("Waiting for the first frame…");
+  }
+  if (state === VideoState.STOPPED) {
+    detail = info.status === 401 ? "API key needed" : "stopped";
+    setOverlay(escapeHtml(info.reason ?? "the session ended"), { error: info.status !== undefined });
+    log(info.status ? "error" : "info", `camera session: ${info.reason ?? "ended"}`);
+    if (info.status === 401) showKeyPanel(true);
+  }
+  $("conn-detail").textContent = detail;
+  $("live-state").textContent = `camera · ${CAMERA_LABELS[state].replace("…", "").toLowerCase()} · ${app.id}`;
+}
+
+function cameraFrame(event) {
+  framesShown += 1;
+  hasOutput = true;
+  setOverlay(null);
+  $("output-pane").dataset.frames = String(framesShown);
+  $("output-meta").textContent = `pts ${event.pts} · ${event.width} × ${event.height} · batch ${event.batch_size}`;
+  renderTimings(serverTimings({ timings: event }).filter(([label]) => label !== "pts" && label !== "dropped"));
+  const last = stats.lastRttMs;
+  if (last !== null && last !== undefined) {
+    $("output-latency").hidden = false;
+    $("output-latency").textContent = `${formatMs(last)} ms`;
+  }
+}
 
 // ---- outputs -------------------------------------------------------------------------------
 
@@ -609,7 +736,8 @@ function renderPanel() {
   $("stat-p50").textContent = formatMs(snap.p50);
   $("stat-p95").textContent = formatMs(snap.p95);
   $("stat-fps").textContent = snap.received ? snap.fps.toFixed(1) : "—";
-  $("stat-window").textContent = `round trip, last ${snap.samples} frame${snap.samples === 1 ? "" : "s"}`;
+  $("stat-window").textContent =
+    `round trip, last ${snap.samples} frame${snap.samples === 1 ? "" : "s"}` + (snap.samples > 1 ? " · dashed: p50" : "");
   $("stat-sent").textContent = String(snap.sent);
   $("stat-received").textContent = String(snap.received);
   $("stat-dropped").textContent = String(snap.dropped);
@@ -629,8 +757,10 @@ function drawSparkline(snap) {
   const { width, height } = canvas;
   ctx.clearRect(0, 0, width, height);
   const values = snap.recent;
+  $("spark-scale").hidden = values.length < 2;
   if (values.length < 2) return;
-  const top = Math.max(...values, snap.p95 ?? 0) * 1.15 || 1;
+  const top = niceCeiling(Math.max(...values, snap.p95 ?? 0) * 1.05);
+  $("spark-max").textContent = `${formatMs(top)} ms`;
   const pad = 6;
   const slots = Math.max(values.length, SPARK_MIN_SLOTS); // few samples do not stretch across
   const x = (i) => pad + (i * (width - 2 * pad)) / (slots - 1);
@@ -702,8 +832,20 @@ $("key-form").addEventListener("submit", (event) => {
   $("key-panel").classList.remove("needed");
   renderKeyStatus();
   log("info", key ? `using API key ${key.split(":")[0]}:••••` : "API key cleared");
-  connection.restart();
-  loadCatalog().then(() => renderApps()); // with auth on, /models answers only with a key
+  // With auth on, /models answers only with a key: now the page can see which apps exist
+  // and, unless the user chose one, start on one the server has (bounded wait).
+  loadCatalog().then(() => {
+    if (!appChosen && catalog) {
+      const first = pickDefault(APPS, catalog);
+      if (first.app.id !== app.id) {
+        if (first.note) log("warn", first.note);
+        chooseApp(first.app, { byUser: false });
+      }
+    }
+    renderApps();
+    if (settings.mode === "camera") startCamera();
+    else connection.restart();
+  });
 });
 
 $("key-forget").addEventListener("click", () => {
@@ -725,10 +867,23 @@ sketchChanged();
 clearOutput();
 if (keys.get()) renderKeyStatus();
 await loadCatalog(); // bounded: the page goes on without it
+if (query.has("app")) {
+  const requested = resolveRequested(APPS, catalog, query.get("app"));
+  if (requested.note) log(requested.app ? "info" : "error", requested.note);
+  if (requested.app) app = requested.app;
+  else {
+    appChosen = saved.appId !== undefined && findApp(saved.appId) !== null;
+    app = findApp(saved.appId) ?? APPS[0];
+    settings.appId = app.id;
+    showNotice(requested.note);
+  }
+}
 if (!appChosen) {
   const first = pickDefault(APPS, catalog);
   if (first.note) log("warn", first.note);
   app = first.app;
 }
+document.body.dataset.mode = "sketch";
 chooseApp(app, { byUser: false });
+if (settings.mode === "camera") setMode("camera");
 renderPanel();

@@ -80,13 +80,13 @@ export class LiveStats {
     this.bytesUp = bytes;
   }
 
-  /** An output arrived `rttMs` after its frame was sent; `atMs` is the arrival time. */
+  /** An output arrived `rttMs` after its frame was sent (null: not known); `atMs` is the arrival time. */
   recordResult(rttMs, atMs, bytes = 0) {
     this.received += 1;
-    this.rtts.push(rttMs);
+    if (rttMs !== null) this.rtts.push(rttMs);
     this.arrivals.push(atMs);
     if (this.firstArrivalMs === null) this.firstArrivalMs = atMs;
-    this.lastRttMs = rttMs;
+    if (rttMs !== null) this.lastRttMs = rttMs;
     this.bytesDown = bytes;
   }
 
@@ -129,4 +129,19 @@ export class LiveStats {
       lastRttMs: this.lastRttMs,
     };
   }
+}
+
+/**
+ * The top of a chart's scale for data up to `value`: the smallest 1, 2, 2.5 or 5 × 10^n at
+ * or above it (so the axis label is a round number). 1 for nothing to show.
+ */
+export function niceCeiling(value) {
+  if (!Number.isFinite(value) || value <= 0) return 1;
+  const magnitude = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    // Rounding guards against 10 ** n being a hair off (e.g. 0.30000000000000004).
+    const top = Number((step * magnitude).toPrecision(12));
+    if (top >= value) return top;
+  }
+  return 10 * magnitude;
 }

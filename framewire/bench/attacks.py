@@ -2,7 +2,7 @@
 
 Each scenario starts a server (loopback only), measures its resident memory and how fast
 ``GET /health`` answers while one unauthenticated client misbehaves, and prints one JSON
-object. The numbers back the limits in the README's *Security and limits* section;
+object. The numbers back the limits in docs/security.md;
 ``--server-root`` runs another checkout's code with the same interpreter, to compare.
 
 ```bash

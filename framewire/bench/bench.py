@@ -103,7 +103,7 @@ class Harness:
         self.server_pid = server_pid
         self.console = Console(stderr=True, quiet=quiet, log_path=False)
         # Tables go to stdout, wide enough to stay readable in a log file.
-        self.out = Console(quiet=quiet, width=None if self.console.is_terminal else 200)
+        self.out = Console(quiet=quiet, width=None if self.console.is_terminal else TABLE_WIDTH)
         self._servers: dict[str, Server] = {}
         self._jpegs: dict[tuple[int, int], bytes] = {}
         self.runs: list[Run] = []  # every completed run, kept when a later one fails
@@ -263,6 +263,10 @@ def build_doc(
     }
 
 
+#: Width of the tables when the output is not a terminal (a log file, a pipe).
+TABLE_WIDTH = 120
+
+
 def print_tables(doc: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
@@ -282,7 +286,10 @@ def print_tables(doc: dict[str, Any], console: Any) -> None:
     if ratio_rows:
         show("FrameWire / baseline (same run)", report.RATIO_HEADER, ratio_rows)
     header, rows = report.result_rows(doc["results"])
-    show("Runs", header, rows)
+    # Two tables, what the client saw and what the server spent, so each fits a terminal.
+    cost = header.index("server CPU µs/frame")
+    show("Runs", header[:cost], [row[:cost] for row in rows])
+    show("Runs: cost", header[:2] + header[cost:], [row[:2] + row[cost:] for row in rows])
     for line in report.error_lines(doc["results"]):
         console.print(line)
 
@@ -379,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
     p_plot.add_argument("results", type=Path)
     p_plot.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the JSON)")
     p_plot.add_argument("--results-md", type=Path, help="also rewrite the generated block of this Markdown file")
+    sub.add_parser("video", help="WebRTC video sessions beside the WebSocket path on one server", add_help=False)
     sub.add_parser(
         "scheduler",
         help="latency targets and degradation under 3x overload, skipping on a mostly idle canvas (fake engine)",
@@ -489,8 +497,12 @@ def _cmd_goals(args: argparse.Namespace, argv: Sequence[str]) -> int:
         OUT_DIR / ("quick-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) if args.quick else RESULTS_DIR
     )
     out_dir = args.out or default_out
-    # Server logs stay out of the committed results folder.
-    log_dir = OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    # Server logs go under --out; without it they stay out of the committed results folder.
+    log_dir = (
+        args.out / "logs"
+        if args.out
+        else OUT_DIR / ("goals-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) / "logs"
+    )
     with _harness(args, out_dir, log_dir) as harness:
         env = stamp()
         runs = _run_or_save(harness, scenarios, argv, env)
@@ -533,6 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from framewire.bench import link_bench
 
         return link_bench.main(argv[1:])
+    if argv[:1] == ["video"]:  # WebRTC video sessions beside the WebSocket path (own flags)
+        from framewire.bench import video_bench
+
+        return video_bench.main(argv[1:])
     if argv[:1] == ["scheduler"]:
         from framewire.bench import scheduler_bench
 

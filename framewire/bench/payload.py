@@ -46,7 +46,12 @@ def _encode(width: int, height: int, noise: float, quality: int, seed: int) -> b
 
     gradient = Image.linear_gradient("L").resize((width, height))
     base = Image.merge(
-        "RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient.point(lambda v: 255 - v))
+        "RGB",
+        (
+            gradient,
+            gradient.transpose(Image.Transpose.ROTATE_90).resize((width, height)),  # a no-op when square
+            gradient.point(lambda v: 255 - v),
+        ),
     )
     if noise > 0:
         rng = random.Random(seed)

@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup_s = 1.0 if args.quick else 2.0
     now = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = args.out or (ROOT / "benchmarks" / "out" / f"scheduler-{now}" if args.quick else RESULTS_JSON.parent)
-    log_dir = ROOT / "benchmarks" / "out" / f"scheduler-{now}" / "logs"
+    log_dir = args.out / "logs" if args.out else ROOT / "benchmarks" / "out" / f"scheduler-{now}" / "logs"
     config = ServerConfig(FRAMEWIRE, apps=tuple(f"framewire.bench.fake_engine:{name}" for name in APPS))
     run_cases = cases(args.times_capacity)
     canvases = [payload.make_jpeg(6_000, 96, seed=k) for k in range(4)]

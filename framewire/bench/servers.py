@@ -9,9 +9,11 @@ fails to come up, the error quotes the end of that log.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -52,9 +54,13 @@ class ServerConfig:
     max_queue_delay_ms: float | None = None
     extra_args: tuple[str, ...] = ()
 
-    def command(self, port: int) -> list[str]:
+    def command(self, port: int, data_dir: Path | None = None) -> list[str]:
+        """The server's command line; a FrameWire keeps its store in ``data_dir`` (a
+        temporary folder per server, so benchmark traffic never reaches a user's store)."""
         if self.target == FRAMEWIRE:
             cmd = [sys.executable, "-m", "framewire.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            if data_dir is not None:
+                cmd += ["--data-dir", str(data_dir)]
             cmd += ["--log-level", "warning", "--builtin-apps", ",".join(self.builtin_apps)]
             for spec in self.apps:
                 cmd += ["--app", spec]
@@ -109,13 +115,15 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     started_s: float = field(default_factory=time.monotonic)
+    data_dir: Path | None = None  # temporary; removed by stop()
 
     def settings(self) -> dict[str, object]:
         """What to stamp on a result about this server."""
         out = self.config.settings()
         out["url"] = self.base_url
         if self.proc is not None:
-            out["command"] = self.config.command(int(self.base_url.rsplit(":", 1)[1]))[1:]  # without the interpreter
+            port = int(self.base_url.rsplit(":", 1)[1])
+            out["command"] = self.config.command(port, self.data_dir)[1:]  # without the interpreter
         else:
             out["external"] = True
         return out
@@ -138,6 +146,8 @@ class Server:
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is not None:
             stop_process(self.proc, timeout_s)
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
@@ -161,18 +171,23 @@ def start(config: ServerConfig, log_dir: Path, *, startup_timeout_s: float = 60.
         tries += 1
         port = free_port()
         log_path = log_dir / f"{config.target}-{port}.log"
+        data_dir = Path(tempfile.mkdtemp(prefix="framewire-bench-")) if config.target == FRAMEWIRE else None
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(config.command(port), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(config.command(port, data_dir), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             if _ready(port):
-                return Server(config, f"ws://127.0.0.1:{port}", proc.pid, proc, log_path)
+                return Server(config, f"ws://127.0.0.1:{port}", proc.pid, proc, log_path, data_dir=data_dir)
             time.sleep(0.1)
-        if proc.poll() is None:
+        timed_out = proc.poll() is None
+        if timed_out:
             proc.kill()
             proc.wait()
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        if timed_out:
             raise ServerFailed(
                 f"{config.target} did not become ready within {startup_timeout_s:.0f} s "
                 f"(raise --startup-timeout-s for slow model loads); log tail:\n{_tail(log_path)}"

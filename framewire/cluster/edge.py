@@ -10,6 +10,9 @@ with a short back-off), and routes:
   where a newer frame replaces it (counted as dropped). So latest-frame-wins holds end
   to end and a slow link never queues stale frames.
 - **Requests** (sync runs, queue jobs) go to the least-loaded ready worker serving the app.
+- **Raw app sockets** go to the least-loaded ready worker serving the app and stay there;
+  their messages flow with credits both ways (:mod:`framewire.cluster.sockets`). A socket
+  whose worker is lost closes (1011): its state lived in the app, so it cannot move.
 
 Faults. A worker whose link drops, or that sends nothing for ``timeout_s`` (heartbeats
 every ``heartbeat_s``), is *lost*: each of its streams moves to another ready worker at
@@ -32,7 +35,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,8 +44,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from framewire.cluster import placement, wire
 from framewire.cluster.directory import Directory, WorkerAddress
 from framewire.cluster.link import Link
+from framewire.cluster.sockets import LINK_LOST, LinkSocket
 from framewire.cluster.wire import Kind, Violation, WorkerInfo, WorkerLoad, WorkerState
 from framewire.engine.api import (
+    App,
     AppError,
     AppRegistry,
     Endpoint,
@@ -52,7 +57,9 @@ from framewire.engine.api import (
     FrameResult,
     ProgressCallback,
     ResultCallback,
+    SocketEndpoint,
     StartTimeout,
+    WeightsInfo,
     WorkerStatus,
 )
 
@@ -198,6 +205,7 @@ class _Worker:
         self.opened_s = 0.0  # when the current link connected (loop time)
         self.streams: dict[int, RemoteStream] = {}
         self.calls: dict[int, _Call] = {}
+        self.sockets: dict[int, LinkSocket] = {}
         self.removed = False
         self.task: asyncio.Task[None] | None = None
         self._nonce = wire.new_nonce()
@@ -209,8 +217,12 @@ class _Worker:
         return self.address.label or self.worker_id or self.name
 
     def sessions_estimate(self) -> float:
-        """Streams there from every edge: the last report plus what this edge changed since."""
-        return self.load.sessions + len(self.streams) - self.streams_at_report
+        """Streams and sockets there from every edge: the last report plus what this edge changed since."""
+        return self.load.sessions + self.sessions_here() - self.streams_at_report
+
+    def sessions_here(self) -> int:
+        """This edge's streams and sockets on the worker (what the worker counts as its sessions)."""
+        return len(self.streams) + len(self.sockets)
 
     def status(self) -> WorkerStatus:
         endpoints = self.load.endpoints
@@ -220,7 +232,7 @@ class _Worker:
             device=self.device,
             state=self.state,
             apps=tuple(sorted(self.apps)),
-            sessions=len(self.streams),
+            sessions=self.sessions_here(),
             sessions_total=self.load.sessions if self.state != CONNECTING else 0,
             requests=len(self.calls),
             batch_fill={k: v.batch_fill for k, v in endpoints.items()},
@@ -440,6 +452,31 @@ class _Worker:
     def _error(self, link: Link, message: list[Any]) -> None:
         log.warning("worker %s reported a protocol error: %s", self.label, message[1:3])
 
+    def _socket(self, message: list[Any], count: int) -> LinkSocket | None:
+        wire.field_count(message, count)
+        return self.sockets.get(wire.ident(message[1], "a socket id"))
+
+    def _socket_data(self, link: Link, message: list[Any]) -> None:
+        sock = self._socket(message, 2)
+        if sock is not None:
+            sock.on_data(message[2])
+
+    def _socket_ack(self, link: Link, message: list[Any]) -> None:
+        sock = self._socket(message, 2)
+        if sock is not None:
+            sock.on_ack(message[2])
+
+    def _socket_close(self, link: Link, message: list[Any]) -> None:
+        sock = self._socket(message, 3)
+        if sock is not None:
+            sock.on_close(message[2], message[3])
+
+    def close_sockets(self, reason: str) -> None:
+        """The link is gone: every socket on it ends (their state lived in the worker's app)."""
+        for sock in list(self.sockets.values()):
+            sock.on_close(LINK_LOST, reason[:120])
+        self.sockets.clear()
+
     _HANDLERS: ClassVar[dict[int, Callable[[_Worker, Link, list[Any]], None]]] = {
         Kind.RESULT: _result,
         Kind.STREAM_ERROR: _stream_error,
@@ -448,6 +485,9 @@ class _Worker:
         Kind.PONG: _pong,
         Kind.STATE: _state,
         Kind.ERROR: _error,
+        Kind.SOCKET_DATA: _socket_data,
+        Kind.SOCKET_ACK: _socket_ack,
+        Kind.SOCKET_CLOSE: _socket_close,
     }
 
 
@@ -544,6 +584,9 @@ class RemoteEngine:
                 if not call.future.done():
                     call.future.set_result(FrameResult(None, gone, 0.0, 0.0, 0))
             worker.calls.clear()
+            for sock in list(worker.sockets.values()):
+                sock.close(1001, "the server is shutting down")
+            worker.sockets.clear()
             if worker.link is not None:
                 worker.link.close("the edge is stopping")
             if worker.task is not None:
@@ -595,7 +638,7 @@ class RemoteEngine:
                 else:
                     if len(worker.streams_at_ping) > 100:  # unanswered pings of a slow worker
                         worker.streams_at_ping.clear()
-                    worker.streams_at_ping[now] = len(worker.streams)
+                    worker.streams_at_ping[now] = worker.sessions_here()
                     link.send([Kind.PING, now])
 
     # -- placement ----------------------------------------------------------------------------
@@ -664,6 +707,7 @@ class RemoteEngine:
             stream.pump()
 
     def _lost(self, worker: _Worker, reason: str) -> None:
+        worker.close_sockets(f"the worker running this socket went away ({reason})")
         streams, calls = list(worker.streams.values()), list(worker.calls.values())
         worker.streams.clear()
         worker.calls.clear()
@@ -757,6 +801,12 @@ class RemoteEngine:
         stream._dropped += 1
         return old[1]
 
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        """As the workers that serve ``app`` last reported (a ready one's word first)."""
+        serving = [w for w in self._workers.values() if app.app_id in w.apps and app.app_id in w.load.weights]
+        serving.sort(key=lambda w: w.state != WorkerState.READY)
+        return serving[0].load.weights[app.app_id] if serving else None
+
     def close_stream(self, stream: Any) -> int:
         assert isinstance(stream, RemoteStream), "a stream of another engine"
         if stream.closed:
@@ -768,6 +818,23 @@ class RemoteEngine:
         self._homeless.discard(stream)
         self._detach(stream)
         return discarded
+
+    # -- EngineClient: raw app sockets ---------------------------------------------------------
+
+    async def open_socket(self, endpoint: SocketEndpoint, query: Mapping[str, str]) -> LinkSocket:
+        """Open ``endpoint``'s socket on the least-loaded ready worker serving its app."""
+        if not self._started or self._stopping:
+            raise EngineUnavailable("the engine is not running")
+        app_id = endpoint.app.app_id
+        worker = self._choose(app_id)
+        if worker is None or worker.link is None:
+            raise EngineUnavailable(f"no worker serves {app_id} right now; retry shortly")
+        sid = next(self._ids)
+        link = worker.link
+        sock = LinkSocket(sid, link.send, on_closed=lambda s: _forget(worker.sockets, s.sid))
+        worker.sockets[sid] = sock
+        link.send([Kind.SOCKET_OPEN, sid, endpoint.key, dict(query)])
+        return sock
 
     # -- EngineClient: requests -----------------------------------------------------------------
 
@@ -838,6 +905,10 @@ class RemoteEngine:
                 raise outcome
             assert isinstance(outcome, FrameResult)
             return outcome
+
+
+def _forget(sockets: dict[int, LinkSocket], sid: int) -> None:
+    sockets.pop(sid, None)
 
 
 def _with_edge_id(options: LinkOptions) -> LinkOptions:

@@ -19,7 +19,9 @@ unauthenticated peer cannot make it buffer frames. After it, the edge sends OPEN
 / CLOSE (realtime streams), CALL / CANCEL (sync runs and queue jobs) and PING; the
 worker sends RESULT, STREAM_ERROR, PROGRESS, REPLY, PONG and STATE. Either side may
 send ERROR about one message it could not use; the link goes on. A message that cannot
-be decoded at all ends the link (a byte stream cannot be resynchronised).
+be decoded at all ends the link (a byte stream cannot be resynchronised). Raw app sockets
+travel as SOCKET_OPEN (edge to worker), then SOCKET_DATA / SOCKET_ACK / SOCKET_CLOSE both
+ways, with credits per socket (:mod:`framewire.cluster.sockets`).
 
 The HMAC proves both ends know the secret; it does not protect the bytes after the
 handshake. Across machines, run the link over TLS (``framewire worker --ssl-certfile``,
@@ -53,9 +55,10 @@ from framewire.engine.api import (
     FrameResult,
     InputError,
     StartTimeout,
+    WeightsInfo,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Largest message either side accepts once authenticated (a frame or an output with images).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Largest message accepted before the handshake completed.
@@ -83,6 +86,10 @@ class Kind(enum.IntEnum):
     PONG = 31
     STATE = 32
     ERROR = 40
+    SOCKET_OPEN = 50
+    SOCKET_DATA = 51
+    SOCKET_ACK = 52
+    SOCKET_CLOSE = 53
 
 
 class WorkerState(enum.StrEnum):
@@ -345,19 +352,24 @@ def endpoint_fingerprint(endpoint: Endpoint) -> str:
     doc = {
         "path": endpoint.spec.path,
         "realtime": endpoint.spec.realtime,
+        "video": None if endpoint.video is None else [endpoint.video.max_side, endpoint.video.multiple_of],
         "input": _schema(endpoint.input_model),
         "output": _schema(endpoint.output_model),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def _endpoints_of(registry: AppRegistry, app: App) -> dict[str, str]:
+    """An app's endpoints as the link compares them: path → fingerprint (raw sockets by path alone)."""
+    described = {p: endpoint_fingerprint(ep) for p, ep in registry.endpoints_of(app).items()}
+    described.update({f"socket:{p}": "socket" for p in registry.sockets_of(app)})
+    return described
+
+
 def describe_apps(registry: AppRegistry, apps: Sequence[App] | None = None) -> list[dict[str, Any]]:
     """``[{"id", "endpoints": {path: fingerprint}}]`` for ``apps`` (default: all of them)."""
     chosen = list(registry) if apps is None else list(apps)
-    return [
-        {"id": app.app_id, "endpoints": {p: endpoint_fingerprint(ep) for p, ep in registry.endpoints_of(app).items()}}
-        for app in chosen
-    ]
+    return [{"id": app.app_id, "endpoints": _endpoints_of(registry, app)} for app in chosen]
 
 
 def compare_apps(registry: AppRegistry, described: Any) -> tuple[list[str], list[str]]:
@@ -378,7 +390,7 @@ def compare_apps(registry: AppRegistry, described: Any) -> tuple[list[str], list
         if app is None or app.app_id != app_id:
             problems.append(f"{app_id}: not loaded here (give both the same --builtin-apps/--app)")
             continue
-        ours = {p: endpoint_fingerprint(ep) for p, ep in registry.endpoints_of(app).items()}
+        ours = _endpoints_of(registry, app)
         if endpoints != ours:
             problems.append(f"{app_id}: its endpoints or models differ here (run the same FrameWire and app code)")
             continue
@@ -405,10 +417,13 @@ class WorkerLoad:
     calls: int = 0  # requests queued or running
     edges: int = 0  # links authenticated
     endpoints: dict[str, EndpointLoad] = field(default_factory=dict)
+    #: app id -> :meth:`WeightsInfo.to_wire` of the apps set up with weights (known once ready)
+    weights: dict[str, WeightsInfo] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         out = asdict(self)
         out["state"] = str(self.state)
+        out["weights"] = {app_id: info.to_wire() for app_id, info in self.weights.items()}
         return out
 
     @classmethod
@@ -422,12 +437,16 @@ class WorkerLoad:
                 )
                 for key, ep in (value.get("endpoints") or {}).items()
             }
+            weights = {
+                str(app_id)[:200]: WeightsInfo.from_wire(info) for app_id, info in (value.get("weights") or {}).items()
+            }
             return cls(
                 WorkerState(value["state"]),
                 int(value["sessions"]),
                 int(value["calls"]),
                 int(value["edges"]),
                 endpoints,
+                weights,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise Violation(f"malformed load report ({exc})") from None

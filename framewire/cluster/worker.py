@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from framewire.cluster import wire
 from framewire.cluster.link import Link
 from framewire.cluster.registry import Announcer
+from framewire.cluster.sockets import LinkSocket, parse_open
 from framewire.cluster.wire import EndpointLoad, Kind, Violation, WorkerInfo, WorkerLoad, WorkerState
 from framewire.engine.api import (
     MAX_BUFFERING_RANGE,
@@ -41,8 +42,11 @@ from framewire.engine.api import (
     EngineUnavailable,
     FrameResult,
     InputError,
+    SocketClosed,
+    SocketEndpoint,
     StartTimeout,
     Stream,
+    WeightsInfo,
 )
 
 log = logging.getLogger("framewire.worker")
@@ -106,7 +110,13 @@ class _EdgeConnection:
     opened_s: float = field(default_factory=time.monotonic)
     streams: dict[int, _Stream] = field(default_factory=dict)
     calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    sockets: dict[int, _Socket] = field(default_factory=dict)
     timeout_s: float = 0.0  # silence after which the edge is dropped (set at the handshake)
+
+    @property
+    def sessions(self) -> int:
+        """Realtime streams and raw sockets this edge has open here."""
+        return len(self.streams) + len(self.sockets)
 
     # -- Handler ---------------------------------------------------------------------------
 
@@ -129,6 +139,8 @@ class _EdgeConnection:
         for task in self.calls.values():
             task.cancel()
         self.calls.clear()
+        for sock in list(self.sockets.values()):
+            sock.remote.on_close(1001, "the edge went away")
         server._changed()
 
     def on_message(self, link: Link, message: list[Any]) -> None:
@@ -307,6 +319,73 @@ class _EdgeConnection:
     def _error(self, link: Link, message: list[Any]) -> None:
         log.warning("edge %s reported a protocol error: %s", self.edge_id, message[1:3])
 
+    # -- raw app sockets ---------------------------------------------------------------------
+
+    def _socket_open(self, link: Link, message: list[Any]) -> None:
+        sid, key, query = parse_open(message)
+        if sid in self.sockets:
+            raise Violation(f"socket {sid} is already open")
+        remote = LinkSocket(sid, link.send, on_closed=self._socket_gone)
+        server = self.server
+        endpoint = server.socket_endpoints.get(key)
+        if endpoint is None or server.state is not WorkerState.READY:
+            reason = f"this worker does not serve {key}" if endpoint is None else f"the worker is {server.state}"
+            remote.close(1013, reason)
+            return
+        entry = self.sockets[sid] = _Socket(remote)
+        entry.task = asyncio.create_task(self._run_socket(entry, endpoint, query), name=f"socket-{sid}")
+        server._changed()
+
+    async def _run_socket(self, entry: _Socket, endpoint: SocketEndpoint, query: dict[str, str]) -> None:
+        """Carry one socket between the edge and the app's handler until either side closes."""
+        remote = entry.remote
+        try:
+            line = await self.server.engine.open_socket(endpoint, query)
+        except AppError as exc:
+            remote.close(1013, exc.reason)
+            return
+        pumps = [
+            asyncio.create_task(_pump(remote.receive, line.send)),
+            asyncio.create_task(_pump(line.receive, remote.send)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            closed = remote.closed
+            if closed is not None:  # the edge (its client) ended it
+                line.close(closed.code, closed.reason)
+            else:  # the app ended it: say how
+                ended = _closed_by(pumps[1])
+                remote.close(ended.code, ended.reason)
+                line.close(ended.code, ended.reason)
+
+    def _socket_gone(self, remote: LinkSocket) -> None:
+        entry = self.sockets.pop(remote.sid, None)
+        if entry is not None:
+            self.server._changed()
+
+    def _socket_message(self, message: list[Any], count: int) -> LinkSocket | None:
+        wire.field_count(message, count)
+        entry = self.sockets.get(wire.ident(message[1], "a socket id"))
+        return None if entry is None else entry.remote
+
+    def _socket_data(self, link: Link, message: list[Any]) -> None:
+        remote = self._socket_message(message, 2)
+        if remote is not None:
+            remote.on_data(message[2])
+
+    def _socket_ack(self, link: Link, message: list[Any]) -> None:
+        remote = self._socket_message(message, 2)
+        if remote is not None:
+            remote.on_ack(message[2])
+
+    def _socket_close(self, link: Link, message: list[Any]) -> None:
+        remote = self._socket_message(message, 3)
+        if remote is not None:
+            remote.on_close(message[2], message[3])
+
     _HANDLERS: ClassVar[dict[int, Callable[[_EdgeConnection, Link, list[Any]], None]]] = {
         Kind.OPEN: _open,
         Kind.FRAME: _frame,
@@ -315,7 +394,34 @@ class _EdgeConnection:
         Kind.CANCEL: _cancel,
         Kind.PING: _ping,
         Kind.ERROR: _error,
+        Kind.SOCKET_OPEN: _socket_open,
+        Kind.SOCKET_DATA: _socket_data,
+        Kind.SOCKET_ACK: _socket_ack,
+        Kind.SOCKET_CLOSE: _socket_close,
     }
+
+
+@dataclass(eq=False)
+class _Socket:
+    """A raw app socket an edge opened here: the edge's end of it and the task carrying it."""
+
+    remote: LinkSocket
+    task: asyncio.Task[None] | None = None
+
+
+async def _pump(receive: Callable[[], Any], send: Callable[[str | bytes], Any]) -> None:
+    """Move messages from one end to the other until either ends (SocketClosed)."""
+    while True:
+        await send(await receive())
+
+
+def _closed_by(pump: asyncio.Task[None]) -> SocketClosed:
+    """How the app side ended, from the pump reading it (1011 when it failed otherwise)."""
+    if pump.done() and not pump.cancelled() and isinstance(pump.exception(), SocketClosed):
+        exc = pump.exception()
+        assert isinstance(exc, SocketClosed)
+        return exc
+    return SocketClosed(1011, "the socket ended on the worker")
 
 
 def _validated(endpoint: Endpoint, fields: dict[str, Any]) -> BaseModel:
@@ -355,6 +461,9 @@ class WorkerServer:
         self.endpoints: dict[str, Endpoint] = {
             ep.key: ep for app in registry for ep in registry.endpoints_of(app).values()
         }
+        self.socket_endpoints: dict[str, SocketEndpoint] = {
+            ep.key: ep for app in registry for ep in registry.sockets_of(app).values()
+        }
         self.auth_failures = 0
         self._links: set[_EdgeConnection] = set()
         self._started = False
@@ -389,15 +498,21 @@ class WorkerServer:
         edges = [c for c in self._links if c.link is not None and c.link.authenticated]
         return WorkerLoad(
             self.state,
-            sessions=sum(len(c.streams) for c in edges),
+            sessions=sum(c.sessions for c in edges),
             calls=sum(len(c.calls) for c in edges),
             edges=len(edges),
             endpoints=self.stats.snapshot(),
+            weights=self._weights() if self._started else {},
         )
+
+    def _weights(self) -> dict[str, WeightsInfo]:
+        """What each set-up app's weights are, for edges' catalogs and demo pages."""
+        infos = ((app.app_id, app.weights_info()) for app in self.engine.registry)
+        return {app_id: info for app_id, info in infos if info is not None}
 
     def _changed(self) -> None:
         """Streams, requests or links changed: wake a drain waiting for the worker to empty."""
-        if not any(c.streams or c.calls for c in self._links):
+        if not any(c.streams or c.calls or c.sockets for c in self._links):
             self._idle.set()
         else:
             self._idle.clear()
@@ -456,8 +571,8 @@ class WorkerServer:
         for server in self._servers:
             server.close()  # no new edges
         self._changed()
-        busy = sum(len(c.streams) + len(c.calls) for c in self._links)
-        log.info("draining: %d streams and requests still open", busy)
+        busy = sum(c.sessions + len(c.calls) for c in self._links)
+        log.info("draining: %d streams, sockets and requests still open", busy)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._idle.wait()

@@ -2,7 +2,10 @@
 
 An *app* is a model endpoint with an id ``owner/alias``. It subclasses :class:`App`,
 declares one or more endpoints with :func:`endpoint` / :func:`realtime`, and is
-reached by every surface (realtime WebSocket, sync run, queue, SSE stream).
+reached by every surface (realtime WebSocket, sync run, queue, SSE stream). Two more
+kinds of endpoint are reached on one surface each: a :func:`video` endpoint takes the
+decoded frames of live video sessions (WebRTC), batched like realtime frames, and a
+:func:`websocket` endpoint (fal's ``is_websocket=True``) is handed the raw socket.
 
 A handler takes a **list** of validated inputs and returns a list of outputs of the
 same length: a batch mixes frames from different sessions, and each output goes back
@@ -17,14 +20,17 @@ Nothing here imports torch: the gateway imports this module to validate inputs.
 
 from __future__ import annotations
 
+import abc
 import inspect
+import json
 import logging
+import types
 import typing
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: The realtime ``max_buffering`` range clients may ask for (fal clients validate the same).
 MAX_BUFFERING_RANGE = (1, 60)
@@ -35,6 +41,8 @@ TARGET_LATENCY_RANGE_MS = (1.0, 60_000.0)
 #: The ``similarity_threshold`` range: mean absolute difference of two downscaled grey
 #: thumbnails, 0-1 (0 means exact matches only).
 SIMILARITY_RANGE = (0.0, 0.25)
+#: The largest side of a video frame handed to an app, in pixels.
+MAX_VIDEO_SIDE = 4096
 
 
 _log = logging.getLogger("framewire.engine")
@@ -130,6 +138,22 @@ class EndpointSpec:
     session_timeout_s: float | None = None
     realtime: bool = False
     target_latency_ms: float | None = None
+    video: VideoSpec | None = None
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """How a video endpoint wants its frames: scaled (keeping the aspect) so the longer side
+    is at most ``max_side``, both sides rounded down to a multiple of ``multiple_of``."""
+
+    max_side: int = 512
+    multiple_of: int = 8
+
+    def frame_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a ``width`` x ``height`` camera frame is handed to the app at."""
+        scale = min(1.0, self.max_side / max(width, height, 1))
+        step = self.multiple_of
+        return max(step, int(width * scale) // step * step), max(step, int(height * scale) // step * step)
 
 
 def _normalise_path(path: str) -> str:
@@ -160,8 +184,14 @@ def endpoint(
     *,
     max_batch_size: int = 1,
     max_queue_delay_ms: float = 0.0,
+    is_websocket: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare an endpoint at ``path`` (relative to the app id) on every surface."""
+    """Declare an endpoint at ``path`` (relative to the app id) on every surface.
+
+    ``is_websocket=True`` is fal's spelling of :func:`websocket`.
+    """
+    if is_websocket:
+        return websocket(path)
     return _decorator(
         EndpointSpec(_normalise_path(path), max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     )
@@ -196,6 +226,69 @@ def realtime(
     )
 
 
+def video(
+    path: str = "/video",
+    *,
+    max_side: int = 512,
+    multiple_of: int = 8,
+    session_timeout: float | None = 60.0,
+    max_batch_size: int = 1,
+    max_queue_delay_ms: float = 0.0,
+    target_latency_ms: float | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a video endpoint: live video sessions (WebRTC) send it decoded frames.
+
+    The handler's input model has one field that takes a :class:`VideoFrame` (the camera
+    frame, scaled by ``max_side`` / ``multiple_of``, see :class:`VideoSpec`); its other
+    fields are the session's parameters, set when the session starts and changed while it
+    runs. The output model has one :class:`VideoFrame` field: the frame sent back. Frames
+    of every session of the endpoint are batched together, as realtime frames are, and a
+    session keeps only its newest frame waiting: video is never queued.
+    ``session_timeout`` (seconds) ends a session whose video stopped.
+    """
+    if not 16 <= max_side <= MAX_VIDEO_SIDE:
+        raise ValueError(f"max_side must be in 16..{MAX_VIDEO_SIDE}, got {max_side}")
+    if multiple_of not in (2, 4, 8, 16, 32, 64):
+        raise ValueError(f"multiple_of must be a power of two from 2 to 64, got {multiple_of}")
+    return _decorator(
+        EndpointSpec(
+            _normalise_path(path),
+            max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
+            buffering=1,
+            session_timeout_s=session_timeout,
+            realtime=True,
+            target_latency_ms=target_latency_ms,
+            video=VideoSpec(max_side, multiple_of),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """What :func:`websocket` declared."""
+
+    path: str
+
+
+def websocket(path: str = "/") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a raw WebSocket endpoint at ``/{owner}/{alias}/{path}`` (fal's ``is_websocket=True``).
+
+    The handler is ``async def handler(self, ws: Socket) -> None``: it gets the socket once the
+    server has checked the caller, and the socket closes when it returns (code 1000, or 1011
+    when it raised). It runs on the engine's socket loop, never on the server's.
+    """
+    spec = SocketSpec(_normalise_path(path))
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"websocket handler {fn.__qualname__} must be an async def")
+        fn._framewire_socket = spec  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
 def _models_of(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel], bool]:
     """Read (input model, output model, batched) from a handler's type hints."""
     hints = typing.get_type_hints(fn)
@@ -215,6 +308,49 @@ def _models_of(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]
     return arg, ret, batched
 
 
+class VideoFrame(BaseModel):
+    """One decoded video frame: ``height`` rows of ``width`` RGB pixels, 8 bits a channel.
+
+    ``data`` holds exactly ``width * height * 3`` bytes, row after row, no padding
+    (``numpy.frombuffer(data, uint8).reshape(height, width, 3)`` reads it without a copy).
+    Video endpoints get camera frames in this form and return their output frames in it;
+    the server decodes and encodes the video around them.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int = Field(..., ge=2, le=MAX_VIDEO_SIDE)
+    height: int = Field(..., ge=2, le=MAX_VIDEO_SIDE)
+    data: bytes = Field(..., repr=False, description="Packed RGB24 rows, width * height * 3 bytes.")
+
+    @model_validator(mode="after")
+    def _sized(self) -> VideoFrame:
+        expected = self.width * self.height * 3
+        if len(self.data) != expected:
+            raise ValueError(f"a {self.width}x{self.height} RGB frame has {expected} bytes, got {len(self.data)}")
+        return self
+
+
+def _takes_frames(annotation: Any) -> bool:
+    """Whether a field annotation accepts a :class:`VideoFrame` (alone or in a union)."""
+    if annotation is VideoFrame:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_takes_frames(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _takes_frames(typing.get_args(annotation)[0])
+    return False
+
+
+def frame_field(model: type[BaseModel]) -> str | None:
+    """The one field of ``model`` that takes a :class:`VideoFrame`, or None (several: TypeError)."""
+    found = [name for name, info in model.model_fields.items() if _takes_frames(info.annotation)]
+    if len(found) > 1:
+        raise TypeError(f"{model.__name__} has several VideoFrame fields ({', '.join(found)}); a video model has one")
+    return found[0] if found else None
+
+
 @dataclass(frozen=True)
 class WeightsInfo:
     """What an app's weights are, for the people looking at the catalog and the demo page.
@@ -232,6 +368,21 @@ class WeightsInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "reason": self.reason, "fix": self.fix, "loras": list(self.loras)}
+
+    def to_wire(self) -> dict[str, Any]:
+        """:meth:`to_json` with the ``kind``: what a worker tells edges."""
+        return {"kind": self.kind, **self.to_json()}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> WeightsInfo:
+        """The inverse of :meth:`to_wire`; ``ValueError`` for anything else."""
+        if not isinstance(value, dict) or value.get("kind") not in ("real", "random"):
+            raise ValueError("weights info must be a map with kind 'real' or 'random'")
+        source, reason, fix = (value.get(k, "") for k in ("source", "reason", "fix"))
+        loras = value.get("loras", [])
+        if not all(isinstance(t, str) for t in (source, reason, fix)) or not isinstance(loras, list):
+            raise ValueError("malformed weights info")
+        return cls(value["kind"], source, reason, fix, tuple(str(x)[:500] for x in loras[:64]))
 
 
 @dataclass(frozen=True)
@@ -359,6 +510,16 @@ class App:
                     found[spec.path] = Endpoint(self, spec, getattr(self, name))
         return found
 
+    def sockets(self) -> dict[str, SocketEndpoint]:
+        """This instance's raw WebSocket endpoints (:func:`websocket`) by normalised path."""
+        found: dict[str, SocketEndpoint] = {}
+        for klass in reversed(type(self).__mro__):
+            for name, attr in vars(klass).items():
+                spec = getattr(attr, "_framewire_socket", None)
+                if isinstance(spec, SocketSpec):
+                    found[spec.path] = SocketEndpoint(self, spec, getattr(self, name))
+        return found
+
 
 @dataclass(eq=False)
 class Endpoint:
@@ -372,6 +533,9 @@ class Endpoint:
     batched: bool = field(init=False)
     takes_progress: bool = field(init=False)
 
+    frame_input: str | None = field(init=False, default=None)
+    frame_output: str | None = field(init=False, default=None)
+
     def __post_init__(self) -> None:
         self.input_model, self.output_model, self.batched = _models_of(self.handler)
         self.takes_progress = "progress" in inspect.signature(self.handler).parameters
@@ -380,6 +544,20 @@ class Endpoint:
                 f"{self.key}: max_batch_size={self.spec.max_batch_size} needs a handler taking "
                 f"list[{self.input_model.__name__}]"
             )
+        if self.spec.video is not None:
+            self.frame_input = frame_field(self.input_model)
+            self.frame_output = frame_field(self.output_model)
+            for what, model, name in (
+                ("input", self.input_model, self.frame_input),
+                ("output", self.output_model, self.frame_output),
+            ):
+                if name is None:
+                    raise TypeError(f"{self.key}: a video endpoint's {what} model {model.__name__} needs a VideoFrame")
+
+    @property
+    def video(self) -> VideoSpec | None:
+        """How the endpoint takes video frames, or None when it is not a video endpoint."""
+        return self.spec.video
 
     @property
     def key(self) -> str:
@@ -437,6 +615,114 @@ class _OneProgress(Progress):
         self._batch(self._index, partial)
 
 
+@dataclass(eq=False)
+class SocketEndpoint:
+    """One raw WebSocket endpoint of one app instance (see :func:`websocket`)."""
+
+    app: App
+    spec: SocketSpec
+    handler: Callable[[Socket], Awaitable[None]]
+
+    @property
+    def key(self) -> str:
+        return f"{self.app.app_id}/{self.spec.path}" if self.spec.path else self.app.app_id
+
+
+class SocketClosed(Exception):
+    """The other side closed the socket (``code``, ``reason`` as in a WebSocket close)."""
+
+    def __init__(self, code: int = 1000, reason: str = "") -> None:
+        super().__init__(f"socket closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class Socket(abc.ABC):
+    """An app's side of a raw WebSocket; the counterpart of the socket a fal app's
+    ``is_websocket=True`` endpoint is handed (Starlette's method names).
+
+    Messages are text (``str``) or binary (``bytes``), each at most the server's frame
+    limit. :meth:`send` waits while the client is behind, :meth:`receive` while it sends
+    nothing; both raise :class:`SocketClosed` once the client has gone. ``query`` holds the
+    URL's query parameters (without the caller's token).
+    """
+
+    path: str = ""
+    query: Mapping[str, str] = {}
+
+    async def accept(self) -> None:  # noqa: B027 (a no-op on purpose, for apps written for fal)
+        """Nothing to do: the server accepted the socket once it had checked the caller."""
+
+    @abc.abstractmethod
+    async def receive(self) -> str | bytes:
+        """The client's next message."""
+
+    @abc.abstractmethod
+    async def send(self, message: str | bytes) -> None:
+        """Send one message to the client."""
+
+    @abc.abstractmethod
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the socket; later sends raise :class:`SocketClosed`."""
+
+    async def receive_text(self) -> str:
+        message = await self.receive()
+        if not isinstance(message, str):
+            raise TypeError(f"expected a text message, got {len(message)} bytes of binary")
+        return message
+
+    async def receive_bytes(self) -> bytes:
+        message = await self.receive()
+        if not isinstance(message, bytes):
+            raise TypeError("expected a binary message, got text")
+        return message
+
+    async def receive_json(self) -> Any:
+        message = await self.receive()
+        return json.loads(message)
+
+    async def send_text(self, text: str) -> None:
+        await self.send(str(text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.send(bytes(data))
+
+    async def send_json(self, value: Any) -> None:
+        await self.send(json.dumps(value, separators=(",", ":")))
+
+    async def iter_text(self) -> AsyncIterator[str]:
+        """Text messages until the client closes."""
+        try:
+            while True:
+                yield await self.receive_text()
+        except SocketClosed:
+            return
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Binary messages until the client closes."""
+        try:
+            while True:
+                yield await self.receive_bytes()
+        except SocketClosed:
+            return
+
+
+class SocketLine(Protocol):
+    """The server's end of one app socket, handed out by :meth:`EngineClient.open_socket`.
+
+    :meth:`send` passes a client message to the app, waiting while the app has a window
+    of messages unread; :meth:`receive` returns the app's next message; both raise
+    :class:`SocketClosed` once the app has closed (or ended, or failed: code 1011).
+    :meth:`close` says the client has gone; it never waits.
+    """
+
+    async def send(self, message: str | bytes) -> None: ...
+
+    async def receive(self) -> str | bytes: ...
+
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
 def split_app_id(app_id: str) -> tuple[str, str, str]:
     """Split an endpoint id into (``[namespace/]owner/alias``, alias, sub-path).
 
@@ -463,6 +749,7 @@ class AppRegistry:
         self._apps: dict[str, App] = {}
         self._names: dict[str, App] = {}
         self._endpoints: dict[int, dict[str, Endpoint]] = {}
+        self._sockets: dict[int, dict[str, SocketEndpoint]] = {}
         for app in apps:
             self.add(app)
 
@@ -470,8 +757,13 @@ class AppRegistry:
         if not app.app_id:
             raise ValueError(f"{type(app).__name__} has no app_id")
         endpoints = app.endpoints()
-        if not endpoints:
+        sockets = app.sockets()
+        if not endpoints and not sockets:
             raise ValueError(f"{app.app_id} declares no endpoint")
+        taken = {q for p, ep in endpoints.items() if ep.spec.realtime and ep.video is None for q in _websocket_paths(p)}
+        for path in sockets:
+            if path in taken:
+                raise ValueError(f"{app.app_id}: the websocket path {'/' + path!r} is a realtime endpoint's path")
         for name in (app.app_id, *app.aliases):
             base, _, sub = split_app_id(name)
             if sub:
@@ -481,6 +773,7 @@ class AppRegistry:
             self._names[base] = app
         self._apps[app.app_id] = app
         self._endpoints[id(app)] = endpoints
+        self._sockets[id(app)] = sockets
 
     def __iter__(self) -> typing.Iterator[App]:
         return iter(self._apps.values())
@@ -496,25 +789,72 @@ class AppRegistry:
         return [name for name, other in self._names.items() if other is app]
 
     def endpoints_of(self, app: App) -> dict[str, Endpoint]:
+        """Every batched endpoint of ``app`` (video endpoints included) by path."""
         return self._endpoints[id(app)]
+
+    def request_endpoints(self, app: App) -> dict[str, Endpoint]:
+        """The endpoints of ``app`` that take inputs as requests or realtime frames (not video)."""
+        return {p: ep for p, ep in self._endpoints[id(app)].items() if ep.video is None}
+
+    def video_endpoints(self, app: App) -> dict[str, Endpoint]:
+        return {p: ep for p, ep in self._endpoints[id(app)].items() if ep.video is not None}
+
+    def sockets_of(self, app: App) -> dict[str, SocketEndpoint]:
+        return self._sockets[id(app)]
+
+    def _app_of(self, path: str) -> tuple[App, str]:
+        base, _, sub = split_app_id(path)
+        app = self._names.get(base)
+        if app is None:
+            raise LookupError(f"no app named {base!r}")
+        return app, sub
 
     def resolve(self, path: str, *, realtime: bool = False) -> Endpoint:
         """The endpoint for a request path such as ``fal-ai/fast-lcm-diffusion/image-to-image``.
 
         With ``realtime`` the path is the WebSocket URL's path without its ``/realtime``
         suffix: an endpoint declared at ``<sub>/realtime`` wins, else the one at ``<sub>``.
-        Raises ``LookupError`` with a readable message when nothing matches.
+        Video endpoints are not found here (see :meth:`resolve_video`). Raises
+        ``LookupError`` with a readable message when nothing matches.
         """
-        base, _, sub = split_app_id(path)
-        app = self._names.get(base)
-        if app is None:
-            raise LookupError(f"no app named {base!r}")
+        app, sub = self._app_of(path)
         endpoints = self._endpoints[id(app)]
         candidates = ["/".join(p for p in (sub, "realtime") if p), sub] if realtime else [sub]
         for candidate in candidates:
-            if candidate in endpoints:
-                return endpoints[candidate]
+            found = endpoints.get(candidate)
+            if found is not None and found.video is None:
+                return found
         raise LookupError(f"app {app.app_id!r} has no endpoint at path {'/' + sub!r}")
+
+    def resolve_video(self, path: str) -> Endpoint:
+        """The video endpoint for ``owner/alias[/sub]``: the one at ``sub``, or, without a
+        sub-path, the app's only video endpoint. ``LookupError`` names what exists."""
+        app, sub = self._app_of(path)
+        videos = {p: ep for p, ep in self._endpoints[id(app)].items() if ep.video is not None}
+        if sub in videos:
+            return videos[sub]
+        if not sub and len(videos) == 1:
+            return next(iter(videos.values()))
+        if not videos:
+            raise LookupError(f"app {app.app_id!r} does not take video: it declares no @video endpoint")
+        where = ", ".join("/" + "/".join(q for q in (app.app_id, p, "start-session") if q) for p in videos)
+        raise LookupError(f"app {app.app_id!r} has no video endpoint at path {'/' + sub!r}; it has {where}")
+
+    def resolve_socket(self, path: str) -> SocketEndpoint | None:
+        """The raw WebSocket endpoint at exactly ``owner/alias[/sub]``, or None."""
+        try:
+            app, sub = self._app_of(path)
+        except (LookupError, ValueError):
+            return None
+        return self._sockets[id(app)].get(sub)
+
+
+def _websocket_paths(path: str) -> set[str]:
+    """The sub-paths a realtime endpoint declared at ``path`` is opened at (``…/realtime``, legacy ``…/ws``)."""
+    found = {"/".join(p for p in (path, suffix) if p) for suffix in ("realtime", "ws")}
+    if path == "realtime" or path.endswith("/realtime"):
+        found.add(path)
+    return found
 
 
 @dataclass(frozen=True)
@@ -626,6 +966,15 @@ class EngineClient(Protocol):
 
     def close_stream(self, stream: Stream) -> int:
         """Close a session's buffer; returns how many pending frames were discarded."""
+
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        """What ``app``'s weights are where it runs (see :meth:`App.weights_info`); None when
+        the app has no weights or nothing that runs it has said yet."""
+
+    async def open_socket(self, endpoint: SocketEndpoint, query: Mapping[str, str]) -> SocketLine:
+        """Start ``endpoint``'s handler on a new socket; the line carries its messages.
+
+        Raises :class:`EngineUnavailable` when no engine can take it now."""
 
     async def call(
         self,

@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -48,14 +48,17 @@ from framewire.engine.api import (
     Progress,
     ProgressCallback,
     ResultCallback,
+    SocketEndpoint,
     Stages,
     StartTimeout,
     Stream,
+    WeightsInfo,
 )
 from framewire.engine.fingerprint import Fingerprint, fingerprint
 from framewire.engine.governor import GovernorSettings
 from framewire.engine.planner import Planner
 from framewire.engine.scheduler import BatchScheduler, Frame, FrameBuffer
+from framewire.engine.sockets import LocalSocketLine, SocketHost
 
 log = logging.getLogger("framewire.engine")
 
@@ -574,6 +577,7 @@ class LocalEngine:
         self._governor = governor
         self._on_batch = on_batch
         self._workers: dict[int, _Worker] = {}
+        self._sockets = SocketHost()
         self._ready = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -606,6 +610,7 @@ class LocalEngine:
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._ready = False
+        await asyncio.to_thread(self._sockets.stop, min(timeout_s, 5.0))
         for worker in self._workers.values():
             pending = worker.stop()
             unavailable = EngineUnavailable("the engine is shutting down")
@@ -678,6 +683,19 @@ class LocalEngine:
             worker.prepare_later(endpoint, frame)
             worker.cond.notify()
         return None if dropped is None else dropped.tag
+
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        return app.weights_info()
+
+    async def open_socket(self, endpoint: SocketEndpoint, query: Mapping[str, str]) -> LocalSocketLine:
+        """Run ``endpoint``'s handler on this engine's socket loop (see :mod:`framewire.engine.sockets`)."""
+        if not self._ready:
+            raise EngineUnavailable("the engine is not running")
+        return self._sockets.open(endpoint, query)
+
+    @property
+    def open_sockets(self) -> int:
+        return self._sockets.open_sockets
 
     def close_stream(self, stream: Stream) -> int:
         assert isinstance(stream, LocalStream), "a stream of another engine"

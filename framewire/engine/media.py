@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import InputError
+from framewire.engine.api import InputError, VideoFrame
 
 #: fal's named image sizes, as (width, height).
 SIZE_PRESETS: dict[str, tuple[int, int]] = {
@@ -53,6 +53,14 @@ class ImageOutput(BaseModel):
     seed: int
     has_nsfw_concepts: list[bool] = Field(default_factory=list, description="Always false: no safety checker runs.")
     prompt: str = ""
+
+
+class VideoOutput(BaseModel):
+    """What the diffusion apps' video endpoints return for one camera frame."""
+
+    frame: VideoFrame
+    timings: dict[str, float] = Field(default_factory=dict, description="Per-stage times in milliseconds.")
+    seed: int
 
 
 def round8(value: int) -> int:

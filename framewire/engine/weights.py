@@ -180,7 +180,7 @@ def resolve(
 
 
 def is_random(folder: Path) -> bool:
-    return (folder / "RANDOM_WEIGHTS").is_file()
+    return (folder / RANDOM_MARK).is_file()
 
 
 def _lora_source(spec: LoraSpec) -> tuple[str, str | None]:
@@ -499,6 +499,29 @@ def build_pipeline(
     return pipe, taesd
 
 
+#: The file :func:`init_weights` marks its folders with.
+RANDOM_MARK = "RANDOM_WEIGHTS"
+
+
+def _check_replaceable(folder: Path, allowed: set[str] | None) -> None:
+    """Raise :class:`WeightsError` unless ``folder`` is absent, empty, or random weights this
+    module wrote (its mark, and with ``allowed`` no entry outside those names)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise WeightsError(f"{folder} exists and is not a folder; choose another path (or --force to replace it)")
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return
+    foreign = [] if allowed is None else [name for name in entries if name not in allowed]
+    if RANDOM_MARK not in entries or foreign:
+        shown = ", ".join((foreign or entries)[:5]) + (", ..." if len(foreign or entries) > 5 else "")
+        raise WeightsError(
+            f"{folder} already holds files init-weights did not write ({shown}); nothing was changed. "
+            "Choose a new folder, or pass --force to delete it and write random weights there"
+        )
+
+
 def init_weights(
     arch: str,
     folder: Path | str,
@@ -508,14 +531,20 @@ def init_weights(
     device: str = "cpu",
     tiny_vae: bool = True,
     replace: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write random weights for ``arch`` (:func:`build_pipeline`) as a diffusers folder; returns it.
 
     Byte-identical for the same arguments on one machine. Built in a temporary folder
     beside ``folder`` and renamed into place, so a half-written folder is never loaded.
     With ``replace=False`` a folder that appeared meanwhile (another process) is kept.
+    An existing ``folder`` is replaced only when this function wrote it (its
+    ``RANDOM_WEIGHTS`` mark, and nothing it does not write), or with ``force``; anything
+    else raises :class:`WeightsError` before work starts, so nobody's files are deleted.
     """
     folder = Path(folder)
+    if replace and not force:
+        _check_replaceable(folder, allowed=None)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -523,14 +552,19 @@ def init_weights(
         pipe.save_pretrained(tmp, safe_serialization=True)
         if taesd is not None:
             taesd.save_pretrained(tmp / "tiny_vae", safe_serialization=True)
-        (tmp / "RANDOM_WEIGHTS").write_text(
+        (tmp / RANDOM_MARK).write_text(
             f"arch={arch} seed={seed} dtype={dtype}\nRandom weights built from config: outputs are noise.\n"
         )
         if folder.exists():
             if not replace:
                 shutil.rmtree(tmp)
                 return folder
-            shutil.rmtree(folder)
+            if not force:
+                _check_replaceable(folder, allowed={p.name for p in tmp.iterdir()})
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+            else:
+                folder.unlink()
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

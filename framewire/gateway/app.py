@@ -9,7 +9,8 @@ starting and stopping the engine and the background tasks. The one piece of shar
 mutable state is :class:`framewire.gateway.state.ServerState`.
 
 Routing: shared routes (health, readiness, metrics, catalog, keys and usage admin,
-tokens, storage, files, JWKS, MCP, WebSockets) answer on every surface; any other HTTP
+tokens, storage, files, JWKS, MCP, WebSockets: an app's raw socket path first, then the
+realtime paths; live video's ``…/start-session``) answer on every surface; any other HTTP
 path goes to the queue surface or the run surface, chosen per request
 (:mod:`framewire.gateway.requests.surfaces`), since fal clients use the same paths on
 both. The shared prefixes ``/models``, ``/v1``, ``/metrics``, ``/health``, ``/ready`` and
@@ -48,7 +49,6 @@ from framewire.gateway import http
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.db import Database, Migration
 from framewire.gateway.demo import DemoFiles
-from framewire.gateway.mcp import surface as mcp_surface
 from framewire.gateway.mcp.surface import McpSurface
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import usage as usage_mod
@@ -67,6 +67,7 @@ from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import SqliteUsage, UsageMeter, UsageStore
 from framewire.gateway.realtime.endpoint import RealtimeEndpoint
 from framewire.gateway.realtime.protocol import CloseCode
+from framewire.gateway.realtime.rawsocket import AppSocketRoutes
 from framewire.gateway.requests import job_store as job_store_mod
 from framewire.gateway.requests.dispatcher import Dispatcher
 from framewire.gateway.requests.finaliser import OutputFinaliser
@@ -86,6 +87,8 @@ from framewire.gateway.stores.redis_keys import RedisKeys
 from framewire.gateway.stores.redis_limits import RedisRates, RedisSessions
 from framewire.gateway.stores.redis_usage import RedisUsage
 from framewire.gateway.stores.shared_files import check_shared_folder
+from framewire.gateway.video.offer import ice_configuration
+from framewire.gateway.video.signalling import VideoRoutes
 from framewire.state.connection import StateConnection, StateOptions, StateUnavailable
 
 log = logging.getLogger("framewire")
@@ -280,6 +283,28 @@ def create_gateway(
         budget=budget,
     )
     key_store.on_change(realtime.close_revoked_sessions)
+    sockets = AppSocketRoutes(
+        engine,
+        auth,
+        limiter,
+        meter,
+        metrics,
+        state,
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=("*",) if settings.auth else settings.allowed_hosts,
+        max_message_bytes=settings.max_frame_bytes,
+    )
+    video = VideoRoutes(
+        engine,
+        auth,
+        limiter,
+        meter,
+        metrics,
+        state,
+        body,
+        ice=ice_configuration(settings.ice_servers, settings.turn_username, settings.turn_credential),
+        max_sessions=settings.max_video_sessions,
+    )
     queue = QueueSurface(
         engine,
         auth,
@@ -309,7 +334,7 @@ def create_gateway(
         files,
         state,
         allowed_origins=settings.allowed_origins,
-        max_body_bytes=mcp_surface.MAX_BODY_BYTES,
+        body=body,
     )
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
     static = DemoFiles(demo) if (demo / "index.html").is_file() else None
@@ -324,7 +349,8 @@ def create_gateway(
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
         *mcp.routes(),
-        *realtime.routes(),
+        *sockets.routes(fallback=realtime.routes()),
+        *video.routes(),
         Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
 
@@ -375,6 +401,7 @@ def create_gateway(
             state.draining = True
             for session in list(state.sessions):
                 await session.close(CloseCode.GOING_AWAY, "server shutting down")
+            await video.stop()
             await dispatcher.stop()
             await webhooks.stop()
             await engine.stop()

@@ -3,7 +3,9 @@
 The page runs with the server's origin, which also issues tokens, so it is locked down
 the way a login page would be: scripts only from this server (the inline import map is
 allowed by its hash, computed from the file served), connections only to this server
-(HTTP, its WebSocket, and ``data:`` output images), no plug-ins, no ``<base>`` tricks,
+(HTTP, its WebSocket, and ``data:`` output images; the camera mode's WebRTC media is peer
+to peer and its signalling is a same-origin ``fetch``), no plug-ins, no ``<base>`` tricks,
+the camera for this page only (``Permissions-Policy``),
 and it may not be framed by another site (clickjacking): ``frame-ancestors 'none'`` plus
 ``X-Frame-Options: DENY`` for older browsers.
 """
@@ -65,6 +67,8 @@ class DemoFiles:
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
             (b"cross-origin-opener-policy", b"same-origin"),
+            # The camera mode needs the camera, for this page only; nothing else is granted.
+            (b"permissions-policy", b"camera=(self), microphone=(), geolocation=(), display-capture=()"),
         ]
 
         async def send_with_headers(message: Message) -> None:

@@ -139,11 +139,19 @@ async def body_chunks(request: Request, read_timeout_s: float) -> AsyncIterator[
             yield chunk
 
 
-async def read_json(request: Request, limits: BodyLimits) -> Any:
+async def read_json(request: Request, limits: BodyLimits, *, flag: str = "--max-body-bytes") -> Any:
     """Read and decode a JSON body with every limit of :class:`BodyLimits`; an empty body is ``{}``.
 
     Raises :class:`BodyError` naming what is wrong (415, 413, 408, 400).
     """
+    return decode_json(await read_json_bytes(request, limits, checked=False, flag=flag), limits.budget)
+
+
+async def read_json_bytes(
+    request: Request, limits: BodyLimits, *, checked: bool = True, flag: str = "--max-body-bytes"
+) -> bytes:
+    """A JSON body's bytes, read with every limit of :class:`BodyLimits` (the structure budget
+    too unless ``checked`` is false), for a consumer that decodes it itself. Raises :class:`BodyError`."""
     content_type = request.headers.get("content-type")
     if not is_json_type(content_type):
         raise BodyError(
@@ -151,8 +159,13 @@ async def read_json(request: Request, limits: BodyLimits) -> Any:
             f"send the body as JSON with Content-Type: application/json (got {content_type!r})",
             "unsupported_media_type",
         )
-    raw = await read_body(request, limits.max_bytes, limits.read_timeout_s)
-    return decode_json(raw, limits.budget)
+    raw = await read_body(request, limits.max_bytes, limits.read_timeout_s, flag=flag)
+    if checked:
+        try:
+            check_json(raw, limits.budget)
+        except OverBudget as exc:
+            raise BodyError(413, f"the body {exc}", "body_too_large") from None
+    return raw
 
 
 def decode_json(raw: bytes, budget: StructureBudget) -> Any:

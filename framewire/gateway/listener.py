@@ -26,7 +26,7 @@ read and dropped for a moment (a *lingering close*, as nginx does) so that the c
 reads the answer instead of a reset. Why not uvicorn's h11 protocol with
 ``h11_max_incomplete_event_size``: it caps the head too, but answers a bare 400 that does
 not name the limit, has no head deadline or connection cap, and parses every request in
-pure Python (see the README's *Security and limits* for the measured difference).
+pure Python (see docs/security.md for the measured difference).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Precedence: command-line flag > ``FRAMEWIRE_<NAME>`` environment variable > default.
 Every option is declared once in :data:`OPTIONS`; the CLI flags, the environment names
-and the README's table all come from it.
+and docs/configuration.md's table all come from it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,20 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import platformdirs
 
 from framewire.state.connection import check_url
 
 ENV_PREFIX = "FRAMEWIRE_"
+
+
+def default_data_dir() -> str:
+    """The per-user data folder (``~/.local/share/framewire`` on Linux): the same from any
+    working directory, so ``serve``, ``keys`` and ``usage`` find one store."""
+    return platformdirs.user_data_dir("framewire", appauthor=False)
 
 
 def _bool(value: str) -> bool:
@@ -51,13 +59,14 @@ class Settings:
     queue_port: int | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    tls_self_signed: bool = False
     auth: bool = False
     api_keys: tuple[str, ...] = ()
     token_secret: str | None = None
     max_token_expiration_s: int = 3600
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 4 * 1024 * 1024
-    # limits enforced before any work (see the README's "Security and limits")
+    # limits enforced before any work (see docs/security.md)
     max_header_bytes: int = 32 * 1024
     read_timeout_s: float = 15.0
     max_connections: int = 2048
@@ -72,7 +81,7 @@ class Settings:
     # kernels
     kernels: bool = True
     # storage/queue
-    data_dir: str = "./var"
+    data_dir: str = field(default_factory=default_data_dir)
     max_upload_bytes: int = 512 * 1024 * 1024
     file_ttl_s: float = 7 * 24 * 3600.0
     upload_url_expiration_s: int = 3600
@@ -90,7 +99,7 @@ class Settings:
     # batching
     max_batch_size: int | None = None
     # platform
-    log_format: str = "json"
+    log_format: str = "auto"
     shutdown_timeout_s: float = 30.0
     usage_flush_interval_s: float = 5.0
     usage_retention_s: float = 400 * 24 * 3600.0
@@ -121,6 +130,11 @@ class Settings:
     job_lease_s: float = 30.0
     worker_lease_s: float = 10.0
     advertise: str | None = None
+    # live video
+    ice_servers: tuple[str, ...] = ()
+    turn_username: str | None = None
+    turn_credential: str | None = None
+    max_video_sessions: int = 16
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -141,6 +155,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_port", "also listen on this port for the queue surface (fal's queue.fal.run)", int),
     Option("ssl_certfile", "TLS certificate (PEM) for wss:// and https://"),
     Option("ssl_keyfile", "TLS private key (PEM)"),
+    Option(
+        "tls_self_signed",
+        "serve https/wss with a certificate from a local CA kept in the data dir (clients trust"
+        " <data dir>/tls/ca-bundle.pem through SSL_CERT_FILE) (1/0)",
+        _bool,
+    ),
     Option("auth", "require an API key or token on every surface (1/0)", _bool),
     Option("api_keys", "accepted API keys, id:secret, comma separated", _list, repeatable=True),
     Option("token_secret", "secret that signs realtime tokens (random per process if unset)"),
@@ -171,7 +191,12 @@ OPTIONS: tuple[Option, ...] = (
     # kernels
     Option("kernels", "fused Triton kernels for the frame path on CUDA (1/0); off runs their torch references", _bool),
     # storage/queue
-    Option("data_dir", "folder for the job database, stored files and server keys", str),
+    Option(
+        "data_dir",
+        "folder for the job database, keys, usage, stored files and server keys (default: the user data dir,"
+        " e.g. ~/.local/share/framewire)",
+        str,
+    ),
     Option("max_upload_bytes", "largest file accepted by storage uploads, bytes", int),
     Option("file_ttl_s", "seconds stored files are kept unless the upload asks otherwise (0 = forever)", float),
     Option("upload_url_expiration_s", "lifetime of signed upload URLs, seconds", int),
@@ -193,7 +218,7 @@ OPTIONS: tuple[Option, ...] = (
     # batching
     Option("max_batch_size", "cap every app's batch size (e.g. for a smaller GPU, or a benchmark sweep)", int),
     # platform
-    Option("log_format", "log lines as json (one object per line) or text"),
+    Option("log_format", "log lines as text (a terminal) or json (one object per line); auto: text on a terminal"),
     Option("shutdown_timeout_s", "longest a SIGTERM drain and shutdown may take, seconds", float),
     Option("usage_flush_interval_s", "seconds between writes of usage tallies to the store", float),
     Option("usage_retention_s", "seconds usage records are kept (0 = forever)", float),
@@ -273,9 +298,25 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "advertise", "a worker's HOST:PORT as edges reach it, registered in --redis-url (default: its host and port)"
     ),
+    # live video
+    Option(
+        "ice_servers",
+        "STUN/TURN server for live video sessions behind NAT: stun:HOST[:PORT] or turn:HOST[:PORT][?transport=tcp] "
+        "(repeatable; none needed on loopback or a LAN)",
+        _list,
+        repeatable=True,
+    ),
+    Option("turn_username", "username for the --ice-server TURN servers"),
+    Option("turn_credential", "credential (password) for the --ice-server TURN servers"),
+    Option(
+        "max_video_sessions",
+        "live video sessions open at once (the server decodes and encodes each one's video on its CPU)",
+        int,
+    ),
 )
 
 BACKENDS = ("eager", "compile", "tensorrt")
+LOG_FORMATS = ("auto", "text", "json")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 _FLAG_NAMES = {
@@ -284,6 +325,7 @@ _FLAG_NAMES = {
     "allowed_origins": "allowed-origin",
     "allowed_hosts": "allowed-host",
     "loras": "lora",
+    "ice_servers": "ice-server",
 }
 
 
@@ -345,6 +387,8 @@ def validate(settings: Settings) -> None:
     """Fail early, naming the fix."""
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         raise ValueError("--ssl-certfile and --ssl-keyfile must be given together")
+    if settings.tls_self_signed and settings.ssl_certfile is not None:
+        raise ValueError("--tls-self-signed makes its own certificate: drop it, or drop --ssl-certfile/--ssl-keyfile")
     if settings.max_frame_bytes < 1024:
         raise ValueError(f"--max-frame-bytes must be at least 1024, got {settings.max_frame_bytes}")
     if settings.max_header_bytes < 1024:
@@ -380,8 +424,8 @@ def validate(settings: Settings) -> None:
     if settings.max_batch_size is not None and settings.max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
     # platform (--auth with keys only in the key store is checked at start, when the store is open)
-    if settings.log_format not in ("json", "text"):
-        raise ValueError(f"--log-format must be json or text, got {settings.log_format!r}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format!r}")
     if settings.shutdown_timeout_s < 1:
         raise ValueError(f"--shutdown-timeout-s must be >= 1, got {settings.shutdown_timeout_s}")
     if settings.usage_flush_interval_s <= 0 or settings.usage_retention_s < 0:
@@ -427,6 +471,14 @@ def validate(settings: Settings) -> None:
             raise ValueError(f"--advertise {settings.advertise!r}: expected HOST:PORT, e.g. gpu-a.internal:7100")
     if not 0 < settings.worker_heartbeat_s < settings.worker_timeout_s:
         raise ValueError("--worker-heartbeat-s must be > 0 and below --worker-timeout-s")
+    for url in settings.ice_servers:
+        scheme, sep, rest = url.partition(":")
+        if scheme not in ("stun", "stuns", "turn", "turns") or not sep or not rest.strip("/"):
+            raise ValueError(f"--ice-server {url!r}: expected stun:HOST[:PORT] or turn:HOST[:PORT][?transport=udp|tcp]")
+        if scheme.startswith("turn") and not (settings.turn_username and settings.turn_credential):
+            raise ValueError(f"--ice-server {url!r}: a TURN server needs --turn-username and --turn-credential")
+    if settings.max_video_sessions < 0:
+        raise ValueError(f"--max-video-sessions must be >= 0 (0: no video sessions), got {settings.max_video_sessions}")
     for size in settings.warmup_sizes:
         width, sep, height = size.lower().partition("x")
         if not (

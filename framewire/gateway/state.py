@@ -8,8 +8,30 @@ before the app exists and does not change identity afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from framewire.gateway.realtime.session import RealtimeSession
+from framewire.engine.api import App
+
+
+class OpenSession(Protocol):
+    """A session the server closes on a drain, a shutdown or a revoked key: a realtime
+    WebSocket, a live video session, a raw app socket."""
+
+    @property
+    def key_id(self) -> str:
+        """The key it was opened with ("" without auth)."""
+
+    @property
+    def app(self) -> App: ...
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """End it now, with a WebSocket close ``code`` (or its equivalent)."""
+
+    async def shutdown(
+        self, code: int, reason: str, *, wait_s: float = 0.0, error: tuple[str, str] | None = None
+    ) -> None:
+        """End it gracefully: refuse new input, let ``wait_s`` seconds of work come back,
+        send ``error`` (code, reason) last, then close with ``code``."""
 
 
 @dataclass(eq=False)
@@ -20,5 +42,5 @@ class ServerState:
     #: Set by the drain once queued jobs will not start before the restart: status streams
     #: of jobs still queued end.
     queue_stopped: bool = False
-    #: Realtime sessions open now (added and removed by the realtime endpoint).
-    sessions: set[RealtimeSession] = field(default_factory=set)
+    #: Sessions open now (added and removed by the realtime, video and socket wings).
+    sessions: set[OpenSession] = field(default_factory=set)

@@ -448,7 +448,7 @@ def swap_group_norm_silu(model: nn.Module) -> int:
     device = parameter.device if parameter is not None else torch.device("cpu")
     reason = runtime.triton_blocker(_apply_kernel, [torch.empty(0, device=device)])
     if reason is not None:
-        log.info("GroupNorm+SiLU left unfused in %s: %s", type(model).__name__, reason)
+        log.log(runtime.fallback_level(reason), "GroupNorm+SiLU left unfused in %s: %s", type(model).__name__, reason)
         return 0
     swapped = 0
     for module in list(model.modules()):

@@ -109,15 +109,22 @@ def report_fallback(op: str, reason: str) -> None:
 
     ``reason`` must come from a small fixed set (never shapes or values), so this stays
     bounded. Falling back on CUDA is a performance surprise (a warning); with the switch off
-    or on a CPU-only engine it is the expected path (info).
+    it is what was asked for (info); on a CPU-only engine it is the only path, which the
+    engine's ready line already names (debug: a CPU start stays quiet).
     """
     key = (op, reason)
     with _lock:
         if key in _reported:
             return
         _reported.add(key)
-    expected = reason in (OFF, NOT_CUDA)
-    log.log(logging.INFO if expected else logging.WARNING, "%s runs its torch reference: %s", op, reason)
+    log.log(fallback_level(reason), "%s runs its torch reference: %s", op, reason)
+
+
+def fallback_level(reason: str) -> int:
+    """The log level of a kernel falling back for ``reason`` (see :func:`report_fallback`)."""
+    if reason == NOT_CUDA:
+        return logging.DEBUG
+    return logging.INFO if reason == OFF else logging.WARNING
 
 
 def forget_reports() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -120,3 +121,45 @@ def test_rendered_block_names_the_machine_the_command_and_the_ratios() -> None:
     assert "| s | starlette | 0.50x | 2.00x | 2.00x | 2.00x |" in block
     assert "**Quick run**" in block
     assert "![latency cdf](results/latency_cdf.png)" in block
+
+
+def test_the_printed_tables_fit_a_120_column_log() -> None:
+    import io
+
+    from rich.console import Console
+
+    from framewire.bench.bench import TABLE_WIDTH, print_tables
+
+    summaries = []
+    for target in ("framewire", "starlette", "websockets"):
+        s = summarize_runs([run(target, [1.0, 2.0, 30.0], received=1000, server_cpu_s=1.0)])
+        s["scenario"] = "closed-loop-64-sessions-48kb-512px"
+        summaries.append(s)
+    out = io.StringIO()
+    print_tables({"results": summaries}, Console(file=out, width=TABLE_WIDTH))
+    text = out.getvalue()
+    assert "p99 ms" in text and "server CPU" in text and "generator CPU" in text
+    assert max(len(line) for line in text.splitlines()) <= TABLE_WIDTH
+    assert "…" not in text  # folded, never cut
+
+
+def test_latency_cdf_tick_labels_do_not_overlap() -> None:
+    """A panel spanning less than a decade (0.4-3 ms) is where matplotlib labels minor ticks."""
+    from framewire.bench.plots import _pyplot, cdf_figure
+
+    cdf = [[0.4 + 0.026 * i, i / 100] for i in range(101)]
+    summaries = [{"scenario": name, "target": "framewire", "cdf_ms": cdf} for name in ("a", "b", "c", "d")]
+    fig = cdf_figure(summaries, ["a", "b", "c", "d"])
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+            assert len(labels) >= 2, [t.get_text() for t in labels]
+            boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+            for left, right in itertools.pairwise(boxes):
+                assert left.x1 <= right.x0, "x tick labels overlap"
+    finally:
+        _pyplot().close(fig)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, FrameIdentity, InputError, Progress, endpoint, realtime
+from framewire.engine.api import (
+    App,
+    FrameIdentity,
+    InputError,
+    Progress,
+    Socket,
+    WeightsInfo,
+    endpoint,
+    realtime,
+    websocket,
+)
 
 
 class SleepIn(BaseModel):
@@ -38,8 +49,18 @@ class SleepApp(App):
     app_id = "test/sleep"
     title = "Sleep"
 
+    #: What :meth:`weights_info` says once :meth:`setup` ran (where the app runs, not where it is only named).
+    WEIGHTS = WeightsInfo("random", "test/sleep-config", reason="no weights in tests", fix="--weights DIR")
+
     def __init__(self) -> None:
         self.seen: list[list[str]] = []
+        self.set_up = False
+
+    def setup(self) -> None:
+        self.set_up = True
+
+    def weights_info(self) -> WeightsInfo | None:
+        return self.WEIGHTS if self.set_up else None
 
     def _run(self, inputs: list[SleepIn]) -> list[SleepOut]:
         batch = [f"{i.origin}:{i.n}" for i in inputs]
@@ -82,3 +103,31 @@ class OtherSleepApp(App):
     @endpoint("/")
     def run(self, inp: OtherSleepIn) -> SleepOut:
         return SleepOut(n=0, pid=os.getpid(), batch=[])
+
+
+class RawSocketApp(App):
+    """Raw WebSocket endpoints (fal's ``is_websocket=True``): an echo that says where it runs."""
+
+    app_id = "test/rawsocket"
+    title = "Raw sockets"
+
+    @websocket("/")
+    async def echo(self, ws: Socket) -> None:
+        """Greets with its pid and the query, then echoes: text upper-cased, bytes reversed;
+        ``close`` closes with 4001."""
+        await ws.accept()
+        await ws.send_json({"pid": os.getpid(), "query": dict(ws.query), "path": ws.path})
+        while True:
+            message = await ws.receive()
+            if message == "close":
+                await ws.close(4001, "asked to close")
+                return
+            await ws.send(message.upper() if isinstance(message, str) else message[::-1])
+
+    @endpoint("/count", is_websocket=True)
+    async def count(self, ws: Socket) -> None:
+        """fal's spelling: answers each JSON message with the running count of messages."""
+        seen = 0
+        async for text in ws.iter_text():
+            seen += 1
+            await ws.send_json({"seen": seen, "got": json.loads(text)})

@@ -122,10 +122,15 @@ async def cluster(
     workers: int = 1,
     apps: Sequence[App] | None = None,
     options: LinkOptions = FAST,
+    worker_apps: Callable[[], Sequence[App]] | None = None,
     **worker_options: Any,
 ) -> AsyncIterator[tuple[RemoteEngine, list[InProcessWorker]]]:
-    """An edge in front of ``workers`` in-process workers (each with its own SleepApp), all ready."""
-    started = [await start_worker(worker_id=f"w{i}", **worker_options) for i in range(workers)]
+    """An edge in front of ``workers`` in-process workers, all ready; each worker has its own
+    apps from ``worker_apps`` (default: a SleepApp)."""
+    started = [
+        await start_worker(None if worker_apps is None else worker_apps(), worker_id=f"w{i}", **worker_options)
+        for i in range(workers)
+    ]
     edge = edge_for([w.address for w in started], apps=apps, options=options)
     async with running(edge, *started):
         await edge.start()

@@ -211,7 +211,9 @@ async def _raw_edge(port: int, secret: bytes = SECRET) -> tuple[asyncio.StreamRe
     enc, dec = wire.Encoder(), wire.Decoder()
     hello = dec.feed(await reader.read(65536))[0]
     nonce = wire.new_nonce()
-    writer.write(enc.pack([wire.Kind.AUTH, 1, "raw", nonce, wire.edge_proof(secret, hello[3], nonce), {}]))
+    writer.write(
+        enc.pack([wire.Kind.AUTH, wire.PROTOCOL_VERSION, "raw", nonce, wire.edge_proof(secret, hello[3], nonce), {}])
+    )
     welcome = dec.feed(await reader.read(65536))[0]
     assert welcome[0] == wire.Kind.WELCOME
     return reader, writer
@@ -391,6 +393,15 @@ async def test_worker_status_reports_sessions_and_batches() -> None:
         assert status.batch_size["test/sleep/realtime"] == 1.0
         assert status.batch_fill["test/sleep/realtime"] == pytest.approx(1 / 8)
         assert status.rtt_ms is not None and status.device == "cpu"
+
+
+async def test_the_catalog_learns_an_apps_weights_from_the_workers_that_run_it() -> None:
+    async with cluster() as (edge, _):
+        await _ready(edge)
+        app = edge.registry.get("test/sleep")
+        assert app is not None and app.weights_info() is None  # the edge's copy is never set up
+        await wait_for(lambda: edge.weights_of(app) is not None, what="the worker's weights report")
+        assert edge.weights_of(app) == SleepApp.WEIGHTS
 
 
 def _random_message(rng: random.Random) -> list[object]:

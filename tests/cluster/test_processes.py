@@ -396,7 +396,18 @@ async def test_a_worker_process_answers_bad_messages_and_keeps_serving_its_edges
         enc, dec = wire.Encoder(), wire.Decoder()
         hello = dec.feed(await reader.read(65536))[0]
         nonce = wire.new_nonce()
-        writer.write(enc.pack([wire.Kind.AUTH, 1, "raw", nonce, wire.edge_proof(SECRET.encode(), hello[3], nonce), {}]))
+        writer.write(
+            enc.pack(
+                [
+                    wire.Kind.AUTH,
+                    wire.PROTOCOL_VERSION,
+                    "raw",
+                    nonce,
+                    wire.edge_proof(SECRET.encode(), hello[3], nonce),
+                    {},
+                ]
+            )
+        )
         assert dec.feed(await reader.read(65536))[0][0] == wire.Kind.WELCOME
         writer.write(enc.pack([wire.Kind.CALL, 1, "test/sleep", "high", None, False, {}]))  # priority not an int
         reply = dec.feed(await asyncio.wait_for(reader.read(65536), 5))[0]

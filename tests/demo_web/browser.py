@@ -43,11 +43,15 @@ def missing_prerequisites() -> list[str]:
     return problems
 
 
+#: Chromium's built-in camera (a moving test pattern) in place of a webcam, granted without asking.
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
 @contextlib.contextmanager
-def chromium() -> Iterator[Browser]:
+def chromium(extra_args: tuple[str, ...] = ()) -> Iterator[Browser]:
     """A headless Chromium with a fresh profile, closed on exit."""
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

@@ -135,6 +135,12 @@ def test_latency_panel_shows_numbers_from_the_stream(page: Page, echo_server: in
     received = int(page.inner_text("#stat-received"))
     assert sent >= received >= 3
     expect(page.locator("#stat-window")).to_have_text(re.compile(r"last \d+ frames"))
+    # The sparkline has a scale: a round top value above every sample, 0 at the bottom, the p50 line named.
+    expect(page.locator("#spark-max")).to_be_visible()
+    expect(page.locator("#spark-max")).to_have_text(re.compile(r"^\d+(\.\d+)? ms$"))
+    expect(page.locator("#stat-window")).to_contain_text("dashed: p50")
+    top = float(page.inner_text("#spark-max").split()[0])
+    assert top >= float(page.inner_text("#stat-p95"))
     timings = page.inner_text("#server-timings")
     assert "queue" in timings and "inference" in timings and "batch" in timings
     expect(page.locator("#output-latency")).to_have_text(re.compile(r"^\d+(\.\d+)? ms$"))
@@ -213,6 +219,34 @@ def test_the_default_app_gives_way_when_the_server_lacks_it(page: Page, echo_ser
     expect(page.locator("#conn")).to_have_attribute("data-state", "live")
     expect(page.locator(".app.active")).to_have_attribute("data-app", "framewire/echo")
     expect(page.locator("#log")).to_contain_text("not loaded on this server; showing")
+
+
+def test_an_unknown_app_in_the_url_is_named_not_silently_replaced(page: Page, echo_server: int) -> None:
+    page.goto(f"http://127.0.0.1:{echo_server}/?app=framewire/ehco")
+    notice = page.locator("#app-notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("?app=framewire/ehco is not an app this server lists")
+    expect(notice).to_contain_text("framewire/echo")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")  # on an app the server has
+    expect(page.locator(".app.active")).to_have_attribute("data-app", "framewire/echo")
+
+
+def test_with_auth_and_the_default_app_not_loaded_a_valid_key_recovers(page: Page) -> None:
+    """No ``?app=``: the page cannot read /models without a key, so it starts on LCM; once a
+    key is entered it must find an app the server has instead of asking for LCM's token."""
+    tokens: list[str] = []
+    page.on("request", lambda r: tokens.append(r.post_data or "") if r.url.endswith("/tokens/") else None)
+    with serve_process(*ECHO, "--auth", "--api-key", KEY) as port:
+        page.goto(f"http://127.0.0.1:{port}/")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "stopped")
+        expect(page.locator("#key-panel")).to_be_visible()
+        page.fill("#key-input", KEY)
+        page.click("#key-form button[type=submit]")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        expect(page.locator(".app.active")).to_have_attribute("data-app", "framewire/echo")
+        draw(page, line(60, 256, 452, 256))
+        wait_pixel(page, "#output", 256, 256, dark=True)
+    assert tokens and all('"echo"' in body for body in tokens), tokens  # never a token for an app it lacks
 
 
 def test_with_auth_on_the_page_asks_for_a_key_and_connects_with_a_token(page: Page) -> None:

@@ -110,3 +110,35 @@ def test_decorators_validate_their_settings() -> None:
         realtime(buffering=0)
     with pytest.raises(ValueError, match="max_batch_size"):
         endpoint(max_batch_size=0)
+
+
+class _NoFrameIn(BaseModel):
+    prompt: str = ""
+
+
+def test_a_video_endpoint_needs_a_frame_field_in_and_out() -> None:
+    from framewire.engine.api import video
+
+    class NoFrame(App):
+        app_id = "test/noframe"
+
+        @video("/video")
+        def run(self, inp: _NoFrameIn) -> _NoFrameIn:
+            return inp
+
+    with pytest.raises(TypeError, match="needs a VideoFrame"):
+        AppRegistry([NoFrame()])
+    with pytest.raises(ValueError, match="max_side"):
+        video("/v", max_side=8)
+
+
+def test_a_video_frame_holds_exactly_its_pixels() -> None:
+    from pydantic import ValidationError
+
+    from framewire.engine.api import VideoFrame, VideoSpec
+
+    assert VideoFrame(width=2, height=2, data=bytes(12)).data == bytes(12)
+    with pytest.raises(ValidationError, match="has 12 bytes, got 11"):
+        VideoFrame(width=2, height=2, data=bytes(11))
+    assert VideoSpec(512, 8).frame_size(1280, 720) == (512, 288)
+    assert VideoSpec(1280, 2).frame_size(641, 481) == (640, 480)  # never larger, sides even

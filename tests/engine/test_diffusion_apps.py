@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from framewire.engine.api import AppError, Progress
-from framewire.engine.apps.lcm import LcmApp, LcmInput
-from framewire.engine.apps.sdxl_turbo import SdxlTurboApp, TurboInput
-from framewire.engine.media import ImageOutput, sniff_size
+from framewire.engine.api import AppError, AppRegistry, Progress, VideoFrame
+from framewire.engine.apps.lcm import LcmApp, LcmInput, LcmVideoInput
+from framewire.engine.apps.sdxl_turbo import SdxlTurboApp, TurboInput, TurboVideoInput
+from framewire.engine.media import ImageOutput, VideoOutput, sniff_size
 from framewire.engine.sampler import BatchKey
 from tests.engine.conftest import jpeg, noise_image
 
@@ -391,3 +391,48 @@ async def _wait_for(got: list[Any], count: int) -> None:
     while len(got) < count and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
     assert len(got) >= count
+
+
+def _camera(width: int, height: int, seed: int = 1) -> VideoFrame:
+    return VideoFrame(width=width, height=height, data=noise_image(width, height, seed=seed).tobytes())
+
+
+def test_a_camera_frame_runs_image_to_image_from_its_pixels_and_comes_back_as_pixels(lcm_app: LcmApp) -> None:
+    frame = _camera(96, 64)
+    copy, changed, other = lcm_app.generate_video(
+        [
+            LcmVideoInput(prompt="a cat", image_url=frame, strength=0.0),
+            LcmVideoInput(prompt="a cat", image_url=frame, strength=0.5, num_inference_steps=2),
+            LcmVideoInput(prompt="a cat", image_url=_camera(96, 64, seed=2), strength=0.5, num_inference_steps=2),
+        ],
+        Progress(),
+    )
+    for out in (copy, changed, other):
+        assert isinstance(out, VideoOutput) and (out.frame.width, out.frame.height) == (96, 64)
+        assert out.seed == 0  # fixed by default: the picture does not flicker
+    assert copy.frame.data == frame.data  # strength 0 hands the frame back untouched (no JPEG on the way)
+    assert changed.frame.data != frame.data and changed.frame.data != other.frame.data
+    assert lcm_app.key_for(LcmVideoInput(prompt="x", image_url=frame)).mode == "img2img"
+
+
+def test_video_frames_batch_with_each_other_and_are_never_skipped(lcm_app: LcmApp, turbo_app: SdxlTurboApp) -> None:
+    frame = _camera(64, 64)
+    a = LcmVideoInput(prompt="a", image_url=frame)
+    assert lcm_app.batch_key("video", a) == lcm_app.batch_key("video", a.model_copy(update={"prompt": "b"}))
+    assert lcm_app.frame_identity("video", a) is None
+    (out,) = turbo_app.generate_video([TurboVideoInput(prompt="x", image_url=frame, num_inference_steps=2)], Progress())
+    assert isinstance(out, VideoOutput) and len(out.frame.data) == 64 * 64 * 3
+    stages = lcm_app.stages("video")
+    assert stages.finish == lcm_app.finish_video
+
+
+def test_the_video_endpoints_are_declared_for_start_session(cold_app: LcmApp) -> None:
+    registry = AppRegistry([cold_app])
+    endpoint = registry.resolve_video("framewire/lcm")
+    assert endpoint is registry.resolve_video("fal-ai/fast-lcm-diffusion/video")
+    assert endpoint.video is not None and endpoint.video.frame_size(640, 480) == (512, 384)
+    assert (endpoint.frame_input, endpoint.frame_output) == ("image_url", "frame")
+    with pytest.raises(LookupError):
+        registry.resolve("framewire/lcm/video")  # not a run, queue or WebSocket endpoint
+    with pytest.raises(ValidationError, match="num_images"):
+        LcmVideoInput(prompt="x", image_url=_camera(8, 8), num_images=2)

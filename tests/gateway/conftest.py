@@ -9,5 +9,6 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Relative paths (the default ``./var`` data dir) land in a fresh folder per test."""
+    """Relative paths land in a fresh folder per test (the default data dir is one too: the
+    root conftest points the user data dir at one)."""
     monkeypatch.chdir(tmp_path)

@@ -51,6 +51,10 @@ def test_models_lists_every_app_with_its_realtime_settings(client: TestClient) -
         "queue": "/framewire/echo",
         "realtime": "/framewire/echo/realtime",
     }
+    (video,) = echo["video"]
+    assert video["urls"] == {"start_session": "/framewire/echo/video/start-session"}
+    assert (video["max_side"], video["multiple_of"], video["frame_field"]) == (1280, 2, "frame")
+    assert "video" not in models["test/batching"]
     assert models["test/batching"]["aliases"] == ["fal-ai/batching-alias"]
     assert models["test/batching"]["endpoints"][0]["urls"]["realtime"] == "/test/batching/realtime"
     assert client.get("/models/fal-ai/batching-alias").json()["id"] == "test/batching"
@@ -79,7 +83,15 @@ def test_openapi_document_describes_inputs_outputs_and_the_realtime_endpoint(cli
     assert realtime["post"]["requestBody"]["content"]["application/msgpack"]["schema"] == {"$ref": "EchoInput"}
     echo_input = doc["components"]["schemas"]["EchoInput"]
     assert echo_input["properties"]["delay_ms"]["maximum"] == 1000.0
-    assert doc["x-fal-order-paths"] == ["/framewire/echo", "/framewire/echo/realtime"]
+    assert doc["x-fal-order-paths"] == [
+        "/framewire/echo",
+        "/framewire/echo/realtime",
+        "/framewire/echo/video/start-session",
+    ]
+    start = expanded["/framewire/echo/video/start-session"]["post"]
+    assert "text/event-stream" in start["responses"]["200"]["content"]
+    params = start["requestBody"]["content"]["application/json"]["schema"]["properties"]["session_params"]
+    assert params["allOf"] == [{"$ref": "EchoVideoInput"}]
     assert "/framewire/echo/requests/{request_id}/status" in doc["paths"]
 
 

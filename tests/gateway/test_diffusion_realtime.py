@@ -77,3 +77,32 @@ async def test_an_undecodable_frame_gets_an_error_and_the_session_goes_on(server
         await ws.send(msgpack.packb({"prompt": "x", "num_inference_steps": 1, "image_size": size, "request_id": "ok"}))
         out = msgpack.unpackb(await ws.recv(), raw=False)
         assert out["request_id"] == "ok" and out["images"][0]["content"][:2] == b"\xff\xd8"
+
+
+async def test_live_image_to_image_from_a_camera(server: str) -> None:
+    from framewire.bench.video_client import VideoClient
+
+    # The warmed size: small and quick on a CPU.
+    params = {
+        "prompt": "a watercolour",
+        "strength": 0.6,
+        "num_inference_steps": 2,
+        "image_size": {"width": 64, "height": 64},
+    }
+    session = VideoClient(f"http://{server}", "framewire/lcm", params=params, fps=10.0)
+    await session.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(session.frame_events()) < 3:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        session.send({"prompt": "an oil painting"})
+        while not any(m.get("type") == "params" for m in session.messages):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await session.close()
+    events = session.frame_events()
+    assert all((e["width"], e["height"]) == (64, 64) and e["batch_size"] >= 1 for e in events)
+    assert all({"generate_ms", "prepare_ms"} <= set(e) for e in events)
+    assert session.received and (session.received[0].width, session.received[0].height) == (64, 64)

@@ -41,7 +41,7 @@ def test_platform_options_are_checked_naming_the_flag() -> None:
         s.add_arguments(parser)
         return s.from_sources(parser.parse_args(argv), {})
 
-    assert parse([]).log_format == "json" and parse([]).shutdown_timeout_s == 30.0
+    assert parse([]).log_format == "auto" and parse([]).shutdown_timeout_s == 30.0
     assert s.from_sources({}, {"FRAMEWIRE_USAGE_RETENTION_S": "0"}).usage_retention_s == 0.0
     with pytest.raises(ValueError, match="--log-format"):
         parse(["--log-format", "xml"])
@@ -76,7 +76,7 @@ def test_usage_command_prints_a_table_with_totals(tmp_path: Path, capsys: pytest
     asyncio.run(record())
     assert cli.main(["usage", "--granularity", "total", "--data-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split("\t") == ["BUCKET", "KEY", "APP", "REQUESTS", "OUTPUTS", "ERRORS", "COMPUTE_MS"]
-    assert lines[1].split("\t") == ["total", "k1", "framewire/echo", "4", "3", "1", "4.5"]
-    assert lines[-1].split("\t") == ["total", "*", "*", "4", "3", "1", "4.5"]
+    assert lines[0].split("\t") == ["BUCKET", "KEY", "APP", "REQUESTS", "OUTPUTS", "ERRORS", "COMPUTE_MS", "SESSION_S"]
+    assert lines[1].split("\t") == ["total", "k1", "framewire/echo", "4", "3", "1", "4.5", "0.0"]
+    assert lines[-1].split("\t") == ["total", "*", "*", "4", "3", "1", "4.5", "0.0"]
     assert cli.main(["usage", "--start", "last week", "--data-dir", str(tmp_path)]) == 2

@@ -199,7 +199,9 @@ def scripted_rows() -> list[TallyRow]:
         bucket = DAY + rng.randrange(0, 3 * 86400) // 60 * 60
         key, app = rng.choice(["k1", "k2"]), rng.choice(["app/a", "app/b"])
         surface, status = rng.choice(["realtime", "run", "queue"]), rng.choice(["ok", "ok", "dropped", "invalid_input"])
-        rows.append((bucket, key, app, surface, status, rng.randint(1, 50), rng.randint(0, 5), rng.randint(0, 999) / 4))
+        session_s = rng.randint(0, 240) / 8 if surface == "realtime" else 0.0
+        counts = (rng.randint(1, 50), rng.randint(0, 5), rng.randint(0, 999) / 4, session_s)
+        rows.append((bucket, key, app, surface, status, *counts))
     return rows
 
 
@@ -220,7 +222,7 @@ async def test_usage_stores_answer_every_query_like_a_sum_of_minute_rows(usage_s
     for query in QUERIES:
         expected: dict[tuple[int | None, str, str], list[float]] = {}
         width = GRANULARITIES[query.granularity]
-        for bucket, key, app, _surface, _status, requests, outputs, compute_ms in rows:
+        for bucket, key, app, _surface, _status, requests, outputs, compute_ms, session_s in rows:
             if query.key_id not in (None, key) or query.app not in (None, app):
                 continue
             if (query.start is not None and bucket < int(query.start) // 60 * 60) or (
@@ -228,16 +230,18 @@ async def test_usage_stores_answer_every_query_like_a_sum_of_minute_rows(usage_s
             ):
                 continue
             shown = None if width is None else bucket // width * width
-            totals = expected.setdefault((shown, key, app), [0, 0, 0.0])
+            totals = expected.setdefault((shown, key, app), [0, 0, 0.0, 0.0])
             totals[0] += requests
             totals[1] += outputs
             totals[2] += compute_ms
+            totals[3] += session_s
         got = {
-            (r.bucket, r.key_id, r.app): [r.requests, r.outputs, r.compute_ms] for r in await usage_store.query(query)
+            (r.bucket, r.key_id, r.app): [r.requests, r.outputs, r.compute_ms, r.session_s]
+            for r in await usage_store.query(query)
         }
         assert got.keys() == expected.keys(), query
         for key, values in expected.items():
-            assert got[key][:2] == values[:2] and got[key][2] == pytest.approx(values[2]), (query, key)
+            assert got[key][:2] == values[:2] and got[key][2:] == pytest.approx(values[2:]), (query, key)
 
 
 async def test_purged_usage_is_gone_from_every_query(usage_store: UsageStore) -> None:
@@ -252,11 +256,11 @@ async def test_purged_usage_is_gone_from_every_query(usage_store: UsageStore) ->
 async def test_redis_the_same_flush_twice_counts_once(redis_url: str) -> None:
     async with state(redis_url) as conn:
         store = RedisUsage(conn)
-        row: TallyRow = (DAY, "k", "app/a", "run", "ok", 3, 1, 2.5)
+        row: TallyRow = (DAY, "k", "app/a", "run", "ok", 3, 1, 2.5, 1.25)
         assert await store.add_once("flush-1", [row]) and not await store.add_once("flush-1", [row])
         assert await store.add_once("flush-2", [row])
         (total,) = await store.query(UsageQuery(granularity="total"))
-        assert (total.requests, total.outputs, total.compute_ms) == (6, 2, 5.0)
+        assert (total.requests, total.outputs, total.compute_ms, total.session_s) == (6, 2, 5.0, 2.5)
 
 
 async def test_redis_edges_adding_at_once_lose_nothing(redis_url: str) -> None:

@@ -10,8 +10,8 @@ Image input rules, for every diffusion app:
   the input image (resized) without denoising; ``strength = 1`` ignores the image, which
   is then exactly text-to-image with the same seed.
 * Output size: ``image_size`` if given; else the input image's own size (read from its
-  header, scaled down to the app's ``max_auto_side``) when the image is inline bytes or a
-  data URI; else the app's default size. Sides are rounded down to multiples of 8. An
+  header, scaled down to the app's ``max_auto_side``) when the image is inline bytes, a
+  data URI or a video frame; else the app's default size. Sides are rounded down to multiples of 8. An
   input image of another size is resized, never rejected.
 * ``seed`` absent: a random one, returned in the output. Image ``j`` of ``num_images``
   uses ``seed + j``.
@@ -21,6 +21,11 @@ batch. Under load the engine may run realtime frames degraded (:data:`LADDER`): 
 steps, then 1 step, then half the width and height. An input with a fixed ``seed`` and
 an inline image (or none) has an identity, so an unchanged frame is answered with the
 session's last output.
+
+Live video (the ``/video`` endpoint, :func:`framewire.engine.api.video`): the camera frame
+arrives decoded in ``image_url`` (a :class:`framewire.engine.api.VideoFrame`), so image-to-
+image starts from its pixels without decoding anything, and the output frame goes back as
+pixels (the server encodes the video). Camera frames have no identity: they never repeat.
 
 Limits, checked when an input arrives (:meth:`DiffusionApp.admit`), before any work: an
 input may ask for at most ``max_megapixel_steps`` of compute (output megapixels x UNet
@@ -47,13 +52,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, AppError, Degraded, FrameIdentity, InputError, Progress, Stages, WeightsInfo
+from framewire.engine.api import (
+    App,
+    AppError,
+    Degraded,
+    FrameIdentity,
+    InputError,
+    Progress,
+    Stages,
+    VideoFrame,
+    WeightsInfo,
+)
 from framewire.engine.config import Backend, DiffusionConfig
 from framewire.engine.media import (
     Image,
     ImageOutput,
     ImageSize,
     ImageSizeName,
+    VideoOutput,
     decode_data_uri,
     decoded_pixels,
     fit_size,
@@ -74,6 +90,10 @@ log = logging.getLogger("framewire.engine")
 
 SEED_LIMIT = 2**64
 
+#: Where the diffusion apps take live video (``POST /{app}/start-session``).
+VIDEO_PATH = "video"
+#: The longest side of a camera frame handed to the diffusion apps (multiples of 8).
+VIDEO_MAX_SIDE = 512
 #: The degradation ladder of every diffusion app, mildest first (levels 1, 2, 3).
 LADDER = ("num_inference_steps<=2", "num_inference_steps=1", "half size")
 #: Relative device cost of a VAE decode and encode, in UNet steps at the same size.
@@ -170,6 +190,8 @@ class DiffusionApp(App):
     def _size(self, inp: DiffusionInput, mode: str) -> tuple[int, int]:
         if inp.image_size is not None:
             return named_size(inp.image_size)
+        if isinstance(inp.image_url, VideoFrame):
+            return fit_size(inp.image_url.width, inp.image_url.height, self.max_auto_side)
         if mode != "txt2img" and inp.image_url is not None:
             head = peek_bytes(inp.image_url)
             found = sniff_size(head) if head else None
@@ -206,8 +228,8 @@ class DiffusionApp(App):
                     "(--max-megapixel-steps): ask for a smaller image_size, fewer num_images or fewer steps",
                     code="OVER_BUDGET",
                 )
-        if key.mode == "txt2img" or inp.image_url is None:
-            return
+        if key.mode == "txt2img" or inp.image_url is None or isinstance(inp.image_url, VideoFrame):
+            return  # a camera frame is pixels already, bounded by MAX_VIDEO_SIDE: nothing to decode
         if isinstance(inp.image_url, str) and not inp.image_url.startswith("data:"):
             image_bytes(inp.image_url)  # raises: URLs are fetched before the engine
         pixels = self._decode_cost(inp, key)
@@ -278,7 +300,7 @@ class DiffusionApp(App):
     def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
         """A fixed seed and an inline image (or none) decide the output; else no identity."""
         assert isinstance(inp, DiffusionInput)
-        if inp.seed is None:
+        if inp.seed is None or isinstance(inp.image_url, VideoFrame):
             return None
         image: bytes | None = None
         if inp.image_url is not None and self._mode(inp) != "txt2img":
@@ -294,7 +316,8 @@ class DiffusionApp(App):
         return FrameIdentity(params.digest(), image)
 
     def stages(self, path: str) -> Stages:
-        return Stages(self.prepare, self.run_batch, self.finish)  # type: ignore[arg-type]
+        finish = self.finish_video if path == VIDEO_PATH else self.finish
+        return Stages(self.prepare, self.run_batch, finish)  # type: ignore[arg-type]
 
     # -- the batch handler, in three stages -------------------------------------------------
 
@@ -304,6 +327,13 @@ class DiffusionApp(App):
             raise RuntimeError(f"{self.app_id} is not set up")
         prepared = list(self._pool.map(self._try_prepare, inputs))
         return self.finish(self.run_batch(inputs, prepared, progress), progress)
+
+    def generate_video(self, inputs: list[DiffusionInput], progress: Progress) -> list[VideoOutput | AppError]:
+        """:meth:`generate` for camera frames: one output frame (or per-input error) per input."""
+        if self._pool is None:
+            raise RuntimeError(f"{self.app_id} is not set up")
+        prepared = list(self._pool.map(self._try_prepare, inputs))
+        return self.finish_video(self.run_batch(inputs, prepared, progress), progress)
 
     def prepare(self, inp: DiffusionInput) -> _Prepared:
         """One input's CPU work before its batch: its seed, and its image decoded at its size."""
@@ -419,9 +449,34 @@ class DiffusionApp(App):
             )
         return [r for r in results if r is not None]
 
+    def finish_video(self, ran: _Ran, progress: Progress) -> list[VideoOutput | AppError]:
+        """A video batch's CPU work after the device: each input's first image, as pixels."""
+        results: list[VideoOutput | AppError] = []
+        for i, error in enumerate(ran.results):
+            if error is not None:
+                assert isinstance(error, AppError)
+                results.append(error)
+                continue
+            if i not in ran.pixels or progress.cancelled(i):
+                results.append(AppError("the frame was cancelled", code="CANCELLED"))
+                continue
+            image = ran.pixels[i][0]  # uint8 [H, W, 3]
+            frame = VideoFrame(width=image.shape[1], height=image.shape[0], data=image.tobytes())
+            timings = {"prepare_ms": round(ran.prepare_ms[i], 3)}
+            if i in ran.generate_ms:
+                timings["generate_ms"] = round(ran.generate_ms[i], 3)
+            results.append(VideoOutput(frame=frame, timings=timings, seed=ran.seeds[i]))
+        return results
+
     def _decode(self, inp: DiffusionInput, key: BatchKey) -> np.ndarray:
         from framewire.engine.imaging import decode_image
 
+        if isinstance(inp.image_url, VideoFrame):  # already pixels: no decoding
+            import numpy as np
+
+            frame = inp.image_url
+            pixels = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, frame.width, 3)
+            return _resized(pixels, key.width, key.height)
         assert inp.image_url is not None
         data = image_bytes(inp.image_url)
         known = self._decode_cost(inp, key)

@@ -1,5 +1,6 @@
 """``framewire/echo``: returns the input image, so the whole frame path can be tested and
-benchmarked without a model."""
+benchmarked without a model; its video endpoint returns each camera frame (inverted when
+the session says so), for the live video path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, InputError, realtime
+from framewire.engine.api import App, InputError, VideoFrame, realtime, video
 
 
 class EchoInput(BaseModel):
@@ -26,6 +27,20 @@ class EchoOutput(BaseModel):
     size_bytes: int = 0
     prompt: str = ""
     timings: dict[str, float] = Field(default_factory=dict)
+
+
+class EchoVideoInput(BaseModel):
+    frame: VideoFrame = Field(..., description="The camera frame (set by the server).")
+    invert: bool = Field(False, description="Send the frame back with its colours inverted.")
+    delay_ms: float = Field(0.0, ge=0.0, le=1000.0, description="Simulated work per batch, in ms.")
+
+
+class EchoVideoOutput(BaseModel):
+    frame: VideoFrame
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+_INVERT = bytes(255 - i for i in range(256))
 
 
 def _image_bytes(value: bytes | str) -> bytes:
@@ -64,3 +79,16 @@ class EchoApp(App):
         if delay_ms:
             time.sleep(delay_ms / 1000.0)
         return [_echo(inp) for inp in inputs]  # type: ignore[misc]
+
+    @video("/video", max_side=1280, multiple_of=2, max_batch_size=16)
+    def echo_video(self, inputs: list[EchoVideoInput]) -> list[EchoVideoOutput]:
+        delay_ms = max(inp.delay_ms for inp in inputs)
+        if delay_ms:
+            time.sleep(delay_ms / 1000.0)
+        out = []
+        for inp in inputs:
+            frame = inp.frame
+            if inp.invert:
+                frame = VideoFrame(width=frame.width, height=frame.height, data=frame.data.translate(_INVERT))
+            out.append(EchoVideoOutput(frame=frame))
+        return out

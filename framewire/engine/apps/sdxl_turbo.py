@@ -1,5 +1,5 @@
 """``framewire/sdxl-turbo``: SDXL-turbo text-to-image and image-to-image in 1-4 steps,
-batched across realtime sessions.
+batched across realtime sessions; live image-to-image from a camera (``/video``).
 
 Reached also as ``fal-ai/fast-turbo-diffusion``. As diffusers' image-to-image pipelines
 do, image-to-image runs ``int(num_inference_steps * strength)`` steps (at least one).
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from framewire.engine.api import Progress, endpoint, realtime
-from framewire.engine.apps.diffusion import DiffusionApp, DiffusionInput
-from framewire.engine.media import ImageOutput
+from framewire.engine.api import Progress, VideoFrame, endpoint, realtime, video
+from framewire.engine.apps.diffusion import SEED_LIMIT, VIDEO_MAX_SIDE, VIDEO_PATH, DiffusionApp, DiffusionInput
+from framewire.engine.media import ImageOutput, VideoOutput
 
 
 class TurboInput(DiffusionInput):
@@ -25,6 +25,15 @@ class TurboInput(DiffusionInput):
 
 class TurboImageInput(TurboInput):
     image_url: bytes | str = Field(..., description="Input image: raw bytes (msgpack bin), a data URI, or a URL.")
+
+
+class TurboVideoInput(TurboInput):
+    """A camera frame and the session's parameters (live image-to-image)."""
+
+    image_url: VideoFrame = Field(..., description="The camera frame (the server sets it).")  # type: ignore[assignment]
+    strength: float = Field(0.5, ge=0.0, le=1.0, description="How much to change the camera frame (0: none).")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="The same for every frame, so the picture does not flicker.")
+    num_images: int = Field(1, ge=1, le=1)
 
 
 class SdxlTurboApp(DiffusionApp):
@@ -49,3 +58,7 @@ class SdxlTurboApp(DiffusionApp):
     @endpoint("/image-to-image", max_batch_size=8, max_queue_delay_ms=4)
     def image_to_image(self, inputs: list[TurboImageInput], progress: Progress) -> list[ImageOutput]:
         return self.generate(inputs, progress)  # type: ignore[arg-type, return-value]
+
+    @video(VIDEO_PATH, max_side=VIDEO_MAX_SIDE, multiple_of=8, max_batch_size=8, max_queue_delay_ms=4)
+    def camera(self, inputs: list[TurboVideoInput], progress: Progress) -> list[VideoOutput]:
+        return self.generate_video(inputs, progress)  # type: ignore[arg-type, return-value]

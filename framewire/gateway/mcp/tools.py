@@ -207,7 +207,7 @@ class ToolBook:
     def __init__(self, registry: AppRegistry) -> None:
         self.registry = registry
         self.size = len(registry)
-        endpoints = [ep for app in registry for ep in registry.endpoints_of(app).values()]
+        endpoints = [ep for app in registry for ep in registry.request_endpoints(app).values()]
         keys = [ep.key for ep in endpoints]
         runs, submits = tool_names(Action.RUN, keys), tool_names(Action.SUBMIT, keys)
         self._tools: dict[str, AppTool] = {}

@@ -71,23 +71,99 @@ def describe_endpoint(app: App, endpoint: Endpoint) -> dict[str, Any]:
     return body
 
 
-def describe(app: App, registry: AppRegistry) -> dict[str, Any]:
+def start_session_path(app: App, endpoint: Endpoint) -> str:
+    """Where a video endpoint's sessions start (``POST``)."""
+    return _join(app.app_id, endpoint.spec.path, "start-session")
+
+
+def describe_video(app: App, endpoint: Endpoint) -> dict[str, Any]:
+    """A video endpoint: its frames' size rule, batching, parameters and where sessions start."""
+    video = endpoint.video
+    assert video is not None
+    return {
+        "path": "/" + endpoint.spec.path,
+        "id": endpoint.key,
+        "max_side": video.max_side,
+        "multiple_of": video.multiple_of,
+        "max_batch_size": endpoint.spec.max_batch_size,
+        "session_timeout_s": endpoint.spec.session_timeout_s,
+        "frame_field": endpoint.frame_input,
+        "input_schema": endpoint.input_model.__name__,
+        "output_schema": endpoint.output_model.__name__,
+        "urls": {"start_session": start_session_path(app, endpoint)},
+    }
+
+
+def describe(app: App, engine: EngineClient) -> dict[str, Any]:
     """The ``/models`` entry of one app; apps with model weights say which (``weights``:
-    ``real`` or ``random``, the latter with the reason and the fix in ``weights_info``)."""
+    ``real`` or ``random``, the latter with the reason and the fix in ``weights_info``), as
+    the engine that runs them reports (with engine workers, the workers do)."""
+    registry = engine.registry
     body: dict[str, Any] = {
         "id": app.app_id,
         "title": app.title or app.app_id,
         "description": app.description,
         "tags": list(app.tags),
         "aliases": [name for name in registry.names_of(app) if name != app.app_id],
-        "endpoints": [describe_endpoint(app, ep) for ep in registry.endpoints_of(app).values()],
+        "endpoints": [describe_endpoint(app, ep) for ep in registry.request_endpoints(app).values()],
         "openapi_url": f"/models/{app.app_id}/openapi.json",
     }
-    weights = app.weights_info()
+    videos = registry.video_endpoints(app)
+    if videos:
+        body["video"] = [describe_video(app, ep) for ep in videos.values()]
+    sockets = registry.sockets_of(app)
+    if sockets:
+        body["websockets"] = [{"path": "/" + p, "id": ep.key, "url": _join(app.app_id, p)} for p, ep in sockets.items()]
+    weights = engine.weights_of(app)
     if weights is not None:
         body["weights"] = weights.kind
         body["weights_info"] = weights.to_json()
     return body
+
+
+def _start_session_operation(endpoint: Endpoint, in_ref: dict[str, Any]) -> dict[str, Any]:
+    """The ``POST …/start-session`` operation of a video endpoint (fal's WMA signalling)."""
+    params = {
+        "type": "object",
+        "description": f"Fields of the input below but `{endpoint.frame_input}` (the camera frame)",
+        "allOf": [in_ref],
+    }
+    offer = {"type": "object", "properties": {"sdp": {"type": "string"}, "type": {"const": "offer"}}}
+    return {
+        "operationId": endpoint.key.replace("/", "_").replace("-", "_") + "_start_session",
+        "summary": f"Start a live video session on {endpoint.key} (WebRTC)",
+        "description": (
+            "Send the client's complete SDP offer (a sendrecv video track, optionally a data channel). The answer "
+            "is the first event of a text/event-stream held open for the session's life; closing it ends the "
+            "session. Parameters change over the data channel."
+        ),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "sdp": {"type": "string"},
+                            "type": {"const": "offer"},
+                            "session_id": {"type": "string"},
+                            "offer": offer,
+                            "session_params": params,
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The SDP answer event, keep-alives, then an end event",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "400": {"description": "An offer that cannot start a session"},
+            "404": {"description": "The app takes no video"},
+            "422": {"description": "Session parameters that do not fit the input"},
+        },
+    }
 
 
 class ValidationErrorItem(BaseModel):
@@ -119,9 +195,10 @@ def _ref(schemas: dict[Any, dict[str, Any]], model: type[BaseModel], mode: str) 
 
 def openapi_document(app: App, registry: AppRegistry) -> dict[str, Any]:
     """OpenAPI 3.1 for one app (without ``servers``, which depend on the caller's host)."""
-    endpoints = list(registry.endpoints_of(app).values())
+    endpoints = list(registry.request_endpoints(app).values())
+    videos = list(registry.video_endpoints(app).values())
     wanted: list[tuple[type[BaseModel], Any]] = [(HTTPValidationError, "serialization"), (QueueStatus, "serialization")]
-    for ep in endpoints:
+    for ep in [*endpoints, *videos]:
         wanted += [(ep.input_model, "validation"), (ep.output_model, "serialization")]
     schemas, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=_REF)
     errors = {
@@ -187,6 +264,20 @@ def openapi_document(app: App, registry: AppRegistry) -> dict[str, Any]:
             )
             if ws_path not in order:
                 order.append(ws_path)
+    for ep in videos:
+        start = start_session_path(app, ep)
+        paths[start] = {"post": _start_session_operation(ep, _ref(schemas, ep.input_model, "validation"))}
+        order.append(start)
+    for sub_path, sock in registry.sockets_of(app).items():
+        ws = _join(app.app_id, sub_path)
+        paths.setdefault(ws, {})["x-fal-protocol"] = {"type": "websocket", "operationId": sock.key.replace("/", "_")}
+        paths[ws]["get"] = {
+            "operationId": sock.key.replace("/", "_").replace("-", "_") + "_websocket",
+            "summary": f"Raw WebSocket {sock.key} (the app's own messages)",
+            "description": "Open a WebSocket here (query `fal_jwt_token`, or an Authorization header).",
+            "responses": {"101": {"description": "Switching protocols"}},
+        }
+        order.append(ws)
     app_root = _join(split_app_id(app.app_id)[0])
     status_ref = _ref(schemas, QueueStatus, "serialization")
     request_id = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -343,7 +434,7 @@ class CatalogRoutes:
 
     def _entry(self, app: App) -> dict[str, Any]:
         """An app's catalog entry; with engine workers, the ``workers`` serving it."""
-        entry = describe(app, self.engine.registry)
+        entry = describe(app, self.engine)
         serving = workers.for_app(self.engine, app.app_id)
         if serving is not None:
             entry["workers"] = serving

@@ -105,10 +105,20 @@ class TextFormatter(logging.Formatter):
         return redact(line + (f" [{' '.join(ids)}]" if ids else ""))
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
+def resolve_format(fmt: str, stream: Any = None) -> str:
+    """``text`` or ``json``: ``auto`` is text when ``stream`` (stderr) is a terminal, where a
+    person reads it, and JSON otherwise, where a log collector does."""
+    if fmt != "auto":
+        return fmt
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
     """Send every logger (uvicorn's too) to stderr through one redacting formatter."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if resolve_format(fmt) == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

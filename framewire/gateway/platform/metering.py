@@ -9,10 +9,16 @@ it (its code), an error before it reached the engine (``validation_error``,
 ``rate_limited``, ...), or ``dropped`` (superseded by a newer frame, or pending when the
 session closed). Usage counts each received frame once, so a session's usage requests
 equal the frames it sent.
+
+Sessions that hold resources while open (video sessions, raw sockets) are also charged
+the seconds they stay open, through a :class:`SessionClock` that records them as they go
+(every :data:`SESSION_TICK_S`, and the rest when the session ends).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -21,6 +27,9 @@ from framewire.gateway.platform.auth import Principal
 from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.metrics import Metrics
 from framewire.gateway.platform.usage import UsageMeter, count_outputs
+
+#: How often an open session's seconds are recorded (so a crash loses at most this much).
+SESSION_TICK_S = 10.0
 
 
 def status_of(code: str | None) -> str:
@@ -84,24 +93,26 @@ class Meter:
             self.request(principal.key_id, app, surface, error_code="RATE_LIMITED")
         return wait_s
 
-    def session(self, principal: Principal, app: str) -> SessionMeter:
-        return SessionMeter(self, principal, app)
+    def session(self, principal: Principal, app: str, surface: str = "realtime") -> SessionMeter:
+        return SessionMeter(self, principal, app, surface)
 
 
 class SessionMeter:
-    """What one realtime session reports; label children are bound once per session."""
+    """What one session reports (a realtime WebSocket, a video session, a raw socket);
+    label children are bound once per session."""
 
-    def __init__(self, meter: Meter, principal: Principal, app: str) -> None:
+    def __init__(self, meter: Meter, principal: Principal, app: str, surface: str = "realtime") -> None:
         self.meter = meter
         self.principal = principal
         self.key_id = principal.key_id
         self.app = app
+        self.surface = surface
         m = meter.metrics
         self._received = m.frames_received.labels(app)
         self._sent = m.frames_sent.labels(app)
-        self._ok = m.requests.labels(app, "realtime", "ok")
-        self._failed = m.requests.labels(app, "realtime", "error")
-        self._latency = m.request_duration.labels(app, "realtime")
+        self._ok = m.requests.labels(app, surface, "ok")
+        self._failed = m.requests.labels(app, surface, "error")
+        self._latency = m.request_duration.labels(app, surface)
         self._limited = m.rate_limited.labels("frames")
         self._record = meter.usage.record
         self._children: dict[tuple[int, str], Any] = {}  # (metric, label) → child, bound on first use
@@ -122,7 +133,7 @@ class SessionMeter:
         self._record(
             self.key_id,
             self.app,
-            "realtime",
+            self.surface,
             status_of(None if error is None else error.code),
             outputs=count_outputs(result.output),
             compute_ms=result.inference_ms / max(1, result.batch_size),
@@ -151,7 +162,7 @@ class SessionMeter:
 
     def frame_error(self, code: str) -> None:
         """A frame refused before it reached the engine (bad msgpack, validation, rate limit, ...)."""
-        self._record(self.key_id, self.app, "realtime", status_of(code))
+        self._record(self.key_id, self.app, self.surface, status_of(code))
         self._failed.inc()
         self.meter.metrics.realtime_errors.labels(self.app, code).inc()
 
@@ -162,12 +173,56 @@ class SessionMeter:
     def dropped(self, count: int, reason: str) -> None:
         """Frames that never ran: ``superseded`` by newer ones, or pending when the session ``closed``."""
         if count:
-            self._record(self.key_id, self.app, "realtime", "dropped", count=count)
+            self._record(self.key_id, self.app, self.surface, "dropped", count=count)
             self.meter.metrics.frames_dropped.labels(self.app, reason).inc(count)
 
     def output_dropped(self) -> None:
         """An output the client did not read in time (already metered as a result)."""
         self.meter.metrics.frames_dropped.labels(self.app, "outbox").inc()
+
+    def message(self) -> None:
+        """One message a raw socket's client sent (a request in usage, no outputs)."""
+        self._received.inc()
+        self._record(self.key_id, self.app, self.surface, "ok")
+
+    def open_for(self, seconds: float) -> None:
+        """The session was open ``seconds`` more (no request counted)."""
+        if seconds > 0:
+            self._record(self.key_id, self.app, self.surface, "ok", count=0, session_s=seconds)
+
+
+class SessionClock:
+    """Charges a session the seconds it is open: every ``tick_s`` while it runs, the rest at :meth:`stop`."""
+
+    def __init__(self, meter: SessionMeter, tick_s: float = SESSION_TICK_S) -> None:
+        self.meter = meter
+        self.tick_s = tick_s
+        self.opened_s = time.monotonic()
+        self._charged_s = self.opened_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="session-clock")
+
+    def _charge(self) -> None:
+        now = time.monotonic()
+        self.meter.open_for(now - self._charged_s)
+        self._charged_s = now
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._charge()
+
+    async def stop(self) -> float:
+        """Stop the clock, charge what is left; returns the seconds the session was open."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._charge()
+        return self._charged_s - self.opened_s
 
 
 class NullSessionMeter(SessionMeter):
@@ -176,6 +231,7 @@ class NullSessionMeter(SessionMeter):
     def __init__(self) -> None:
         self.key_id = ""
         self.app = ""
+        self.surface = ""
 
     def received(self) -> None:
         pass
@@ -196,4 +252,10 @@ class NullSessionMeter(SessionMeter):
         pass
 
     def output_dropped(self) -> None:
+        pass
+
+    def message(self) -> None:
+        pass
+
+    def open_for(self, seconds: float) -> None:
         pass

@@ -12,7 +12,8 @@ public.
 | metric | type | labels |
 | --- | --- | --- |
 | ``framewire_ready``, ``framewire_draining`` | gauge | |
-| ``framewire_realtime_sessions_open`` | gauge | app |
+| ``framewire_realtime_sessions_open`` | gauge | app (WebSocket sessions and raw app sockets) |
+| ``framewire_video_sessions_open`` | gauge | app (live video sessions; their frames count as realtime frames) |
 | ``framewire_realtime_sessions_opened_total`` | counter | app |
 | ``framewire_realtime_sessions_refused_total`` | counter | code |
 | ``framewire_realtime_frames_received_total`` | counter | app |
@@ -80,6 +81,9 @@ class Metrics:
         self.sessions_open = Gauge("framewire_realtime_sessions_open", "Open realtime sessions", ["app"], registry=r)
         self.sessions_opened = Counter(
             "framewire_realtime_sessions_opened_total", "Realtime sessions accepted", ["app"], registry=r
+        )
+        self.video_sessions_open = Gauge(
+            "framewire_video_sessions_open", "Open live video (WebRTC) sessions", ["app"], registry=r
         )
         self.sessions_refused = Counter(
             "framewire_realtime_sessions_refused_total",

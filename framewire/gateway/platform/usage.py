@@ -1,10 +1,13 @@
 """Usage metering: who used which app, how much, with what result, kept in the store.
 
 Every request and realtime frame is recorded with the caller's key id, the app, the
-surface (``realtime``, ``run``, ``stream``, ``queue``), a status (``ok``, a lower-case
+surface (``realtime``, ``run``, ``stream``, ``queue``, ``video`` for live video
+sessions, ``socket`` for raw WebSocket endpoints), a status (``ok``, a lower-case
 error code such as ``invalid_input`` or ``rate_limited``, or ``dropped`` for a realtime
 frame superseded by a newer one before it ran), the outputs it produced and the engine
-time it used. A batch's ``inference_ms`` is shared by its inputs: each is charged
+time it used. Sessions that hold resources while open (video sessions, raw sockets) are
+also charged the seconds they were open (``session_s``), recorded as they go. A batch's
+``inference_ms`` is shared by its inputs: each is charged
 ``inference_ms / batch_size``, so a key's compute adds up to the engine's busy time.
 
 Recording is an in-memory addition (O(1), on the event loop): tallies are kept per
@@ -45,7 +48,7 @@ GRANULARITIES: dict[str, int | None] = {"minute": 60, "hour": 3600, "day": 86400
 FLUSH_AT_PENDING = 5_000
 #: Distinct pending tallies kept while the database refuses writes; beyond it new ones are lost (and logged).
 MAX_PENDING = 200_000
-SURFACES = ("realtime", "run", "stream", "queue")
+SURFACES = ("realtime", "run", "stream", "queue", "video", "socket")
 PURGE_INTERVAL_S = 3600.0
 
 MIGRATIONS = (
@@ -66,6 +69,7 @@ MIGRATIONS = (
         CREATE INDEX usage_key ON usage (key_id, bucket);
         """,
     ),
+    Migration("usage_2", "ALTER TABLE usage ADD COLUMN session_s REAL NOT NULL DEFAULT 0;"),
 )
 
 
@@ -84,11 +88,13 @@ class Tally:
     requests: int = 0
     outputs: int = 0
     compute_ms: float = 0.0
+    session_s: float = 0.0
 
     def add(self, other: Tally) -> None:
         self.requests += other.requests
         self.outputs += other.outputs
         self.compute_ms += other.compute_ms
+        self.session_s += other.session_s
 
 
 TallyKey = tuple[int, str, str, str, str]  # bucket, key_id, app, surface, status
@@ -137,6 +143,7 @@ class UsageRow:
     requests: int = 0
     outputs: int = 0
     compute_ms: float = 0.0
+    session_s: float = 0.0
     statuses: dict[str, int] = field(default_factory=dict)
     surfaces: dict[str, int] = field(default_factory=dict)
 
@@ -152,6 +159,7 @@ class UsageRow:
             "outputs": self.outputs,
             "errors": self.errors,
             "compute_ms": round(self.compute_ms, 3),
+            "session_s": round(self.session_s, 3),
             "statuses": dict(sorted(self.statuses.items())),
             "surfaces": dict(sorted(self.surfaces.items())),
         }
@@ -166,6 +174,7 @@ def report_json(query: UsageQuery, rows: list[UsageRow]) -> dict[str, Any]:
         total.requests += row.requests
         total.outputs += row.outputs
         total.compute_ms += row.compute_ms
+        total.session_s += row.session_s
         for status, n in row.statuses.items():
             total.statuses[status] = total.statuses.get(status, 0) + n
     totals = total.to_json()
@@ -182,8 +191,8 @@ def report_json(query: UsageQuery, rows: list[UsageRow]) -> dict[str, Any]:
     }
 
 
-#: One tally as stored: bucket, key_id, app, surface, status, requests, outputs, compute_ms.
-TallyRow = tuple[int, str, str, str, str, int, int, float]
+#: One tally as stored: bucket, key_id, app, surface, status, requests, outputs, compute_ms, session_s.
+TallyRow = tuple[int, str, str, str, str, int, int, float, float]
 
 
 class UsageStore(Protocol):
@@ -207,11 +216,11 @@ class SqliteUsage:
     async def add(self, rows: Sequence[TallyRow]) -> None:
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO usage (bucket, key_id, app, surface, status, requests, outputs, compute_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO usage (bucket, key_id, app, surface, status, requests, outputs, compute_ms, session_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (bucket, key_id, app, surface, status) DO UPDATE SET"
                 " requests = requests + excluded.requests, outputs = outputs + excluded.outputs,"
-                " compute_ms = compute_ms + excluded.compute_ms",
+                " compute_ms = compute_ms + excluded.compute_ms, session_s = session_s + excluded.session_s",
                 rows,
             )
 
@@ -263,6 +272,7 @@ class UsageMeter:
         outputs: int = 0,
         compute_ms: float = 0.0,
         count: int = 1,
+        session_s: float = 0.0,
     ) -> None:
         bucket = int(self.clock()) // BUCKET_S * BUCKET_S
         key = (bucket, key_id, app, surface, status)
@@ -279,6 +289,7 @@ class UsageMeter:
         tally.requests += count
         tally.outputs += outputs
         tally.compute_ms += compute_ms
+        tally.session_s += session_s
 
     @property
     def pending(self) -> int:
@@ -292,7 +303,7 @@ class UsageMeter:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, {}
-            rows: list[TallyRow] = [(*k, t.requests, t.outputs, t.compute_ms) for k, t in batch.items()]
+            rows: list[TallyRow] = [(*k, t.requests, t.outputs, t.compute_ms, t.session_s) for k, t in batch.items()]
             try:
                 await self.store.add(rows)
             except BaseException:
@@ -370,7 +381,7 @@ def select(conn: sqlite3.Connection, query: UsageQuery) -> list[UsageRow]:
         params.append(query.end)
     sql = (
         f"SELECT {bucket_expr} AS b, key_id, app, surface, status, SUM(requests) AS requests,"
-        " SUM(outputs) AS outputs, SUM(compute_ms) AS compute_ms FROM usage"
+        " SUM(outputs) AS outputs, SUM(compute_ms) AS compute_ms, SUM(session_s) AS session_s FROM usage"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " GROUP BY b, key_id, app, surface, status ORDER BY b, key_id, app"
     )
@@ -383,6 +394,7 @@ def select(conn: sqlite3.Connection, query: UsageQuery) -> list[UsageRow]:
         row.requests += r["requests"]
         row.outputs += r["outputs"]
         row.compute_ms += r["compute_ms"]
+        row.session_s += r["session_s"]
         row.statuses[r["status"]] = row.statuses.get(r["status"], 0) + r["requests"]
         row.surfaces[r["surface"]] = row.surfaces.get(r["surface"], 0) + r["requests"]
     return list(rows.values())

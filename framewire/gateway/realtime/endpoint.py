@@ -219,20 +219,20 @@ class RealtimeEndpoint:
         )
 
     def close_revoked_sessions(self) -> None:
-        """Key changes reach open sessions too: a revoked key's close with 4401, and sessions
-        of apps its key may no longer use with 4403. Runs on the event loop after each reload
-        of the key store."""
+        """Key changes reach open sessions too (realtime, video and raw sockets): a revoked
+        key's close with 4401, and sessions of apps its key may no longer use with 4403.
+        Runs on the event loop after each reload of the key store."""
         if not self.auth.enabled:
             return
         registry = self.engine.registry
         for session in list(self.state.sessions):
-            key_id = session.meter.key_id
+            key_id = session.key_id
             if not key_id:
                 continue
             key = self.auth.subject(key_id)
             if key is None:
                 close, error, reason = CloseCode.UNAUTHORIZED, ErrorCode.UNAUTHORIZED, "API key revoked"
-            elif not key.may_use(registry.names_of(session.endpoint.app)):
+            elif not key.may_use(registry.names_of(session.app)):
                 close, error, reason = (
                     CloseCode.FORBIDDEN,
                     ErrorCode.FORBIDDEN,

@@ -6,7 +6,7 @@ frames, ``{"type": "x-fal-message", ...}`` and ``{"type": "x-fal-error", "error"
 "reason": text}``: fal's Python client raises ``RealtimeError(CODE, reason)`` on the
 latter, its JS client calls ``onError``.
 
-Error policy (documented in the README): an error caused by one input frame is sent as
+Error policy (documented in docs/protocol.md): an error caused by one input frame is sent as
 ``x-fal-error`` and the session stays open; errors about the session itself (auth,
 unknown app, bad query) are sent as ``x-fal-error`` followed by a close with a
 4xxx code mirroring the HTTP status; an idle session gets ``TIMEOUT`` and close 1000.

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from framewire.engine.api import AppError, Endpoint, EngineClient, FrameResult, Stream
+from framewire.engine.api import App, AppError, Endpoint, EngineClient, FrameResult, Stream
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.platform.metering import NullSessionMeter, SessionMeter
 from framewire.gateway.realtime import protocol
@@ -141,6 +141,14 @@ class RealtimeSession:
         self._stream: Stream | None = None
         self._draining = False  # closing from outside: new frames are refused
         self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self.meter.key_id
+
+    @property
+    def app(self) -> App:
+        return self.endpoint.app
 
     # -- engine side (runs on the event loop) --------------------------------------
 

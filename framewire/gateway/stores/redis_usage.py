@@ -5,7 +5,7 @@ adds its tallies every few seconds. Counters are kept per key, app, surface and 
 at three resolutions, so a long window never reads a minute at a time:
 
 - ``usage:60:{minute}``, ``usage:3600:{hour}``, ``usage:86400:{day}`` — one hash per
-  time bucket, fields ``key⇥app⇥surface⇥status⇥r|o|c`` (requests, outputs, compute ms);
+  time bucket, fields ``key⇥app⇥surface⇥status⇥r|o|c|s`` (requests, outputs, compute ms, session seconds);
 - ``usage:idx:{width}`` — the buckets that exist, by time.
 
 A query covers its window with whole days, then whole hours, then minutes at its edges,
@@ -36,17 +36,18 @@ local prefix, retention = ARGV[1], tonumber(ARGV[2])
 local i = 3
 while i <= #ARGV do
   local bucket, field = tonumber(ARGV[i]), ARGV[i + 1]
-  local r, o, c = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local r, o, c, s = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   for _, w in ipairs({86400, 3600, 60}) do
     local b = math.floor(bucket / w) * w
     local key = prefix .. w .. ':' .. b
     redis.call('HINCRBY', key, field .. 'r', r)
     if o ~= '0' then redis.call('HINCRBY', key, field .. 'o', o) end
     if c ~= '0' then redis.call('HINCRBYFLOAT', key, field .. 'c', c) end
+    if s ~= '0' then redis.call('HINCRBYFLOAT', key, field .. 's', s) end
     redis.call('ZADD', prefix .. 'idx:' .. w, 'NX', b, b)
     if retention > 0 then redis.call('EXPIRE', key, retention + w) end
   end
-  i = i + 5
+  i = i + 6
 end
 return 1
 """
@@ -85,9 +86,10 @@ class RedisUsage:
     async def add_once(self, flush_id: str, rows: Sequence[TallyRow]) -> bool:
         """Add ``rows`` unless a call with ``flush_id`` did already (within the hour); True if added."""
         args: list[str | int] = [self._prefix, int(self.retention_s)]
-        for bucket, key_id, app, surface, status, requests, outputs, compute_ms in rows:
+        for bucket, key_id, app, surface, status, requests, outputs, compute_ms, session_s in rows:
             field = _SEP.join((key_id, app, surface, status)) + _SEP
             args += [bucket, field, requests, outputs, repr(compute_ms) if compute_ms else "0"]
+            args.append(repr(session_s) if session_s else "0")
         with self.conn.guard("add usage"):
             added = await self._add(keys=[self.conn.key("usage", "flush", flush_id)], args=args)
         return bool(added)
@@ -140,8 +142,10 @@ class RedisUsage:
                     row.surfaces[surface] = row.surfaces.get(surface, 0) + n
                 elif metric == "o":
                     row.outputs += int(value)
-                else:
+                elif metric == "c":
                     row.compute_ms += float(value)
+                elif metric == "s":
+                    row.session_s += float(value)
         return sorted(rows.values(), key=lambda r: (-1 if r.bucket is None else r.bucket, r.key_id, r.app))
 
     async def purge(self, before: float) -> int:

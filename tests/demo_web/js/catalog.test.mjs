@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { APPS } from "../../../demo_web/js/apps.js";
-import { fetchCatalog, isRandom, pickDefault, randomApps, withCode } from "../../../demo_web/js/catalog.js";
+import {
+  fetchCatalog,
+  isRandom,
+  pickDefault,
+  randomApps,
+  resolveRequested,
+  withCode,
+} from "../../../demo_web/js/catalog.js";
 
 const ECHO = { id: "framewire/echo", aliases: [] };
 const lcm = (weights) => ({
@@ -82,4 +89,17 @@ test("backticks in server text become code elements, never HTML", () => {
     { tag: "code", textContent: "framewire pull lcm" },
     { text: " then <b>restart</b>" },
   ]);
+});
+
+test("a requested app is found by id or by an alias the server lists, and refused otherwise", () => {
+  const models = [lcm("real"), turbo("real"), ECHO, { id: "me/shout", aliases: [] }];
+  assert.deepEqual(resolveRequested(APPS, models, "framewire/echo"), { app: APPS[2], note: null });
+  const alias = resolveRequested(APPS, models, "fal-ai/fast-lcm-diffusion");
+  assert.equal(alias.app.id, "framewire/lcm");
+  assert.match(alias.note, /alias of framewire\/lcm/);
+  const typo = resolveRequested(APPS, models, "framewire/ehco");
+  assert.equal(typo.app, null);
+  assert.match(typo.note, /\?app=framewire\/ehco is not an app this server lists; this page drives framewire\/lcm/);
+  assert.match(resolveRequested(APPS, models, "me/shout").note, /cannot drive it/);
+  assert.equal(resolveRequested(APPS, null, "fal-ai/fast-lcm-diffusion").app, null); // no catalog: ids only
 });

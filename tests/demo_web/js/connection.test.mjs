@@ -213,6 +213,22 @@ test("a key the token endpoint refuses stops without opening a socket", async ()
   assert.match(r.conn.info.reason, /invalid API key/);
 });
 
+test("a token refused because the app does not exist stops as NOT_FOUND, the key as UNAUTHORIZED", async () => {
+  const missing = rig({
+    key: "id:s",
+    tokenAnswer: () => ({ status: 422, body: { detail: "allowed_apps[0]: no app named 'lcm'" } }),
+  });
+  missing.conn.use("framewire/lcm");
+  await settle();
+  assert.equal(FakeSocket.instances.length, 0);
+  assert.equal(missing.conn.info.error, "NOT_FOUND"); // the page moves on to an app the server has
+  assert.match(missing.conn.info.reason, /no app named 'lcm'/);
+  const forbidden = rig({ key: "id:s", tokenAnswer: () => ({ status: 403, body: { detail: "not for this app" } }) });
+  forbidden.conn.use("framewire/lcm");
+  await settle();
+  assert.equal(forbidden.conn.info.error, "FORBIDDEN");
+});
+
 test("restart after a new key connects again from stopped", async () => {
   const r = rig({ tokenAnswer: (n) => ({ body: `tok${n}` }) });
   const ws = await live(r);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { LiveStats, Ring, percentile } from "../../../demo_web/js/stats.js";
+import { LiveStats, Ring, niceCeiling, percentile } from "../../../demo_web/js/stats.js";
 
 test("ring keeps the newest values oldest first once full", () => {
   const ring = new Ring(3);
@@ -57,4 +57,30 @@ test("reset forgets samples and counters", () => {
   const snap = stats.snapshot(10);
   assert.deepEqual([snap.sent, snap.received, snap.dropped, snap.samples, snap.p50], [0, 0, 0, 0, null]);
   assert.equal(snap.fps, 0);
+});
+
+test("an output without a known round trip counts as received and for fps, not in the percentiles", () => {
+  const stats = new LiveStats();
+  stats.recordResult(null, 0);
+  stats.recordResult(40, 100);
+  stats.recordResult(null, 200);
+  const snap = stats.snapshot(200);
+  assert.equal(snap.received, 3);
+  assert.equal(snap.samples, 1);
+  assert.equal(snap.p50, 40);
+  assert.equal(snap.lastRttMs, 40);
+  assert.ok(snap.fps > 0);
+});
+
+test("the sparkline's scale tops out at a round number at or above the data", () => {
+  assert.equal(niceCeiling(0), 1);
+  assert.equal(niceCeiling(Number.NaN), 1);
+  assert.equal(niceCeiling(7), 10);
+  assert.equal(niceCeiling(10), 10);
+  assert.equal(niceCeiling(11), 20);
+  assert.equal(niceCeiling(21), 25);
+  assert.equal(niceCeiling(26), 50);
+  assert.equal(niceCeiling(51), 100);
+  assert.equal(niceCeiling(0.3), 0.5);
+  assert.equal(niceCeiling(1234), 2000);
 });
