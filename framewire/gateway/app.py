@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -63,7 +64,7 @@ from framewire.gateway.requests.job_store import Job, SqliteJobStore
 from framewire.gateway.requests.outcomes import Outcome
 from framewire.gateway.requests.queue_surface import QueueSurface
 from framewire.gateway.requests.run_surface import RunSurface
-from framewire.gateway.requests.surfaces import SurfaceRouter
+from framewire.gateway.requests.surfaces import SurfaceRouter, is_queue
 from framewire.gateway.requests.webhooks import JwksRoutes, WebhookDeliverer, WebhookSigner, load_signing_key
 from framewire.gateway.settings import Settings
 from framewire.gateway.state import ServerState
@@ -233,7 +234,7 @@ def create_gateway(
     static = StaticFiles(directory=demo, html=True) if (demo / "index.html").is_file() else None
     routes = [
         *HealthRoutes(engine, state, metrics, usage, jobs).routes(),
-        *CatalogRoutes(engine, auth).routes(),
+        *CatalogRoutes(engine, auth, functools.partial(is_queue, settings=settings)).routes(),
         *AdminRoutes(engine, auth, key_store, usage).routes(),
         *TokenRoutes(engine, auth).routes(),
         *JwksRoutes(webhook_signer).routes(),

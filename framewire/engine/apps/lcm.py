@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from framewire.engine.api import Progress, endpoint, realtime
+from framewire.engine.api import FileInput, Progress, endpoint, realtime
 from framewire.engine.apps.diffusion import DiffusionApp, DiffusionInput
 from framewire.engine.media import ImageOutput
 
@@ -22,7 +22,10 @@ class LcmInput(DiffusionInput):
 
 
 class LcmImageInput(LcmInput):
-    image_url: bytes | str = Field(..., description="Input image: raw bytes (msgpack bin), a data URI, or a URL.")
+    image_url: FileInput = Field(
+        ...,
+        description="Input image (JPEG, PNG or WebP): raw bytes (msgpack bin), a base64 data URI, or an http(s) URL.",
+    )
 
 
 class LcmApp(DiffusionApp):

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from framewire.engine.api import FRAME_TIMINGS_SCHEMA
 from framewire.gateway.storage.store import FileStore
 
 #: Bytes of base64 work done on the event loop before moving the work to a thread.
@@ -145,3 +146,100 @@ def merge_timings(output: dict[str, Any], result: Any) -> dict[str, Any]:
     if "timings" in output and isinstance(output["timings"], dict | None):
         output["timings"] = {**(output["timings"] or {}), **result.timings}
     return output
+
+
+# -- what these rules make of an output's JSON Schema ------------------------------------------------
+
+#: A ``data:`` URI as :func:`data_uri` writes one.
+DATA_URI_SCHEMA = {"type": "string", "pattern": "^data:[^,]*;base64,[A-Za-z0-9+/]*={0,2}$"}
+
+
+def json_output_schemas(defs: dict[str, Any], roots: set[str]) -> dict[str, Any]:
+    """``defs`` (pydantic's serialization-mode schemas) as the JSON surfaces send them.
+
+    File objects (a ``url`` and bytes ``content``) lose ``content`` and keep ``url`` (a
+    stored file's URL or a data URI); other bytes are data URIs. The ``roots`` (an
+    endpoint's output) gain the engine's ``timings`` (:func:`merge_timings`).
+    """
+    return {name: _output_view(schema, name in roots, inline=False) for name, schema in defs.items()}
+
+
+def msgpack_output_schemas(defs: dict[str, Any], roots: set[str]) -> dict[str, Any]:
+    """``defs`` as msgpack sends them: bytes stay bytes; a file object's ``content`` is there
+    unless the file was stored (then ``url`` names it)."""
+    return {name: _output_view(schema, name in roots, inline=True) for name, schema in defs.items()}
+
+
+def _is_bytes(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "string" and schema.get("format") == "binary"
+
+
+def _without_bytes(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """``schema`` with its bytes branch removed; None when nothing else is left."""
+    if _is_bytes(schema):
+        return None
+    if "anyOf" in schema:
+        rest = [branch for branch in schema["anyOf"] if not _is_bytes(branch)]
+        if not rest:
+            return None
+        extra = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+        return {**extra, **rest[0]} if len(rest) == 1 else {**extra, "anyOf": rest}
+    return schema
+
+
+def _output_view(schema: dict[str, Any], root: bool, *, inline: bool) -> dict[str, Any]:
+    out = _map_bytes(schema, inline)
+    props = out.get("properties")
+    if (
+        isinstance(props, dict)
+        and "url" in props
+        and "content" in props
+        and _has_bytes(schema["properties"]["content"])
+    ):
+        # A file object: its content goes (JSON; msgpack when stored), its url is always there.
+        out["required"] = sorted({*(n for n in out.get("required", []) if n != "content"), "url"})
+        if not inline:
+            props = dict(props)
+            content = _without_bytes(schema["properties"]["content"])
+            if content is None:
+                props.pop("content")
+            else:
+                props["content"] = content  # what is left: null, when the model had no bytes to send
+            out["properties"] = props
+    if root and isinstance(props, dict) and "timings" in props:
+        out["properties"] = {**out["properties"], "timings": _merged_timings(out["properties"]["timings"])}
+    return out
+
+
+def _has_bytes(schema: Any) -> bool:
+    if _is_bytes(schema):
+        return True
+    return isinstance(schema, dict) and any(_is_bytes(branch) for branch in schema.get("anyOf", ()))
+
+
+def _map_bytes(node: Any, inline: bool) -> Any:
+    """Every bytes schema in ``node`` as sent: a data URI in JSON, itself in msgpack."""
+    if _is_bytes(node):
+        return dict(node) if inline else {**{k: v for k, v in node.items() if k != "format"}, **DATA_URI_SCHEMA}
+    if isinstance(node, dict):
+        return {k: _map_bytes(v, inline) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_bytes(v, inline) for v in node]
+    return node
+
+
+def _merged_timings(declared: dict[str, Any]) -> dict[str, Any]:
+    """An output's ``timings`` after :func:`merge_timings`: its own entries and the engine's."""
+    branches = declared.get("anyOf", [declared])
+    objects = [b for b in branches if b.get("type") == "object"]
+    base = objects[0] if objects else {"type": "object"}
+    merged = {
+        **{k: v for k, v in declared.items() if k in ("title", "description")},
+        "type": "object",
+        "properties": {**base.get("properties", {}), **FRAME_TIMINGS_SCHEMA["properties"]},
+    }
+    if base.get("required"):
+        merged["required"] = base["required"]  # the engine's keys: not in partial outputs (event streams)
+    if "additionalProperties" in base:
+        merged["additionalProperties"] = base["additionalProperties"]
+    return merged

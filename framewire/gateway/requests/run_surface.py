@@ -34,6 +34,7 @@ from framewire.gateway import http
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.requests import validation
 from framewire.gateway.requests.finaliser import OutputFinaliser
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
 from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
@@ -42,7 +43,6 @@ from framewire.gateway.state import ServerState
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
 MAX_PENDING_PARTIALS = 4
-_RESERVED_QUERY = ("fal_jwt_token",)
 
 
 class RunSurface:
@@ -77,6 +77,18 @@ class RunSurface:
         except (LookupError, ValueError):
             return None
 
+    def methods(self, path: str) -> frozenset[str]:
+        """The methods the run surface takes at ``path`` (none: no app there).
+
+        POST runs; GET runs too where every required field fits a query string."""
+        found = self._resolve(path.strip("/"))
+        if found is None:
+            return frozenset()
+        endpoint, streaming = found
+        if streaming or validation.query_fields(endpoint.input_model) is None:
+            return frozenset({"POST"})
+        return frozenset({"GET", "POST"})
+
     async def handle(self, request: Request, path: str) -> Response | None:
         """Answer a run-surface request; None when no app is at ``path`` (caller decides)."""
         path = path.strip("/")
@@ -98,11 +110,9 @@ class RunSurface:
         base = base_url(request)
         try:
             timeout_s = start_timeout_s(request)
-            if request.method == "GET":
-                data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
-            else:
-                data = http.json_body(await request.body())
-            inp = await self.prepare(principal, endpoint, data, base, surface)
+            query = request.method == "GET"
+            data: Any = dict(request.query_params) if query else http.json_body(await request.body())
+            inp = await self.prepare(principal, endpoint, data, base, surface, query=query)
         except ValidationError as exc:
             return http.validation_error(exc)
         except FetchError as exc:
@@ -118,8 +128,11 @@ class RunSurface:
             return outcome_response(timeout_outcome(exc.timeout_s))
         return await self._respond(result, inp, base)
 
-    async def prepare(self, principal: Principal, endpoint: Endpoint, data: Any, base: str, surface: str) -> BaseModel:
-        """The validated input for ``data``, with its ``*_url`` fields fetched.
+    async def prepare(
+        self, principal: Principal, endpoint: Endpoint, data: Any, base: str, surface: str, *, query: bool = False
+    ) -> BaseModel:
+        """The validated input for ``data`` (a JSON body, or with ``query`` a query string's
+        values), with its ``*_url`` fields fetched; see :mod:`framewire.gateway.requests.validation`.
 
         Raises ``ValidationError`` or :class:`FetchError` (both recorded in usage), or
         ``ValueError`` when ``data`` is not a JSON object (recorded by the caller, which
@@ -127,8 +140,13 @@ class RunSurface:
         if not isinstance(data, dict):
             raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
         app_id = endpoint.app.app_id
+        model = endpoint.input_model
         try:
-            endpoint.input_model.model_validate(data)  # fail before fetching anything
+            if query:
+                data = validation.query_values(model, data)
+                model.model_validate(data)  # fail before fetching anything
+            else:
+                validation.from_json(model, data)
             data = await self.fetcher.resolve(data, endpoint.input_model, base)
             return endpoint.input_model.model_validate(data)
         except ValidationError:
