@@ -21,6 +21,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from pydantic_core import to_jsonable_python
 
 from framewire.engine.api import FRAME_TIMINGS_SCHEMA
@@ -70,7 +71,7 @@ _JSON_LEAVES = (str, int, float, bool, type(None))
 
 
 def _scan(value: Any) -> tuple[int, int, int]:
-    """(file objects, total bytes, other non-JSON leaves) anywhere in ``value``."""
+    """(file objects, total bytes, non-JSON leaves: bytes, even empty, and others) anywhere in ``value``."""
     files = size = odd = 0
     stack = [value]
     while stack:
@@ -83,6 +84,7 @@ def _scan(value: Any) -> tuple[int, int, int]:
             stack.extend(item)
         elif isinstance(item, bytes | bytearray):
             size += len(item)
+            odd += 1
         elif not isinstance(item, _JSON_LEAVES):
             odd += 1
     return files, size, odd
@@ -126,11 +128,34 @@ class OutputFinaliser:
     async def to_json(self, output: Any, *, sync_mode: bool, base_url: str) -> Any:
         """``output`` made JSON-serialisable (see the module docstring)."""
         files, size, odd = _scan(output)
-        if files == 0 and size == 0 and odd == 0:
+        if files == 0 and odd == 0:
             return output
         if (sync_mode or files == 0) and size <= INLINE_LIMIT:
             return self.to_json_blocking(output, sync_mode=sync_mode, base_url=base_url)
         return await asyncio.to_thread(self.to_json_blocking, output, sync_mode=sync_mode, base_url=base_url)
+
+    def to_msgpack_blocking(self, output: Any, *, sync_mode: bool, base_url: str) -> Any:
+        """``output`` for a msgpack answer: bytes stay bytes, a file object keeps its content
+        inline with ``sync_mode`` and is stored (a ``url``) without; other values as in JSON."""
+
+        def leaf(value: Any) -> Any:
+            if isinstance(value, (bytes, bytearray, *_JSON_LEAVES)):
+                return value
+            return to_jsonable_python(value)
+
+        def file(obj: dict[str, Any]) -> Any:
+            return {**obj, "content": bytes(obj["content"])} if sync_mode else self._store(obj, base_url)
+
+        return _walk(output, leaf, file)
+
+    async def to_msgpack(self, output: Any, *, sync_mode: bool, base_url: str) -> bytes:
+        """:meth:`to_msgpack_blocking`, encoded; in a thread when files are stored or the output is large."""
+        files, size, _ = _scan(output)
+        if (sync_mode or files == 0) and size <= INLINE_LIMIT:
+            return _packb(self.to_msgpack_blocking(output, sync_mode=sync_mode, base_url=base_url))
+        return await asyncio.to_thread(
+            lambda: _packb(self.to_msgpack_blocking(output, sync_mode=sync_mode, base_url=base_url))
+        )
 
     @staticmethod
     def realtime_needs_storage(output: Any, sync_mode: bool | None) -> bool:
@@ -139,6 +164,11 @@ class OutputFinaliser:
     def for_realtime_blocking(self, output: Any, base_url: str) -> Any:
         """Store the file objects of a realtime output; other bytes stay inline (msgpack)."""
         return _walk(output, lambda v: v, lambda obj: self._store(obj, base_url))
+
+
+def _packb(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
 
 
 def merge_timings(output: dict[str, Any], result: Any) -> dict[str, Any]:
@@ -188,7 +218,7 @@ def _without_bytes(schema: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _output_view(schema: dict[str, Any], root: bool, *, inline: bool) -> dict[str, Any]:
-    out = _map_bytes(schema, inline)
+    out: dict[str, Any] = _map_bytes(schema, inline)
     props = out.get("properties")
     if (
         isinstance(props, dict)
@@ -228,15 +258,18 @@ def _map_bytes(node: Any, inline: bool) -> Any:
     return node
 
 
+_ENGINE_TIMINGS: dict[str, Any] = FRAME_TIMINGS_SCHEMA["properties"]
+
+
 def _merged_timings(declared: dict[str, Any]) -> dict[str, Any]:
     """An output's ``timings`` after :func:`merge_timings`: its own entries and the engine's."""
     branches = declared.get("anyOf", [declared])
     objects = [b for b in branches if b.get("type") == "object"]
-    base = objects[0] if objects else {"type": "object"}
-    merged = {
+    base: dict[str, Any] = objects[0] if objects else {"type": "object"}
+    merged: dict[str, Any] = {
         **{k: v for k, v in declared.items() if k in ("title", "description")},
         "type": "object",
-        "properties": {**base.get("properties", {}), **FRAME_TIMINGS_SCHEMA["properties"]},
+        "properties": {**base.get("properties", {}), **_ENGINE_TIMINGS},
     }
     if base.get("required"):
         merged["required"] = base["required"]  # the engine's keys: not in partial outputs (event streams)

@@ -1,7 +1,9 @@
 """The run surface (fal's ``fal.run``): sync run and SSE streaming (protocol §3, §4).
 
 - ``POST /{id}[/{path}]`` with the input JSON → the output JSON directly (``GET`` with the
-  input as query parameters also works, as fal's JS client can send it).
+  input as query parameters also works, as fal's JS client can send it, for endpoints
+  whose required fields fit a query string). With ``Accept: application/msgpack`` the
+  output is msgpack instead, its bytes inline (files too, with ``sync_mode``).
 - ``POST /{id}[/{path}]/stream`` → ``text/event-stream``: one ``data:`` JSON event per
   partial output the app reports (e.g. a preview per denoising step; when the client is
   slower than the app, older partials are dropped for newer ones), then one event with
@@ -35,7 +37,7 @@ from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.requests import validation
-from framewire.gateway.requests.finaliser import OutputFinaliser
+from framewire.gateway.requests.finaliser import OutputFinaliser, merge_timings
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
 from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
 from framewire.gateway.requests.surfaces import PING_S, Refused, admit, start_timeout_s
@@ -108,13 +110,13 @@ class RunSurface:
             return exc.response()
         started = time.perf_counter()
         base = base_url(request)
+        query = request.method == "GET"
         try:
             timeout_s = start_timeout_s(request)
-            query = request.method == "GET"
             data: Any = dict(request.query_params) if query else http.json_body(await request.body())
             inp = await self.prepare(principal, endpoint, data, base, surface, query=query)
         except ValidationError as exc:
-            return http.validation_error(exc)
+            return http.validation_error(exc, "query" if query else "body")
         except FetchError as exc:
             return http.error(422, exc.detail(), error_type=exc.error_type)
         except ValueError as exc:
@@ -126,7 +128,7 @@ class RunSurface:
             result = await self.execute(principal, endpoint, inp, surface=surface, timeout_s=timeout_s, started=started)
         except StartTimeout as exc:
             return outcome_response(timeout_outcome(exc.timeout_s))
-        return await self._respond(result, inp, base)
+        return await self._respond(result, inp, base, http.prefers_msgpack(request.headers.get("accept")))
 
     async def prepare(
         self, principal: Principal, endpoint: Endpoint, data: Any, base: str, surface: str, *, query: bool = False
@@ -182,7 +184,13 @@ class RunSurface:
         self.meter.result(principal, app_id, surface, result, started)
         return result
 
-    async def _respond(self, result: FrameResult, inp: BaseModel, base: str) -> Response:
+    async def _respond(self, result: FrameResult, inp: BaseModel, base: str, msgpack: bool) -> Response:
+        """The answer to a run; with ``msgpack`` an output is msgpack (errors stay JSON)."""
+        if msgpack and result.output is not None:
+            output = merge_timings(result.output.model_dump(), result)
+            sync_mode = bool(getattr(inp, "sync_mode", False))
+            body = await self.finaliser.to_msgpack(output, sync_mode=sync_mode, base_url=base)
+            return Response(body, media_type=http.MSGPACK)
         try:
             outcome = await run_outcome(result, inp, self.finaliser, base)
         except EngineGone as exc:
