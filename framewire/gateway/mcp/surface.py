@@ -59,7 +59,6 @@ from framewire.gateway.mcp.tools import (
 )
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.catalog import (
-    VERSION,
     DescribeError,
     cached_document,
     describe,
@@ -68,6 +67,7 @@ from framewire.gateway.platform.catalog import (
     visible_apps,
 )
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.platform.openapi import VERSION
 from framewire.gateway.requests import validation
 from framewire.gateway.requests.finaliser import OutputFinaliser, sniff_content_type
 from framewire.gateway.requests.inputs import FetchError

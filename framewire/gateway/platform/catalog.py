@@ -30,7 +30,7 @@ from framewire.gateway import http
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import workers
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
-from framewire.gateway.platform.openapi import VERSION, Surface, join, openapi_document, realtime_path, run_path
+from framewire.gateway.platform.openapi import Surface, join, openapi_document, realtime_path, run_path
 
 log = logging.getLogger("framewire.catalog")
 

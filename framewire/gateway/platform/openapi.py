@@ -479,14 +479,24 @@ class _Builder:
             "operationId": operation_id(ep, "_stream" if streaming else ""),
             "summary": summary,
             "description": _RUN_NOTE,
-            "requestBody": {"required": True, "content": _json(self.inputs[ep.input_model])},
+            "requestBody": self._request_body(ep),
             "responses": _sorted(responses),
+        }
+
+    def _request_body(self, ep: Endpoint) -> dict[str, Any]:
+        """The input as a JSON body; one may be left out when every field has a default."""
+        ref = self.inputs[ep.input_model]
+        required = bool(self.components.schemas[_name(ref)].get("required"))
+        return {
+            "required": required,
+            "description": "The input. An empty body is the empty input (every field at its default).",
+            "content": _json(ref),
         }
 
     def _get_run_operation(self, ep: Endpoint, fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
         required = set(ep.input_model.model_json_schema().get("required", ()))
         parameters = [
-            {"name": name, "in": "query", "required": name in required, "schema": schema}
+            {"name": name, "in": "query", "required": name in required, "schema": copy.deepcopy(schema)}
             for name, schema in fields.items()
         ]
         responses = {**self.responses.common(), **self.responses.starts_work(queue=False)}
@@ -628,7 +638,7 @@ class _Builder:
                 "summary": f"Queue {ep.key}",
                 "description": _SUBMIT_NOTE,
                 "parameters": _SUBMIT_PARAMETERS,
-                "requestBody": {"required": True, "content": _json(self.inputs[ep.input_model])},
+                "requestBody": self._request_body(ep),
                 "responses": _sorted(responses),
             }
             self.order.append(path)

@@ -97,9 +97,8 @@ class RealtimeEndpoint:
         self._closing: set[asyncio.Future[None]] = set()
 
     def routes(self) -> list[BaseRoute]:
-        return [WebSocketRoute(f"/{{app_path:path}}/{suffix}", self.connect) for suffix in SUFFIXES] + [
-            WebSocketRoute("/{path:path}", self.unknown)
-        ]
+        routes: list[BaseRoute] = [WebSocketRoute(f"/{{app_path:path}}/{s}", self.connect) for s in SUFFIXES]
+        return [*routes, WebSocketRoute("/{path:path}", self.unknown)]
 
     async def _refuse(self, ws: WebSocket, code: str, reason: str, close_code: int, **extra: object) -> None:
         self.metrics.sessions_refused.labels(str(code)).inc()

@@ -165,6 +165,8 @@ class SurfaceRouter:
             )
         else:
             response = await surface.handle(request, path)
+        if response is None:  # the app went away since its methods were read
+            response = http.error(404, f"Path /{path.strip('/')} not found")
         await response(scope, receive, send)
 
     def _shared_methods(self, scope: Scope) -> Response | None:

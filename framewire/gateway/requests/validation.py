@@ -24,12 +24,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic_core import InitErrorDetails, core_schema
 
 #: JSON Schema types a query string's text can stand for.
 _SCALARS = frozenset({"string", "integer", "number", "boolean"})
+#: Bytes of a GET run's query string its text fields may take together: well under the
+#: listener's limit on a request's head, which also holds the path, the other fields and headers.
+QUERY_BUDGET_BYTES = 12 * 1024
+#: The most bytes a character of a query value takes, UTF-8 (4) and percent-encoded (x3).
+_ENCODED_CHAR_BYTES = 12
 
 
 def from_json(model: type[BaseModel], data: Any) -> BaseModel:
@@ -44,9 +49,19 @@ def from_json(model: type[BaseModel], data: Any) -> BaseModel:
 def query_values(model: type[BaseModel], params: Mapping[str, str]) -> dict[str, str]:
     """A GET run's input fields in its query string (others, such as ``fal_jwt_token``, are not input).
 
-    pydantic's lax mode reads the input from them (``model.model_validate``)."""
+    pydantic's lax mode reads the input from them (``model.model_validate``). Raises
+    ``ValidationError`` for a value longer than its field's query limit (:func:`query_fields`).
+    """
     fields = query_fields(model) or {}
-    return {name: value for name, value in params.items() if name in fields}
+    values = {name: value for name, value in params.items() if name in fields}
+    errors: list[InitErrorDetails] = [
+        {"type": "string_too_long", "loc": (name,), "input": value, "ctx": {"max_length": limit}}
+        for name, value in values.items()
+        if (limit := fields[name].get("maxLength")) is not None and len(value) > limit
+    ]
+    if errors:
+        raise ValidationError.from_exception_data(model.__name__, errors)
+    return values
 
 
 def _integral_numbers(value: Any) -> Any:
@@ -87,7 +102,9 @@ def query_fields(model: type[BaseModel]) -> dict[str, dict[str, Any]] | None:
     A field can be carried when its schema has a scalar branch (string, number, integer,
     boolean, or an enum of them); ``null`` and object or list branches are left out, as text
     cannot stand for them. An endpoint with a required field that cannot be carried has no
-    GET run at all. ``$ref`` s point into ``#/components/schemas``.
+    GET run at all. Free text fields share :data:`QUERY_BUDGET_BYTES` as a ``maxLength``
+    each, so that a query string within every limit fits the listener's head limit.
+    ``$ref`` s point into ``#/components/schemas``.
     """
     document = model.model_json_schema(
         mode="validation", schema_generator=JsonInputSchema, ref_template="#/components/schemas/{model}"
@@ -102,7 +119,16 @@ def query_fields(model: type[BaseModel]) -> dict[str, dict[str, Any]] | None:
                 return None
             continue
         fields[name] = scalar
+    texts = [schema for schema in fields.values() if _is_free_text(schema)]
+    if texts:
+        limit = max(16, QUERY_BUDGET_BYTES // (_ENCODED_CHAR_BYTES * len(texts)))
+        for schema in texts:
+            schema["maxLength"] = min(schema.get("maxLength", limit), limit)
     return fields
+
+
+def _is_free_text(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "string" and "enum" not in schema
 
 
 def _scalar_branches(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
