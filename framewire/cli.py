@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from framewire.engine.api import App, AppRegistry
-from framewire.engine.config import Backend, DiffusionConfig, default_cache_dir, parse_size
+from framewire.engine.config import Backend, DiffusionConfig, LoraSpec, default_cache_dir, parse_size
 from framewire.gateway import settings as settings_mod
 from framewire.gateway.settings import Settings
 
@@ -65,13 +65,27 @@ def instantiate_app(obj: object, spec: str) -> App:
 def diffusion_configs(settings: Settings) -> dict[str, DiffusionConfig]:
     """The engine settings of each built-in diffusion app, by short name."""
     weights: dict[str, str] = {}
+    loras: dict[str, list[LoraSpec]] = {name: [] for name in DIFFUSION_APPS}
     for spec in settings.weights:
+        if spec == "random":
+            weights.update(dict.fromkeys(DIFFUSION_APPS, "random"))
+            continue
         name, _, where = spec.partition("=")
         if name not in DIFFUSION_APPS:
             raise ValueError(f"--weights {spec!r}: no diffusion app {name!r}; choose from {', '.join(DIFFUSION_APPS)}")
         weights[name] = where
+    for spec in settings.loras:
+        name, _, where = spec.partition("=")
+        if name not in DIFFUSION_APPS:
+            raise ValueError(f"--lora {spec!r}: no diffusion app {name!r}; choose from {', '.join(DIFFUSION_APPS)}")
+        try:
+            loras[name].append(LoraSpec.parse(where))
+        except ValueError as exc:
+            raise ValueError(f"--lora {exc}") from None
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
     common = {
+        "offline": settings.offline,
+        "hub_timeout_s": settings.hub_timeout_s,
         "device": settings.device,
         "backend": Backend(settings.backend),
         "dtype": settings.dtype,
@@ -80,7 +94,10 @@ def diffusion_configs(settings: Settings) -> dict[str, DiffusionConfig]:
         "batch_buckets": settings.batch_buckets,
         "warmup_sizes": tuple(parse_size(s) for s in settings.warmup_sizes) or None,
     }
-    return {name: DiffusionConfig(weights=weights.get(name), **common) for name in DIFFUSION_APPS}  # type: ignore[arg-type]
+    return {
+        name: DiffusionConfig(weights=weights.get(name), loras=tuple(loras[name]), **common)  # type: ignore[arg-type]
+        for name in DIFFUSION_APPS
+    }
 
 
 def build_registry(settings: Settings) -> AppRegistry:
@@ -297,19 +314,6 @@ def serve(settings: Settings) -> None:
         + where,
         flush=True,
     )
-    random_weights = [
-        name
-        for name, cfg in diffusion_configs(settings).items()
-        if name in settings.builtin_apps and cfg.weights is None
-    ]
-    if random_weights:
-        print(
-            f"\n  !! {', '.join(random_weights)}: no --weights given, serving TINY RANDOM weights."
-            "\n  !! Their outputs are noise. For real images: framewire pull lcm (or sdxl-turbo),"
-            "\n  !! then framewire serve --weights lcm=DIR  (see README, 'Diffusion apps').\n",
-            file=sys.stderr,
-            flush=True,
-        )
     DrainingServer(config, gateway.drain, settings.shutdown_timeout_s).run(sockets=sockets)
 
 
@@ -661,13 +665,34 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from framewire.engine import weights
 
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("framewire.engine").setLevel(logging.INFO)  # the size of each download, before it starts
     try:
-        folders = weights.pull(args.app, local_dir=Path(args.dir) if args.dir else None, tiny_vae=not args.no_tiny_vae)
-    except weights.WeightsError as exc:
+        loras = tuple(LoraSpec.parse(text) for text in args.lora or ())
+        pulled = weights.pull(
+            args.app,
+            repo=args.repo,
+            local_dir=Path(args.dir) if args.dir else None,
+            tiny_vae=not args.no_tiny_vae,
+            loras=loras,
+            timeout_s=args.hub_timeout_s,
+        )
+    except (weights.WeightsError, ValueError) as exc:
         print(f"framewire: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.app}: weights in {folders[0]}")
-    print(f"start with: framewire serve --weights {args.app}={folders[0]}")
+    for what, where in pulled:
+        print(f"{what}: {where}")
+    flags: list[str] = []
+    if args.dir:
+        flags.append(f"--weights {args.app}={pulled[0][1]}")
+    elif args.repo:
+        flags.append(f"--weights {args.app}={args.repo}")
+    if not args.no_tiny_vae:
+        flags.append("--tiny-vae")
+    for spec, (_, where) in zip(loras, pulled[len(pulled) - len(loras) :], strict=True):
+        source = str(where) if args.dir else spec.source
+        flags.append(f"--lora {args.app}={source}" + (f":{spec.scale:g}" if spec.scale != 1.0 else ""))
+    print(f"start with: framewire serve {' '.join(flags)}".rstrip())
     return 0
 
 
@@ -704,10 +729,15 @@ def parser() -> argparse.ArgumentParser:
     p_apps = sub.add_parser("apps", help="list the apps and endpoints a serve would load")
     settings_mod.add_arguments(p_apps, [o for o in settings_mod.OPTIONS if o.name in ("apps", "builtin_apps")])
     p_apps.set_defaults(func=_cmd_apps)
-    p_pull = sub.add_parser("pull", help="download an app's default real weights (needs network)")
+    p_pull = sub.add_parser("pull", help="download an app's weights ahead of time (needs the Hugging Face Hub)")
     p_pull.add_argument("app", choices=DIFFUSION_APPS)
-    p_pull.add_argument("--dir", help="download into this folder instead of the hub cache")
+    p_pull.add_argument("--repo", help="another diffusers pipeline repo OWNER/NAME instead of the app's default")
+    p_pull.add_argument(
+        "--lora", action="append", help="a LoRA to fetch too, OWNER/NAME[/FILE.safetensors][:scale] (repeatable)"
+    )
+    p_pull.add_argument("--dir", help="download into this folder instead of the Hugging Face cache")
     p_pull.add_argument("--no-tiny-vae", action="store_true", help="skip the tiny VAE (TAESD/TAESDXL)")
+    p_pull.add_argument("--hub-timeout-s", type=float, default=30.0, help="longest wait for the Hub's first answer")
     p_pull.set_defaults(func=_cmd_pull)
     p_init = sub.add_parser("init-weights", help="write random weights built from a config (outputs are noise)")
     p_init.add_argument("--arch", required=True, choices=("tiny", "tiny-sdxl", "sd15", "sdxl"))

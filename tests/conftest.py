@@ -34,10 +34,14 @@ from framewire.gateway.app import create_app
 from framewire.gateway.settings import Settings
 
 # Any accidental hub lookup fails fast, and random weights built by servers that tests start
-# go to a throwaway folder (subprocesses inherit both).
+# go to a throwaway folder (subprocesses inherit all of these). Servers run the diffusion
+# apps on tiny random weights unless a test says otherwise, and an empty Hugging Face cache
+# keeps a developer's downloaded real weights out of the tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 _CACHE_DIR = tempfile.mkdtemp(prefix="framewire-test-cache-")
 os.environ["FRAMEWIRE_CACHE_DIR"] = _CACHE_DIR
+os.environ["HF_HUB_CACHE"] = os.path.join(_CACHE_DIR, "hub")
+os.environ.setdefault("FRAMEWIRE_WEIGHTS", "random")
 atexit.register(shutil.rmtree, _CACHE_DIR, True)
 
 

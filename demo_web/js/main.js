@@ -6,6 +6,7 @@
 
 import { APPS, buildInput, findApp, formatMs, outputImage, serverTimings } from "./apps.js";
 import { KeyStore, TokenSource } from "./auth.js";
+import { entryFor, fetchCatalog, isRandom, pickDefault, randomApps, withCode } from "./catalog.js";
 import { RealtimeConnection, State, realtimeUrl } from "./connection.js";
 import { FramePump } from "./pump.js";
 import { Sketchpad } from "./sketch.js";
@@ -264,6 +265,43 @@ for (const button of $("inflight").querySelectorAll("button")) {
 // ---- apps -------------------------------------------------------------------------------
 
 const unavailable = new Set();
+/** The server's `/models` list (null until read, or when it cannot be). */
+let catalog = null;
+
+async function loadCatalog() {
+  catalog = await fetchCatalog({ key: keys.get() });
+  if (catalog) {
+    for (const entry of APPS) if (!entryFor(catalog, entry.id)) unavailable.add(entry.id);
+  }
+  renderWeightsBanner();
+}
+
+/** Apps on random weights make noise: say so at the top of the page, with each one's fix. */
+function renderWeightsBanner() {
+  const random = randomApps(catalog);
+  const banner = $("weights-banner");
+  banner.hidden = random.length === 0;
+  if (!random.length) return;
+  const ids = random.map((r) => r.id);
+  $("weights-banner-title").textContent =
+    `${ids.join(" and ")} ${ids.length === 1 ? "runs" : "run"} on tiny random weights: ` +
+    `${ids.length === 1 ? "its" : "their"} pictures are noise, not a fault of the page.`;
+  $("weights-banner-list").replaceChildren(
+    ...random.map((r) => {
+      const item = document.createElement("li");
+      const name = document.createElement("b");
+      name.textContent = r.id;
+      const why = document.createElement("span");
+      why.className = "why";
+      why.append(...withCode(r.reason ? `: ${r.reason}.` : "."));
+      const fix = document.createElement("span");
+      fix.className = "fix";
+      fix.append("Fix: ", ...withCode(r.fix || "start the server with real weights (--weights)"));
+      item.append(name, why, " ", fix);
+      return item;
+    }),
+  );
+}
 
 function renderApps() {
   const box = $("apps");
@@ -277,6 +315,7 @@ function renderApps() {
     button.setAttribute("aria-checked", String(entry.id === app.id));
     button.classList.toggle("active", entry.id === app.id);
     button.classList.toggle("unavailable", unavailable.has(entry.id));
+    button.classList.toggle("random", isRandom(catalog, entry.id));
     button.innerHTML = `<span class="radio"></span><span class="title"></span><span class="detail"></span>`;
     button.querySelector(".title").append(entry.label, Object.assign(document.createElement("span"), {
       className: "id",
@@ -297,6 +336,7 @@ function chooseApp(entry, { byUser }) {
   renderApps();
   showParams();
   $("ws-url").textContent = new URL(realtimeUrl(location.origin, entry.id)).pathname;
+  $("output-title").textContent = isRandom(catalog, entry.id) ? "Output · random weights (noise)" : "Output";
   if (switching) {
     pump.reset(); // before stats.reset: frames lost with the old app are not the new app's drops
     stats.reset();
@@ -663,6 +703,7 @@ $("key-form").addEventListener("submit", (event) => {
   renderKeyStatus();
   log("info", key ? `using API key ${key.split(":")[0]}:••••` : "API key cleared");
   connection.restart();
+  loadCatalog().then(() => renderApps()); // with auth on, /models answers only with a key
 });
 
 $("key-forget").addEventListener("click", () => {
@@ -683,5 +724,11 @@ fitPrompt();
 sketchChanged();
 clearOutput();
 if (keys.get()) renderKeyStatus();
+await loadCatalog(); // bounded: the page goes on without it
+if (!appChosen) {
+  const first = pickDefault(APPS, catalog);
+  if (first.note) log("warn", first.note);
+  app = first.app;
+}
 chooseApp(app, { byUser: false });
 renderPanel();

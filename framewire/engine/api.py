@@ -256,6 +256,25 @@ def _models_of(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]
 
 
 @dataclass(frozen=True)
+class WeightsInfo:
+    """What an app's weights are, for the people looking at the catalog and the demo page.
+
+    ``kind`` is ``"real"`` or ``"random"`` (random weights make noise: ``reason`` says why
+    they are used and ``fix`` what gives real ones). ``source`` names a Hub repo or a folder;
+    ``loras`` the LoRAs fused into the weights, ``source[:scale]``.
+    """
+
+    kind: str
+    source: str
+    reason: str = ""
+    fix: str = ""
+    loras: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "reason": self.reason, "fix": self.fix, "loras": list(self.loras)}
+
+
+@dataclass(frozen=True)
 class Degraded:
     """An input as it runs at a degradation level, and what changed (``"num_inference_steps 4→2"``)."""
 
@@ -317,6 +336,11 @@ class App:
 
     def teardown(self) -> None:
         """Release what :meth:`setup` took. Runs once when the engine stops."""
+
+    def weights_info(self) -> WeightsInfo | None:
+        """What this app's weights are, once :meth:`setup` has loaded them; None for apps
+        without model weights. Torch-free: the catalog asks for it per request."""
+        return None
 
     def batch_key(self, path: str, inp: BaseModel) -> Hashable:
         """Inputs with different keys never share a batch (e.g. a different image size).

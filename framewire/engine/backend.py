@@ -206,10 +206,10 @@ class CompileBackend(Backend):
         log.info("compile backend: %s", "CUDA graphs per bucket (reduce-overhead)" if self.graphs else "torch.compile")
 
     def _compile_ahead(self, runner: DiffusionRunner, config: DiffusionConfig) -> None:
-        from framewire.engine.aot import AotStage, model_files, prune_unused
+        from framewire.engine.aot import AotStage, prune_unused
 
         model = {
-            "files": model_files([Path(runner.folder) / "unet", runner.vae_folder]),
+            "files": runner.weights_key,  # the UNet's and VAE's files, and fused LoRAs
             "vae": type(runner.vae).__name__,
             "dtype": str(runner.dtype),
             "vae_dtype": str(runner.vae_dtype),

@@ -46,11 +46,46 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA fused into an app's weights at load: ``source`` is a local ``.safetensors`` file,
+    a folder holding one, a Hub repo ``OWNER/NAME`` or ``OWNER/NAME/FILE.safetensors``."""
+
+    source: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """``REPO_OR_PATH[:scale]``; ValueError naming the text when it does not parse."""
+        source, sep, tail = text.rpartition(":")
+        if not sep:
+            source, tail = text, ""
+        scale = 1.0
+        if tail:
+            try:
+                scale = float(tail)
+            except ValueError:
+                raise ValueError(f"{text!r}: expected REPO_OR_PATH[:scale], the scale a number such as 0.8") from None
+        if not source.strip():
+            raise ValueError(f"{text!r}: expected REPO_OR_PATH[:scale]")
+        if not -8.0 <= scale <= 8.0:
+            raise ValueError(f"{text!r}: a LoRA scale must be within -8..8")
+        return cls(source.strip(), scale)
+
+    @property
+    def lcm(self) -> bool:
+        """An LCM-LoRA (named so, as latent-consistency/lcm-lora-*): the app then samples with LCM."""
+        return "lcm" in self.source.lower()
+
+
+@dataclass(frozen=True)
 class DiffusionConfig:
     """Settings of one diffusion app instance.
 
-    ``weights`` is a local diffusers folder or a hub repo id; None means tiny random
-    weights built into ``cache_dir`` (outputs are noise). ``device`` and ``dtype`` may be
+    ``weights`` is a local diffusers folder or a Hub repo id; None means the app's real
+    default weights (from the Hugging Face cache, else downloaded; tiny random weights
+    stand in when neither works), ``"random"`` tiny random weights (outputs are noise).
+    ``offline`` never touches the network; ``hub_timeout_s`` bounds the wait for the Hub's
+    first answer. ``loras`` are fused into the weights at load. ``device`` and ``dtype`` may be
     ``"auto"`` (CUDA and float16 when a GPU is present, else CPU and float32).
     ``batch_buckets`` are the batch sizes the runner compiles and pads to; a larger batch
     is split. ``warmup_sizes`` (width, height) are run once per bucket before the app
@@ -58,6 +93,9 @@ class DiffusionConfig:
     """
 
     weights: str | None = None
+    offline: bool = False
+    hub_timeout_s: float = 10.0
+    loras: tuple[LoraSpec, ...] = ()
     device: str = "auto"
     backend: Backend = Backend.EAGER
     dtype: str = "auto"
@@ -84,6 +122,8 @@ class DiffusionConfig:
             raise ValueError("prompt_cache_size must be >= 1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
+        if self.hub_timeout_s <= 0:
+            raise ValueError("hub_timeout_s must be > 0")
 
     @property
     def max_batch(self) -> int:

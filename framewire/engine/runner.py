@@ -21,24 +21,22 @@ CUDA out-of-memory halves the batch and retries; other CUDA errors raise
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from framewire.engine import weights as weights_mod
 from framewire.engine.api import EngineError, EngineFault
 from framewire.engine.backend import build_backend
 from framewire.engine.config import Backend, DiffusionConfig
 from framewire.engine.imaging import normalise_into
+from framewire.engine.loading import Loaded, load_pipeline, weights_key
 from framewire.engine.sampler import BatchKey, Plan, Sampler
 from framewire.kernels import postprocess, runtime
 from framewire.kernels.group_norm_silu import swap_group_norm_silu
@@ -89,27 +87,6 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
 _LOAD_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence loading chatter (progress bars, notes on unused components) for one load."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-        if bars[0]:
-            diffusers_logging.enable_progress_bar()
-        if bars[1]:
-            transformers_logging.enable_progress_bar()
-
-
 class PromptCache:
     """Prompt text → embeddings on the device, least recently used dropped first."""
 
@@ -141,51 +118,55 @@ class PromptCache:
 class DiffusionRunner:
     """Loads one pipeline's components and runs batches of :class:`Sample` on them."""
 
-    def __init__(self, family: str, config: DiffusionConfig, *, app: str, scheduler: str | None = None) -> None:
+    def __init__(
+        self,
+        family: str,
+        config: DiffusionConfig,
+        *,
+        app: str,
+        scheduler: str | None = None,
+        pipeline: Any = None,
+        memory_key: str | None = None,
+    ) -> None:
+        """Load ``app``'s weights as ``config`` says, or run ``pipeline``, one built in memory
+        (``memory_key`` then names it in compiled artefacts' keys)."""
         # diffusers and transformers import their classes lazily, and two apps setting up on
         # their own threads race on those first imports: load one app at a time.
         with _LOAD_LOCK:
-            self._load(family, config, app, scheduler)
+            self._load(family, config, app, scheduler, pipeline, memory_key)
 
-    def _load(self, family: str, config: DiffusionConfig, app: str, scheduler: str | None) -> None:
-        from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline
+    def _load(
+        self,
+        family: str,
+        config: DiffusionConfig,
+        app: str,
+        scheduler: str | None,
+        pipeline: Any,
+        memory_key: str | None,
+    ) -> None:
+        from diffusers import AutoencoderKL, AutoencoderTiny
 
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # this thread's current device, for libraries that use it
-        folder, self.random_weights = weights_mod.resolve(
-            config.weights, family=family, cache_dir=Path(config.cache_dir), app=app
-        )
-        self.folder = folder
-        if self.random_weights:
-            log.warning(
-                "%s runs on RANDOM weights from %s: its outputs are noise. Give real weights with "
-                "--weights %s=DIR (see `framewire pull %s`).",
-                app,
-                folder,
-                app,
-                app,
+        if pipeline is None:
+            loaded: Loaded | None = load_pipeline(
+                family, config, app=app, scheduler=scheduler, device=self.device, dtype=self.dtype
             )
-        kwargs: dict[str, Any] = {"dtype": self.dtype}
-        if family == "sd15":
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        with _quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
-        pipe.set_progress_bar_config(disable=True)
+            pipe = loaded.pipe
+        else:  # built in memory (benchmarks): the caller chose its scheduler and VAE
+            loaded, pipe = None, pipeline
+            pipe.set_progress_bar_config(disable=True)
+        self.loaded = loaded
+        self.folder = loaded.resolved.folder if loaded is not None else None
+        self.weights_key = weights_key(loaded, memory_key)
         self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
         if self.sdxl != (family == "sdxl"):
             kind = "an SDXL" if self.sdxl else "an SD1.5-class"
-            raise ValueError(f"weights at {folder} are {kind} pipeline; {app} needs a {family} pipeline")
-        if scheduler is not None and type(pipe.scheduler).__name__ != scheduler:
-            import diffusers
-
-            pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+            raise ValueError(f"weights at {self.folder} are {kind} pipeline; {app} needs a {family} pipeline")
         self.sampler = Sampler(pipe.scheduler)
-        self.vae_folder = folder / "vae"
-        if config.tiny_vae:
-            pipe.vae = self._tiny_vae(folder, family, app)
         self.pipe = pipe
         self.unet = pipe.unet.to(self.device).eval().requires_grad_(False)
         vae = pipe.vae
@@ -225,19 +206,6 @@ class DiffusionRunner:
         self._preview_map = self._fit_preview()
 
     # -- loading -----------------------------------------------------------------------------
-
-    def _tiny_vae(self, folder: Path, family: str, app: str) -> Any:
-        from diffusers import AutoencoderTiny
-
-        local = folder / "tiny_vae"
-        source = (
-            local
-            if (local / "config.json").is_file()
-            else weights_mod.download(weights_mod.FAMILIES[family].tiny_vae_repo, app=app)
-        )
-        log.info("%s: tiny VAE from %s", app, source)
-        self.vae_folder = Path(source)
-        return AutoencoderTiny.from_pretrained(source, dtype=self.dtype)
 
     def _fuse_norms(self, backend: Backend) -> int:
         """Swap GroupNorm+SiLU pairs for the fused kernel (before any compile or capture); how many.
@@ -559,22 +527,30 @@ class DiffusionRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def warmup(self, sizes: Sequence[tuple[int, int]], *, img2img: bool = True) -> float:
-        """Run each (size, bucket) once so compiled graphs exist before serving; returns seconds."""
+    def warmup(self, sizes: Sequence[tuple[int, int]], *, img2img: bool = True, cfg: bool = False) -> float:
+        """Run every graph a request can hit once, so that none compiles while a user waits.
+
+        Per size and batch bucket: text-to-image (UNet step, VAE decoder), image-to-image
+        (the VAE encoder too) and, with ``cfg``, a guidance scale above 1 (the step with its
+        doubled, unconditional half). Every bucket with a static-shape backend or on CUDA;
+        eager on the CPU has no graphs, and one bucket warms its kernels. Returns seconds.
+        """
         started = time.perf_counter()
-        modes = ("txt2img", "img2img") if img2img else ("txt2img",)
+        passes = [("txt2img", False)]
+        if img2img:
+            passes.append(("img2img", False))
+        if cfg:
+            passes.append(("txt2img", True))
+        buckets = self.config.batch_buckets if self.backend.static_shapes or self.device.type == "cuda" else (1,)
         for width, height in sizes:
             blank = np.full((height, width, 3), 127, np.uint8)
-            for mode in modes:
-                buckets = (
-                    self.config.batch_buckets if self.backend.static_shapes or self.device.type == "cuda" else (1,)
+            for mode, guided in passes:
+                strength = 1.0 if mode == "txt2img" else 0.5
+                probe = Sample(
+                    prompt="", seed=0, steps=1, strength=strength, guidance_scale=2.0 if guided else 1.0, image=blank
                 )
+                key = BatchKey(mode, width, height, self.sampler.steps_for(1, strength, mode == "img2img"), cfg=guided)
                 for bucket in buckets:
-                    steps = 1
-                    strength = 1.0 if mode == "txt2img" else 0.5
-                    probe = Sample(prompt="", seed=0, steps=steps, strength=strength, image=blank)
-                    actual = self.sampler.steps_for(steps, strength, mode == "img2img")
-                    key = BatchKey(mode, width, height, actual)
                     self.generate(key, [probe] * bucket)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

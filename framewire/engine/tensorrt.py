@@ -129,15 +129,12 @@ class TensorRTBackend(Backend):
     # -- engines ---------------------------------------------------------------------------
 
     def _key(self, component: str, height: int, width: int) -> dict[str, Any]:
-        folder = self.runner.folder / ("unet" if component == "unet" else "vae")
-        files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.glob("*") if p.is_file())
         props = torch.cuda.get_device_properties(self.runner.device)
         import onnx
 
         return {
             "component": component,
-            "model": str(self.runner.folder.resolve()),
-            "files": files,
+            "model": self.runner.weights_key,  # the UNet's and VAE's files, and fused LoRAs
             "tiny_vae": self.config.tiny_vae,
             "dtype": str(self.runner.dtype),
             "latent": [height, width],

@@ -87,6 +87,9 @@ class Settings:
     usage_retention_s: float = 400 * 24 * 3600.0
     # engine
     weights: tuple[str, ...] = ()
+    loras: tuple[str, ...] = ()
+    offline: bool = False
+    hub_timeout_s: float = 10.0
     device: str = "auto"
     backend: str = "eager"
     dtype: str = "auto"
@@ -167,10 +170,25 @@ OPTIONS: tuple[Option, ...] = (
     # engine
     Option(
         "weights",
-        "weights of a diffusion app, APP=FOLDER or APP=OWNER/REPO (repeatable; default: tiny random weights)",
+        "weights of a diffusion app, APP=FOLDER, APP=OWNER/REPO or APP=random; `random` alone for every app "
+        "(repeatable; default: each app's real weights, from the Hugging Face cache or downloaded on first use)",
         _list,
         repeatable=True,
     ),
+    Option(
+        "loras",
+        "a LoRA fused into an app's weights at load, APP=REPO_OR_PATH[:scale] (repeatable; an LCM-LoRA, named "
+        "lcm..., makes the app sample with LCM)",
+        _list,
+        repeatable=True,
+    ),
+    Option(
+        "offline",
+        "never touch the network: weights from the Hugging Face cache or folders only; tiny random weights "
+        "stand in for missing default weights (1/0)",
+        _bool,
+    ),
+    Option("hub_timeout_s", "longest wait for the Hugging Face Hub's first answer, seconds", float),
     Option("device", "device of the diffusion apps: auto, cpu, cuda, cuda:N"),
     Option("backend", "how the models run: eager, compile (CUDA: torch.compile + graphs; CPU: AOTInductor), tensorrt"),
     Option("dtype", "model dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
@@ -201,7 +219,7 @@ OPTIONS: tuple[Option, ...] = (
 BACKENDS = ("eager", "compile", "tensorrt")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-_FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin"}
+_FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin", "loras": "lora"}
 
 
 def flag_of(option: Option) -> str:
@@ -297,8 +315,18 @@ def validate(settings: Settings) -> None:
         raise ValueError("--usage-flush-interval-s must be > 0 and --usage-retention-s >= 0")
     for spec in settings.weights:
         name, sep, where = spec.partition("=")
+        if spec != "random" and (not sep or not name or not where):
+            raise ValueError(
+                f"--weights {spec!r}: expected APP=FOLDER, APP=OWNER/REPO, APP=random or random, e.g. lcm=/models/lcm"
+            )
+    for spec in settings.loras:
+        name, sep, where = spec.partition("=")
         if not sep or not name or not where:
-            raise ValueError(f"--weights {spec!r}: expected APP=FOLDER or APP=OWNER/REPO, e.g. lcm=/models/lcm")
+            raise ValueError(
+                f"--lora {spec!r}: expected APP=REPO_OR_PATH[:scale], e.g. lcm=latent-consistency/lcm-lora-sdv1-5"
+            )
+    if settings.hub_timeout_s <= 0:
+        raise ValueError(f"--hub-timeout-s must be > 0, got {settings.hub_timeout_s}")
     if settings.backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
     if settings.dtype not in DTYPES:

@@ -6,8 +6,11 @@ the page shows. The echo app returns the sketch, so the output must mirror it.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -243,6 +246,8 @@ def test_the_page_reconnects_after_the_server_restarts(page: Page) -> None:
     # restart is refused after it, so this also covers fetching a new one.
     with serve_process(*ECHO, "--auth", "--api-key", KEY, port=port):
         page.goto(f"http://127.0.0.1:{port}/?app=framewire/echo")
+        # Refused without a key first: a key stored before this page connects would get a token of its own.
+        expect(page.locator("#conn")).to_have_attribute("data-state", "stopped")
         page.evaluate("key => sessionStorage.setItem('framewire.apiKey', key)", KEY)
         page.reload()
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")
@@ -289,3 +294,52 @@ def test_a_slow_diffusion_app_gets_every_field_and_bounded_frames_in_flight(page
         expect(page.locator("#output-meta")).to_contain_text("seed 1234")
         expect(page.locator("#server-timings")).to_contain_text("denoise")
         expect(page.locator("#log")).not_to_contain_text("VALIDATION_ERROR")
+
+
+def test_random_weights_are_explained_on_the_page_and_the_first_look_is_not_noise(
+    page: Page, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """No network and nothing cached: the diffusion apps fall back to random weights, /models
+    says so, the page puts a banner naming the fix on top and opens on echo (a mirror)."""
+    env = {k: v for k, v in os.environ.items() if k != "FRAMEWIRE_WEIGHTS"}
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens: the Hub cannot be reached
+    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=unreachable, HF_HUB_CACHE=str(tmp_path / "hub"))
+    with serve_process("--builtin-apps", "echo,lcm,sdxl-turbo", env=env) as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models") as response:
+            models = {m["id"]: m for m in json.load(response)["models"]}
+        assert models["framewire/lcm"]["weights"] == "random" and models["framewire/sdxl-turbo"]["weights"] == "random"
+        assert unreachable in models["framewire/lcm"]["weights_info"]["reason"]
+        assert "weights" not in models["framewire/echo"]
+
+        page.goto(f"http://127.0.0.1:{port}/")
+        banner = page.locator("#weights-banner")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("framewire/lcm and framewire/sdxl-turbo run on tiny random weights")
+        expect(banner).to_contain_text("SimianLuo/LCM_Dreamshaper_v7 could not be had")
+        expect(banner.locator("code", has_text="framewire pull lcm")).to_be_visible()
+        expect(banner.locator("code", has_text="framewire pull sdxl-turbo")).to_be_visible()
+        expect(page.locator(".app.active")).to_have_attribute("data-app", "framewire/echo")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        expect(page.locator("#log")).to_contain_text("showing framewire/echo first")
+        expect(page.locator('.app[data-app="framewire/lcm"]')).to_have_class(re.compile("random"))
+        save_screenshot(page, tmp_path, record_property, "demo-random-weights.png")
+
+        page.click('.app[data-app="framewire/lcm"]')
+        expect(page.locator("#output-title")).to_have_text("Output · random weights (noise)")
+        # It still runs (the noise is explained, not hidden): a 512 px frame on a busy CPU can be slow.
+        page.wait_for_function(
+            "() => Number(document.querySelector('#output-pane').dataset.frames) > 0", timeout=90_000
+        )
+
+
+def test_with_real_weights_there_is_no_banner_and_the_diffusion_app_comes_first(page: Page, tmp_path: Path) -> None:
+    from tests.engine import hub_layouts
+
+    folder = hub_layouts.write_repo("SimianLuo/LCM_Dreamshaper_v7", tmp_path / "lcm")
+    with serve_process("--builtin-apps", "echo,lcm", "--weights", f"lcm={folder}", "--warmup-sizes", "512x512") as port:
+        page.goto(f"http://127.0.0.1:{port}/")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        expect(page.locator(".app.active")).to_have_attribute("data-app", "framewire/lcm")
+        expect(page.locator("#output-title")).to_have_text("Output")
+        expect(page.locator("#weights-banner")).to_be_hidden()
+        expect(page.locator('.app[data-app="framewire/lcm"]')).not_to_have_class(re.compile("random"))

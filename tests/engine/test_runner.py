@@ -267,6 +267,111 @@ def test_the_tiny_vae_runs_image_to_image_as_the_pipeline_does(lcm_config: Any) 
         runner.close()
 
 
+def _record_graphs(runner: DiffusionRunner, monkeypatch: pytest.MonkeyPatch) -> set[tuple[Any, ...]]:
+    """Every (stage, input shape, guidance) the backend is called with: what a compiled
+    backend would trace or capture one graph for."""
+    seen: set[tuple[Any, ...]] = set()
+    backend = runner.backend
+    step, decode, encode = backend.step, backend.decode, backend.encode
+
+    def record_step(x: torch.Tensor, t: torch.Tensor, coefs: torch.Tensor, noise: torch.Tensor, cond: Any) -> Any:
+        seen.add(("step", tuple(x.shape), cond.get("neg_emb") is not None))
+        return step(x, t, coefs, noise, cond)
+
+    def record_decode(x: torch.Tensor) -> Any:
+        seen.add(("decode", tuple(x.shape)))
+        return decode(x)
+
+    def record_encode(pixels: torch.Tensor) -> Any:
+        seen.add(("encode", tuple(pixels.shape)))
+        return encode(pixels)
+
+    monkeypatch.setattr(backend, "static_shapes", True)
+    monkeypatch.setattr(backend, "step", record_step)
+    monkeypatch.setattr(backend, "decode", record_decode)
+    monkeypatch.setattr(backend, "encode", record_encode)
+    return seen
+
+
+def test_warm_up_covers_every_graph_a_request_can_hit(
+    turbo_runner: DiffusionRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each size and bucket, with and without guidance (the doubled batch), image-to-image too."""
+    seen = _record_graphs(turbo_runner, monkeypatch)
+    sizes = [(64, 64), (96, 64)]
+    turbo_runner.warmup(sizes, cfg=True)
+    warmed = set(seen)
+    seen.clear()
+    image = {size: noise_image(*size) for size in sizes}
+    for width, height in sizes:
+        for n in (1, 3, 8):
+            for guidance in (0.0, 3.0):
+                for strength in (1.0, 0.5):
+                    img2img = strength < 1
+                    steps = turbo_runner.sampler.steps_for(2, strength, img2img)
+                    key = BatchKey("img2img" if img2img else "txt2img", width, height, steps, cfg=guidance > 1)
+                    frame = Sample("cat", 1, 2, strength, guidance, image=image[(width, height)] if img2img else None)
+                    turbo_runner.generate(key, [frame] * n)
+        for n in (2, 5):  # mixed batches: image frames encoded alone, in their own bucket
+            frames = [
+                # 4 steps at strength 0.5 and 2 steps of text-to-image both take 2 UNet steps
+                Sample(
+                    "cat",
+                    i,
+                    4 if i % 2 else 2,
+                    0.5 if i % 2 else 1.0,
+                    0.0,
+                    image=image[(width, height)] if i % 2 else None,
+                )
+                for i in range(n)
+            ]
+            turbo_runner.generate(BatchKey("mixed", width, height, 2), frames)
+    assert seen and seen <= warmed, f"graphs first met by requests: {sorted(seen - warmed)}"
+    assert ("step", (8, 4, 8, 12), True) in warmed  # the widest bucket, guided, at the non-square size
+
+
+def test_sdxl_non_square_text_to_image_matches_the_diffusers_pipeline(turbo_runner: DiffusionRunner) -> None:
+    """SDXL's time ids carry (height, width): a width != height frame must match the pipeline's."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**turbo_runner.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    for width, height in ((96, 64), (64, 112)):
+        ours = turbo_runner.generate(BatchKey("txt2img", width, height, 1), [Sample("a cat", 9, 1, guidance_scale=0.0)])
+        ref = pipe(
+            "a cat",
+            num_inference_steps=1,
+            guidance_scale=0.0,
+            height=height,
+            width=width,
+            generator=torch.Generator().manual_seed(9),
+            output_type="np",
+        )
+        assert ours.shape == (1, height, width, 3)
+        assert max_diff(ours, as_uint8(ref.images)) <= 1
+
+
+def test_sdxl_time_ids_order_changes_the_output(turbo_runner: DiffusionRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison above can fail: the UNet reads the time ids, so a swapped order shows."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**turbo_runner.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        "a cat",
+        num_inference_steps=1,
+        guidance_scale=0.0,
+        height=64,
+        width=96,
+        generator=torch.Generator().manual_seed(9),
+        original_size=(96, 64),  # swapped: (width, height)
+        target_size=(96, 64),
+        output_type="np",
+    )
+    ours = turbo_runner.generate(BatchKey("txt2img", 96, 64, 1), [Sample("a cat", 9, 1, guidance_scale=0.0)])
+    assert max_diff(ours, as_uint8(ref.images)) > 1
+
+
 def _mixed_samples(steps: int) -> list[Sample]:
     return [
         Sample("a cat", 21, steps, guidance_scale=2.0),

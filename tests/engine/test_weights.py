@@ -68,11 +68,40 @@ def test_the_sd15_and_sdxl_configs_build_the_real_models(arch: str, unet_params:
     assert out.shape == (2, 4, 64, 64)
 
 
-def test_no_weights_means_tiny_random_weights_built_once_into_the_cache(tmp_path: Path) -> None:
-    folder, random = weights.resolve(None, family="sdxl", cache_dir=tmp_path)
-    again, _ = weights.resolve(None, family="sdxl", cache_dir=tmp_path)
-    assert random and folder == again and folder.is_relative_to(tmp_path)
-    assert (folder / "model_index.json").is_file() and (folder / "text_encoder_2").is_dir()
+def test_random_weights_are_built_once_into_the_cache(tmp_path: Path) -> None:
+    found = weights.resolve("random", family="sdxl", cache_dir=tmp_path, app="sdxl-turbo")
+    again = weights.resolve("random", family="sdxl", cache_dir=tmp_path)
+    assert found.random and found.folder == again.folder and found.folder.is_relative_to(tmp_path)
+    assert (found.folder / "model_index.json").is_file() and (found.folder / "text_encoder_2").is_dir()
+    assert "--weights random" in found.reason and "without --weights random" in found.fix
+
+
+def test_default_weights_unreachable_fall_back_to_random_saying_why_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    found = weights.resolve(None, family="sd15", cache_dir=tmp_path, app="lcm")
+    assert found.random and found.source == "tiny random weights"
+    assert "SimianLuo/LCM_Dreamshaper_v7" in found.reason and "HF_HUB_OFFLINE=1" in found.reason
+    assert "framewire pull lcm" in found.fix and "hf download SimianLuo/LCM_Dreamshaper_v7" in found.fix
+    offline = weights.resolve(None, family="sd15", cache_dir=tmp_path, app="lcm", offline=True)
+    assert offline.random and "--offline" in offline.reason
+
+
+def test_default_weights_in_the_cache_are_real_and_need_no_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from tests.engine import hub_layouts
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = "stabilityai/sdxl-turbo"
+    snapshot = hub_layouts.install_in_cache(hub_layouts.write_repo(repo, tmp_path / "turbo"), repo, tmp_path / "hub")
+    found = weights.resolve(None, family="sdxl", cache_dir=tmp_path, app="sdxl-turbo", offline=True)
+    assert not found.random and found.folder == snapshot and found.source == repo and found.variant == "fp16"
 
 
 def test_bad_weights_specs_fail_with_a_message_naming_the_fix(tmp_path: Path) -> None:
@@ -83,11 +112,15 @@ def test_bad_weights_specs_fail_with_a_message_naming_the_fix(tmp_path: Path) ->
         weights.resolve(str(tmp_path / "empty"), family="sd15", cache_dir=tmp_path)
 
 
-def test_a_hub_id_offline_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_named_hub_repo_offline_fails_with_what_to_do_never_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(weights.WeightsError) as info:
         weights.resolve("someone/not-downloaded", family="sd15", cache_dir=tmp_path, app="lcm")
-    assert "--weights lcm=DIR" in str(info.value) and "framewire pull lcm" in str(info.value)
+    message = str(info.value)
+    assert "--weights lcm=DIR" in message and "framewire pull lcm" in message
+    assert "hf download someone/not-downloaded" in message and "huggingface-cli" not in message
 
 
 def test_framewire_pull_offline_exits_with_a_clear_message(tmp_path: Path) -> None:
@@ -102,6 +135,42 @@ def test_framewire_pull_offline_exits_with_a_clear_message(tmp_path: Path) -> No
     )
     assert done.returncode == 2
     assert "SimianLuo/LCM_Dreamshaper_v7" in done.stderr and "--weights lcm=DIR" in done.stderr
+
+
+def test_framewire_pull_fetches_weights_tiny_vae_and_loras_then_serves_from_the_cache(tmp_path: Path) -> None:
+    """`framewire pull` against a local Hub: the plan's files, the size first, a progress bar,
+    and the start command; a second pull with the Hub gone finds everything in the cache."""
+    from tests.engine import fake_hub, hub_layouts
+
+    repos = ("stabilityai/sdxl-turbo", "madebyollin/taesdxl", "latent-consistency/lcm-lora-sdxl")
+    folders = {repo: hub_layouts.write_repo(repo, tmp_path / "src" / repo.replace("/", "--")) for repo in repos}
+    commits = {repo: hub_layouts.LISTINGS[repo]["commit"] for repo in repos}
+    cmd = [
+        sys.executable,
+        "-m",
+        "framewire.cli",
+        "pull",
+        "sdxl-turbo",
+        "--lora",
+        "latent-consistency/lcm-lora-sdxl:0.9",
+    ]
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    with fake_hub.serve(folders, commits) as (served, url):
+        done = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, env={**env, "HF_ENDPOINT": url}, timeout=180
+        )
+    assert done.returncode == 0, done.stderr
+    assert "downloading stabilityai/sdxl-turbo: 18 files" in done.stderr and "(fp16 variant)" in done.stderr
+    assert "Fetching 18 files" in done.stderr  # huggingface_hub's progress bar
+    assert {d.split("/", 2)[0] + "/" + d.split("/", 2)[1] for d in served.downloads} == set(repos)
+    assert (
+        "start with: framewire serve --tiny-vae --lora sdxl-turbo=latent-consistency/lcm-lora-sdxl:0.9" in done.stdout
+    )
+    again = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=180
+    )
+    assert again.returncode == 0, again.stderr
+    assert "downloading" not in again.stderr
 
 
 def test_framewire_init_weights_writes_a_loadable_folder(tmp_path: Path) -> None:

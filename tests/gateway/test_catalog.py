@@ -90,3 +90,26 @@ def test_openapi_of_an_app_with_a_path_and_no_realtime(client: TestClient) -> No
     for path in doc["x-fal-order-paths"]:
         assert "post" in doc["paths"][path]
     resolve(doc, doc["paths"])  # every $ref lands
+
+
+def test_models_marks_random_weights_with_the_reason_and_the_fix(tmp_path: Any) -> None:
+    from framewire.engine.apps.lcm import LcmApp
+    from framewire.engine.apps.sdxl_turbo import SdxlTurboApp
+    from framewire.engine.config import DiffusionConfig
+    from tests.engine import hub_layouts
+
+    real = hub_layouts.write_repo("stabilityai/sdxl-turbo", tmp_path / "turbo")
+    common = {"device": "cpu", "cache_dir": tmp_path, "warmup_sizes": ((64, 64),), "image_workers": 1}
+    lcm = LcmApp(DiffusionConfig(weights="random", **common))  # type: ignore[arg-type]
+    turbo = SdxlTurboApp(DiffusionConfig(weights=str(real), **common))  # type: ignore[arg-type]
+    assert lcm.weights_info() is None  # not set up: nothing to say yet
+    engine = LocalEngine(AppRegistry([EchoApp(), lcm, turbo]))
+    with TestClient(create_app(Settings(), engine)) as c:
+        models = {m["id"]: m for m in c.get("/models").json()["models"]}
+        single = c.get("/models/fal-ai/fast-lcm-diffusion").json()
+    assert "weights" not in models["framewire/echo"]
+    assert models["framewire/lcm"]["weights"] == "random" and single["weights"] == "random"
+    info = models["framewire/lcm"]["weights_info"]
+    assert "--weights random" in info["reason"] and info["fix"] and info["source"] == "tiny random weights"
+    assert models["framewire/sdxl-turbo"]["weights"] == "real"
+    assert models["framewire/sdxl-turbo"]["weights_info"] == {"source": str(real), "reason": "", "fix": "", "loras": []}

@@ -110,6 +110,8 @@ def test_engine_options_parse_and_reach_the_diffusion_apps() -> None:
     ("argv", "message"),
     [
         (["--weights", "lcm"], "APP=FOLDER"),
+        (["--lora", "latent-consistency/lcm-lora-sdv1-5"], "APP=REPO_OR_PATH"),
+        (["--hub-timeout-s", "0"], "--hub-timeout-s"),
         (["--backend", "onnx"], "--backend must be one of eager, compile, tensorrt"),
         (["--dtype", "int8"], "--dtype"),
         (["--warmup-sizes", "512"], "WIDTHxHEIGHT"),
@@ -126,3 +128,45 @@ def test_weights_for_an_unknown_app_are_refused() -> None:
 
     with pytest.raises(ValueError, match="no diffusion app 'echo'"):
         diffusion_configs(s.from_sources(parse(["--weights", "echo=/x"]), {}))
+
+
+def test_random_offline_and_loras_reach_the_diffusion_apps() -> None:
+    from framewire.cli import diffusion_configs
+    from framewire.engine.config import LoraSpec
+
+    configs = diffusion_configs(
+        s.from_sources(
+            parse(
+                [
+                    "--weights",
+                    "random",
+                    "--weights",
+                    "sdxl-turbo=stabilityai/stable-diffusion-xl-base-1.0",
+                    "--lora",
+                    "sdxl-turbo=latent-consistency/lcm-lora-sdxl",
+                    "--lora",
+                    "lcm=/loras/style.safetensors:0.6",
+                    "--offline",
+                ]
+            ),
+            {"FRAMEWIRE_HUB_TIMEOUT_S": "3"},
+        )
+    )
+    assert (
+        configs["lcm"].weights == "random"
+        and configs["sdxl-turbo"].weights == "stabilityai/stable-diffusion-xl-base-1.0"
+    )
+    assert configs["lcm"].loras == (LoraSpec("/loras/style.safetensors", 0.6),)
+    assert configs["sdxl-turbo"].loras == (LoraSpec("latent-consistency/lcm-lora-sdxl", 1.0),)
+    assert configs["sdxl-turbo"].loras[0].lcm and not configs["lcm"].loras[0].lcm
+    assert configs["lcm"].offline and configs["lcm"].hub_timeout_s == 3.0
+    assert s.from_sources({}, {"FRAMEWIRE_WEIGHTS": "random"}).weights == ("random",)
+
+
+def test_a_lora_for_an_unknown_app_or_with_a_bad_scale_is_refused() -> None:
+    from framewire.cli import diffusion_configs
+
+    with pytest.raises(ValueError, match="no diffusion app 'echo'"):
+        diffusion_configs(s.from_sources(parse(["--lora", "echo=a/b"]), {}))
+    with pytest.raises(ValueError, match="scale a number"):
+        diffusion_configs(s.from_sources(parse(["--lora", "lcm=a/b:strong"]), {}))

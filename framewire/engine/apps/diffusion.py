@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, AppError, Degraded, FileInput, FrameIdentity, Progress, Stages
+from framewire.engine.api import App, AppError, Degraded, FileInput, FrameIdentity, Progress, Stages, WeightsInfo
 from framewire.engine.config import Backend, DiffusionConfig
 from framewire.engine.media import (
     Image,
@@ -119,7 +119,7 @@ class DiffusionApp(App):
         self.runner = DiffusionRunner(self.family, self.config, app=self.app_name, scheduler=self.scheduler)
         self._lcm = self.runner.sampler.lcm
         sizes = self.config.warmup_sizes or (self.default_size,)
-        warm_s = self.runner.warmup(sizes)
+        warm_s = self.runner.warmup(sizes, cfg=self.uses_cfg)
         log.info(
             "%s ready in %.1f s (%s on %s, %s, warm-up %.1f s over %s)",
             self.app_id,
@@ -130,6 +130,17 @@ class DiffusionApp(App):
             warm_s,
             ", ".join(f"{w}x{h}" for w, h in sizes),
         )
+
+    def weights_info(self) -> WeightsInfo | None:
+        loaded = self.runner.loaded if self.runner is not None else None
+        if loaded is None:
+            return None
+        got = loaded.resolved
+        loras = tuple(f"{source}:{scale:g}" for source, scale, _ in loaded.loras)
+        reason = got.reason
+        if loaded.skipped_loras:
+            reason += f" (LoRAs not fused into random weights: {', '.join(loaded.skipped_loras)})"
+        return WeightsInfo("random" if got.random else "real", got.source, reason, got.fix, loras)
 
     def teardown(self) -> None:
         if self.runner is not None:

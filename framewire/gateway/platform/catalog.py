@@ -59,8 +59,9 @@ def describe_endpoint(app: App, endpoint: Endpoint) -> dict[str, Any]:
 
 
 def describe(app: App, registry: AppRegistry) -> dict[str, Any]:
-    """The ``/models`` entry of one app."""
-    return {
+    """The ``/models`` entry of one app; apps with model weights say which (``weights``:
+    ``real`` or ``random``, the latter with the reason and the fix in ``weights_info``)."""
+    body: dict[str, Any] = {
         "id": app.app_id,
         "title": app.title or app.app_id,
         "description": app.description,
@@ -69,6 +70,11 @@ def describe(app: App, registry: AppRegistry) -> dict[str, Any]:
         "endpoints": [describe_endpoint(app, ep) for ep in registry.endpoints_of(app).values()],
         "openapi_url": f"/models/{app.app_id}/openapi.json",
     }
+    weights = app.weights_info()
+    if weights is not None:
+        body["weights"] = weights.kind
+        body["weights_info"] = weights.to_json()
+    return body
 
 
 class DescribeError(Exception):
