@@ -31,7 +31,8 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
@@ -77,6 +78,12 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_web"
 
 #: Every table of the embedded store, in order. Other areas append their own lists.
 MIGRATIONS: tuple[Migration, ...] = (*job_store_mod.MIGRATIONS, *keys_mod.MIGRATIONS, *usage_mod.MIGRATIONS)
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (a path no route matches) in fal's error shape."""
+    assert isinstance(exc, HTTPException)
+    return http.error(exc.status_code, exc.detail, headers=exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -286,6 +293,6 @@ def create_gateway(
         lifespan=lifespan,
         # AccessLog also sets x-fal-request-id on every response that lacks one.
         middleware=[Middleware(AccessLog, on_status=metrics.count_response)],
-        exception_handlers={Exception: internal_error},
+        exception_handlers={HTTPException: http_exception, Exception: internal_error},
     )
     return Gateway(app, state, dispatcher)

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
 import contextlib
 import http.server
 import io
 import itertools
 import json
+import multiprocessing
 import re
 import threading
 import time
@@ -259,26 +261,32 @@ def check_document(
     return report
 
 
-def check_app(
+def check_apps(
     run_address: str,
     queue_address: str,
-    app_id: str,
+    app_ids: list[str],
     *,
     key: str | None = None,
-    max_examples: int = 8,
-    max_time_s: int = 30,
+    max_examples: int = 5,
+    max_time_s: int = 60,
+    processes: int = 2,
 ) -> list[Report]:
-    """Schemathesis over ``app_id``'s run and queue documents; one report each."""
+    """Schemathesis over each app's run and queue documents; one report each.
+
+    The documents are checked in ``processes`` worker processes, beside the server (which
+    may run in this one): generating cases is most of the work, and it needs a core."""
     data = sample_jpeg()
     with webhook_receiver() as webhook:
         files = _Files(upload(run_address, data, key), data, webhook)
-        return [
-            check_document(
-                f"http://{address}/models/{app_id}/openapi.json",
-                key=key,
-                files=files,
-                max_examples=max_examples,
-                max_time_s=max_time_s,
-            )
+        urls = [
+            f"http://{address}/models/{app_id}/openapi.json"
+            for app_id in app_ids
             for address in (run_address, queue_address)
         ]
+        context = multiprocessing.get_context("spawn")  # the server's threads must not be forked
+        with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+            runs = [
+                pool.submit(check_document, url, key=key, files=files, max_examples=max_examples, max_time_s=max_time_s)
+                for url in urls
+            ]
+            return [run.result() for run in runs]

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from framewire.cli import BUILTIN_APPS, load_object
+from framewire.engine.api import App
 from framewire.engine.apps.diffusion import DiffusionApp
-from framewire.engine.apps.lcm import LcmApp
-from framewire.engine.apps.sdxl_turbo import SdxlTurboApp
 from framewire.engine.sampler import BatchKey
 
 
@@ -25,6 +25,7 @@ class FlatRunner:
 
     def __init__(self, lcm: bool) -> None:
         self.sampler = SimpleNamespace(lcm=lcm)
+        self.loaded = None  # no weights: the catalog marks none
 
     def generate(
         self,
@@ -46,17 +47,22 @@ class FlatRunner:
         pass
 
 
-def _flat_setup(app: DiffusionApp) -> None:
-    app._pool = ThreadPoolExecutor(2, thread_name_prefix=f"{app.app_name}-images")
-    app.runner = FlatRunner(app.lcm_steps)  # type: ignore[assignment]
-    app._lcm = app.lcm_steps
+def flat(app_class: type[DiffusionApp]) -> type[DiffusionApp]:
+    """``app_class`` with :class:`FlatRunner` in place of its model."""
+
+    def setup(self: DiffusionApp) -> None:
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix=f"{self.app_name}-images")
+        self.runner = FlatRunner(self.lcm_steps)  # type: ignore[assignment]
+        self._lcm = self.lcm_steps
+
+    return type(f"Flat{app_class.__name__}", (app_class,), {"setup": setup, "__module__": __name__})
 
 
-class FlatLcmApp(LcmApp):
-    def setup(self) -> None:
-        _flat_setup(self)
-
-
-class FlatSdxlTurboApp(SdxlTurboApp):
-    def setup(self) -> None:
-        _flat_setup(self)
+def builtin_apps() -> list[App]:
+    """Every built-in app of ``framewire serve``, the diffusion ones on :class:`FlatRunner`."""
+    apps = []
+    for spec in BUILTIN_APPS.values():
+        app_class = load_object(spec)
+        assert isinstance(app_class, type) and issubclass(app_class, App), spec
+        apps.append(flat(app_class)() if issubclass(app_class, DiffusionApp) else app_class())
+    return apps

@@ -339,7 +339,9 @@ class QueueSurface:
 
     async def _cancel(self, job: Job) -> Response:
         result = await self.cancel(job)
-        code = {CancelResult.ALREADY_COMPLETED: 400, CancelResult.NOT_FOUND: 404}.get(result, 202)
+        if result == CancelResult.NOT_FOUND:  # purged since it was looked up
+            return http.error(404, f"Request {job.id!r} not found", status="NOT_FOUND")
+        code = 400 if result == CancelResult.ALREADY_COMPLETED else 202
         return JSONResponse({"status": _CANCEL_STATUS[result]}, status_code=code)
 
     async def cancel(self, job: Job) -> CancelResult:
