@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
@@ -248,8 +248,9 @@ def create_gateway(
         *storage.routes(),
         *mcp.routes(),
         *realtime.routes(),
-        Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
+    # Last: any other path; a shared route's path with a method it lacks is answered 405 there.
+    routes.append(Route("/{path:path}", SurfaceRouter(settings, queue, run, static, shared=tuple(routes))))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

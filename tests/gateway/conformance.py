@@ -43,7 +43,6 @@ from schemathesis.engine import events, from_schema
 from framewire.engine.api import FILE_TEXT_PATTERN
 
 _FILE_TEXT = re.compile(FILE_TEXT_PATTERN)
-DEBUG = bool(__import__("os").environ.get("CONFORMANCE_DEBUG"))
 
 
 @schemathesis.deserializer("application/msgpack")
@@ -76,6 +75,7 @@ class Report:
     phases: dict[str, float] = field(default_factory=dict)
     timed_out: bool = False
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # a failing request per operation and status
 
     def summary(self) -> str:
         return (
@@ -88,7 +88,8 @@ class Report:
     def problems(self) -> str:
         lines = [f"{count}x {text}" for text, count in self.failures.most_common()]
         statuses = "statuses: " + ", ".join(f"{code} x{n}" for code, n in sorted(self.statuses.items()))
-        return "\n".join([self.summary(), statuses, *lines, *self.errors])
+        examples = [f"  e.g. {example}" for example in self.examples.values()]
+        return "\n".join([self.summary(), statuses, *lines, *examples, *self.errors])
 
 
 def sample_jpeg(width: int = 96, height: int = 64) -> bytes:
@@ -243,10 +244,10 @@ def check_document(
                         where = f"{case.method} {case.operation.path} -> {status}"
                         message = (failure.message.splitlines() or [""])[0][:300]
                         report.failures[f"{where} [{check.name}] {failure.title}: {message}"] += 1
-                        if interaction is not None and DEBUG:
-                            report.errors.append(
-                                f"  request: {interaction.request.method} {interaction.request.uri[:300]!r} {dict(interaction.request.headers)!r:.300} body={str(interaction.request.body)[:300]}"
-                            )
+                        if interaction is not None:
+                            request = interaction.request
+                            body = (request.body or b"")[:200]
+                            report.examples.setdefault(where, f"{request.method} {request.uri[:200]} {body!r}")
         elif isinstance(event, events.NonFatalError):
             report.errors.append(f"error in {event.label}: {event.info.format()[:1000]}")
         elif isinstance(event, events.FatalError):
