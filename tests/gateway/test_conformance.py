@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from framewire.gateway.settings import Settings
-from tests.conftest import live_surfaces
+from tests.conftest import free_port, live_surfaces, serve_process
 from tests.gateway.conformance import check_apps
 from tests.gateway.flat_diffusion import builtin_apps
 
@@ -32,3 +32,19 @@ def test_every_builtin_app_document_holds_under_schemathesis(auth: bool) -> None
         assert report.operations and report.cases >= 50, report.summary()
     if auth:
         assert all(401 in report.statuses for report in reports)  # requests without the key were refused
+
+
+def test_an_app_added_with_app_gets_the_same_run() -> None:
+    queue_port = free_port()
+    with serve_process(
+        "--builtin-apps", "", "--app", "tests.gateway.shapes_app:ShapesApp",
+        "--queue-port", str(queue_port), "--private-networks",
+    ) as port:  # fmt: skip
+        reports = check_apps(f"127.0.0.1:{port}", f"127.0.0.1:{queue_port}", ["test/shapes"])
+    print("\n".join(report.problems() for report in reports))
+    problems = [report.problems() for report in reports if report.failures or report.errors or report.timed_out]
+    assert not problems, "\n\n".join(problems)
+    run, queue = reports
+    assert {"POST /test/shapes", "GET /test/shapes", "POST /test/shapes/box"} <= run.operations
+    assert "GET /test/shapes/box" not in run.operations  # a required object field: no GET run
+    assert {200, 405, 422} <= run.statuses.keys() and {200, 202, 404} <= queue.statuses.keys()

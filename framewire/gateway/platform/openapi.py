@@ -50,6 +50,7 @@ from framewire.engine.api import (
     Endpoint,
     split_app_id,
 )
+from framewire.gateway.realtime.endpoint import websocket_endpoint
 from framewire.gateway.requests import finaliser, validation
 
 VERSION = "0.1.0"
@@ -448,11 +449,12 @@ class _Builder:
             self.order.append(path)
             stream = join(path, "stream")
             self.paths.setdefault(stream, {})["post"] = self._run_operation(ep, streaming=True)
-        for ep in self.endpoints:
-            if ep.spec.realtime:
-                path = realtime_path(self.app, ep)
-                self.paths.setdefault(path, {})["get"] = self._realtime_operation(ep)
-                if path not in self.order:
+        for ep in self.endpoints:  # every endpoint takes sessions; fal's marker goes on the realtime ones
+            path = realtime_path(self.app, ep)
+            target = websocket_endpoint(self.registry, path)
+            if target is not None and "get" not in self.paths.get(path, {}):
+                self.paths.setdefault(path, {})["get"] = self._realtime_operation(target)
+                if target.spec.realtime and path not in self.order:
                     self.order.append(path)
         for ep in self.endpoints:
             path = run_path(self.app, ep)
@@ -578,14 +580,23 @@ class _Builder:
             ),
         }
         op_id = operation_id(ep, "_realtime")
-        return {
+        operation = {
             "operationId": op_id,
             "summary": f"Realtime {ep.key} (WebSocket)",
             "description": _REALTIME_NOTE,
             "tags": ["realtime"],
             "parameters": parameters,
             "responses": responses,
-            "x-fal-protocol": {
+            "x-framewire-websocket": {
+                "client": {"binary": {"contentType": MSGPACK, "schema": input_frame}},
+                "server": {
+                    "binary": {"contentType": MSGPACK, "schema": output_frame},
+                    "text": {"contentType": "application/json", "schema": {"oneOf": [error_ref, message_ref]}},
+                },
+            },
+        }
+        if ep.spec.realtime:  # as fal's SDK marks a realtime route, so tools that read fal's documents find it
+            operation["x-fal-protocol"] = {
                 "type": "realtime",
                 "operationId": op_id,
                 "config": {
@@ -595,15 +606,8 @@ class _Builder:
                 },
                 "contentType": MSGPACK,
                 "realtimeMode": "unary",
-            },
-            "x-framewire-websocket": {
-                "client": {"binary": {"contentType": MSGPACK, "schema": input_frame}},
-                "server": {
-                    "binary": {"contentType": MSGPACK, "schema": output_frame},
-                    "text": {"contentType": "application/json", "schema": {"oneOf": [error_ref, message_ref]}},
-                },
-            },
-        }
+            }
+        return operation
 
     # -- queue surface ---------------------------------------------------------------------------
 
