@@ -47,4 +47,5 @@ def test_an_app_added_with_app_gets_the_same_run() -> None:
     run, queue = reports
     assert {"POST /test/shapes", "GET /test/shapes", "POST /test/shapes/box"} <= run.operations
     assert "GET /test/shapes/box" not in run.operations  # a required object field: no GET run
-    assert {200, 405, 422} <= run.statuses.keys() and {200, 202, 404} <= queue.statuses.keys()
+    # (A queued request's status may already be COMPLETED when read, so 202 is not asked for.)
+    assert {200, 405, 422} <= run.statuses.keys() and {200, 404} <= queue.statuses.keys()
