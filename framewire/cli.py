@@ -93,6 +93,8 @@ def diffusion_configs(settings: Settings) -> dict[str, DiffusionConfig]:
         "cache_dir": cache_dir,
         "batch_buckets": settings.batch_buckets,
         "warmup_sizes": tuple(parse_size(s) for s in settings.warmup_sizes) or None,
+        "max_megapixel_steps": settings.max_megapixel_steps,
+        "max_decode_megapixels": settings.max_decode_megapixels,
     }
     return {
         name: DiffusionConfig(weights=weights.get(name), loras=tuple(loras[name]), **common)  # type: ignore[arg-type]
@@ -159,6 +161,8 @@ WORKER_INHERITED = (
     "cache_dir",
     "batch_buckets",
     "warmup_sizes",
+    "max_megapixel_steps",
+    "max_decode_megapixels",
 )
 #: Options of `framewire worker` shared with serve.
 WORKER_OPTIONS = (
@@ -275,25 +279,23 @@ def build_engine(settings: Settings, registry: AppRegistry, on_batch: Callable[[
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM (the first one drains: :mod:`framewire.gateway.drain`)."""
-    import uvicorn
-
     from framewire.gateway.app import create_gateway
     from framewire.gateway.drain import DrainingServer
+    from framewire.gateway.listener import ensure_fd_limit, server_config
     from framewire.gateway.platform.metrics import Metrics
 
+    ensure_fd_limit(settings.max_connections)
     registry = build_registry(settings)
     metrics = Metrics()  # platform: an in-process engine reports each batch to the metrics
     if not settings.workers and not settings.devices:
         configure_kernels(settings)  # workers configure their own
     engine = build_engine(settings, registry, metrics.on_batch)
     gateway = create_gateway(settings, engine, metrics=metrics)
-    config = uvicorn.Config(
+    config = server_config(
         gateway.app,
+        settings,
+        on_refused=metrics.refused,
         log_level=settings.log_level,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-        ws_per_message_deflate=False,  # ~7 ms per 100 KB JPEG frame, for no gain on JPEG
-        ws_max_size=4 * settings.max_frame_bytes,  # hard cap (close 1009); the soft cap is per frame
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         log_config=None,  # our formatter (gateway.platform.logs) handles uvicorn's loggers too
         access_log=False,  # uvicorn logs query strings (tokens); platform.logs logs requests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.server
 import os
 import shutil
 import socket
@@ -27,10 +28,12 @@ import pytest
 import uvicorn
 from pydantic import BaseModel
 
+from framewire.bench.servers import stop_process
 from framewire.engine.api import App, AppRegistry, realtime
 from framewire.engine.apps.echo import EchoApp
 from framewire.engine.host import LocalEngine
 from framewire.gateway.app import create_app
+from framewire.gateway.listener import server_config
 from framewire.gateway.settings import Settings
 
 # Any accidental hub lookup fails fast, and random weights built by servers that tests start
@@ -110,14 +113,7 @@ def live_surfaces(settings: Settings, apps: Sequence[App], *, queue: bool = True
     if settings.data_dir == Settings().data_dir:  # never the working tree's ./var
         settings = settings.with_changes(data_dir=tempfile.mkdtemp(prefix="framewire-test-"))
     app = create_app(settings, LocalEngine(AppRegistry(apps)))
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        ws_per_message_deflate=False,
-        ws_max_size=4 * settings.max_frame_bytes,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-    )
+    config = server_config(app, settings, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
@@ -131,6 +127,23 @@ def live_surfaces(settings: Settings, apps: Sequence[App], *, queue: bool = True
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class LocalHttp:
+    """A threaded HTTP server on a free loopback port for the ``with`` block; ``url`` is ``path`` on it."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], path: str = "/") -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LocalHttp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
@@ -179,9 +192,4 @@ def serve_process(*args: str, env: dict[str, str] | None = None, port: int | Non
             wait_ready(port, proc)
             yield port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)

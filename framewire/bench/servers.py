@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,14 +136,20 @@ class Server:
             )
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
+    """SIGTERM ``proc`` (a server drains on it), SIGKILL it after ``timeout_s``, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def start(config: ServerConfig, log_dir: Path, *, startup_timeout_s: float = 60.0, attempts: int = 3) -> Server:

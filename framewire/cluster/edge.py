@@ -744,6 +744,7 @@ class RemoteEngine:
             raise ValueError("tag must not be None")
         if stream.closed:
             raise EngineUnavailable("the stream is closed")
+        stream.endpoint.admit(inp)  # over a limit: refused here, before it travels to a worker
         if stream.worker is None and not self._place(stream):
             raise EngineUnavailable(f"no worker serves {stream.app_id} right now; retry shortly")
         if stream.can_send():
@@ -799,6 +800,10 @@ class RemoteEngine:
             raise EngineUnavailable("the engine is not running")
         loop = asyncio.get_running_loop()
         app_id = endpoint.app.app_id
+        try:
+            endpoint.admit(inp)  # over a limit: refused here, before it travels to a worker
+        except AppError as exc:
+            return FrameResult(None, exc, 0.0, 0.0, 0)
         deadline = None if start_timeout_s is None else loop.time() + start_timeout_s
         fields = wire.dump(inp)
         lost = 0

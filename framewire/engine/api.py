@@ -18,6 +18,7 @@ Nothing here imports torch: the gateway imports this module to validate inputs.
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ def _file_text(value: Any, handler: core_schema.ValidatorFunctionWrapHandler) ->
 #: URL, which the gateway fetches before the input reaches the engine. Any other text is
 #: refused when the input is validated, so an app never sees it.
 FileInput = Annotated[bytes | str, _FileInput()]
+
+
+_log = logging.getLogger("framewire.engine")
 
 
 class AppError(Exception):
@@ -349,6 +353,15 @@ class App:
         """
         return None
 
+    def admit(self, path: str, inp: BaseModel) -> None:
+        """Refuse an input over one of the app's limits before it is queued: raise :class:`AppError`.
+
+        Runs for every input as it arrives (cheap and torch-free), so no work is spent on
+        an input that would be refused later. The input fails alone: ``submit`` raises the
+        error, ``call`` returns it as the result's error. The default admits everything.
+        """
+        return None
+
     # -- keeping latency targets under load (all optional; cheap and torch-free) --------
 
     def degradation(self, path: str) -> tuple[str, ...]:
@@ -419,6 +432,17 @@ class Endpoint:
     @property
     def max_batch_size(self) -> int:
         return self.spec.max_batch_size
+
+    def admit(self, inp: BaseModel) -> None:
+        """The app's :meth:`App.admit` for this endpoint: AppError refuses ``inp``; any other
+        exception (a bug in the check) refuses only ``inp`` too, as an :class:`EngineError`."""
+        try:
+            self.app.admit(self.spec.path, inp)
+        except AppError:
+            raise
+        except Exception as exc:
+            _log.exception("%s failed to admit an input", self.key)
+            raise EngineError(f"{self.key} failed on this input ({type(exc).__name__}); see the server log") from None
 
     def call(self, inputs: list[BaseModel], progress: Progress = NO_PROGRESS) -> list[BaseModel | AppError]:
         """Run the handler on one batch; the result has one element per input."""

@@ -104,9 +104,11 @@ class DiffusionConfig:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
     warmup_sizes: tuple[tuple[int, int], ...] | None = None
     prompt_cache_size: int = 256
-    fetch_timeout_s: float = 5.0
-    fetch_max_bytes: int = 16 * 1024 * 1024
     jpeg_quality: int = 90
+    #: Compute budget of one input: output megapixels x denoising steps x images (x2 with guidance).
+    max_megapixel_steps: float = 64.0
+    #: Input images one batch decodes at once, in megapixels as decoded (JPEGs at reduced scale).
+    max_decode_megapixels: float = 16.0
     image_workers: int = 4
     compiler: str = "inductor"  # torch.compile's backend; tests use "aot_eager" to trace without codegen
 
@@ -122,6 +124,8 @@ class DiffusionConfig:
             raise ValueError("prompt_cache_size must be >= 1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
+        if self.max_megapixel_steps <= 0 or self.max_decode_megapixels <= 0:
+            raise ValueError("max_megapixel_steps and max_decode_megapixels must be > 0")
         if self.hub_timeout_s <= 0:
             raise ValueError("hub_timeout_s must be > 0")
 

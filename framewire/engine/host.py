@@ -668,6 +668,7 @@ class LocalEngine:
             raise EngineUnavailable("the stream is closed")
         endpoint = stream.endpoint
         worker = self._worker(endpoint)
+        endpoint.admit(inp)  # an AppError refuses this frame before it is queued
         now = time.perf_counter()
         frame = Frame(inp, None, now, stream.on_result, tag)
         with worker.cond:
@@ -708,6 +709,10 @@ class LocalEngine:
             if not future.done():
                 future.set_result(result)
 
+        try:
+            endpoint.admit(inp)
+        except AppError as exc:  # refused before queueing (e.g. over a limit): this request's error
+            return FrameResult(None, exc, 0.0, 0.0, 0)
         frame = Frame(inp, None, time.perf_counter(), resolve, on_progress=on_progress)
         planner = worker.planner
         with worker.cond:

@@ -47,11 +47,13 @@ def to_uint8(pixels: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
     return postprocess(pixels, out) if fused else postprocess_reference(pixels, out)
 
 
-def decode_image(data: bytes, width: int, height: int) -> np.ndarray:
-    """Encoded image bytes → uint8 ``[height, width, 3]``, resized (never rejected for its size).
+def decode_image(data: bytes, width: int, height: int, max_decode_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+    """Encoded image bytes → uint8 ``[height, width, 3]``, resized (never rejected for its shape).
 
     Transparent pixels become white (sketch canvases); EXIF rotation is applied.
-    Raises :class:`InputError` naming ``image_url`` when the bytes are not an image.
+    Raises :class:`InputError` naming ``image_url`` when the bytes are not an image, or
+    when decoding it would take more than ``max_decode_pixels`` (a JPEG much larger than
+    the target decodes at reduced scale and counts at that scale), before decoding.
     """
     try:
         with Image.open(io.BytesIO(data)) as opened:
@@ -62,6 +64,13 @@ def decode_image(data: bytes, width: int, height: int) -> np.ndarray:
                     field="image_url",
                 )
             img.draft("RGB", (width, height))  # JPEG: decode at a reduced scale when much larger
+            if img.width * img.height > max_decode_pixels:
+                raise InputError(
+                    f"image_url: decoding this image takes {img.width}x{img.height} pixels; the limit is "
+                    f"{max_decode_pixels / 1e6:g} megapixels (--max-decode-megapixels): send a smaller image or a JPEG",
+                    field="image_url",
+                    code="OVER_BUDGET",
+                )
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")

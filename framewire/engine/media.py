@@ -1,8 +1,8 @@
 """Image fields shared by the diffusion apps: sizes, inputs, outputs. Torch-free.
 
-Input images arrive as raw bytes (msgpack bin), a ``data:`` URI, or an http(s) URL.
-The gateway fetches URLs before they reach the engine; :func:`image_bytes` still
-fetches one as a fallback, with a short timeout and a size cap.
+Input images arrive as raw bytes (msgpack bin) or a ``data:`` URI. Clients may also send
+an http(s) URL: the gateway fetches it (public addresses only, with a timeout and a size
+cap, never on the engine's threads) and hands the engine the bytes.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -89,35 +87,33 @@ def decode_data_uri(uri: str) -> bytes:
     return urllib.parse.unquote_to_bytes(payload)
 
 
-def fetch(url: str, *, timeout_s: float, max_bytes: int) -> bytes:
-    """GET an http(s) URL, at most ``max_bytes``; InputError naming the field on failure."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise InputError(
-            f"image_url: unsupported URL scheme {scheme!r}; use http(s), a data URI or bytes", field="image_url"
-        )
-    request = urllib.request.Request(url, headers={"User-Agent": "framewire"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # the scheme was checked above
-            data: bytes = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the response body open
-        raise InputError(f"image_url: fetching the URL failed with HTTP {exc.code}", field="image_url") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise InputError(f"image_url: fetching the URL failed ({reason})", field="image_url") from None
-    if len(data) > max_bytes:
-        raise InputError(f"image_url: the image is larger than {max_bytes} bytes", field="image_url")
-    return data
+def image_bytes(value: bytes | str) -> bytes:
+    """The encoded image behind an ``image_url`` value: bytes, or a ``data:`` URI's payload.
 
-
-def image_bytes(value: bytes | str, *, timeout_s: float, max_bytes: int) -> bytes:
-    """The encoded image behind an ``image_url`` value."""
+    A URL is refused, not fetched: fetching is the gateway's, before the input is queued.
+    """
     if isinstance(value, bytes):
         return value
     if value.startswith("data:"):
         return decode_data_uri(value)
-    return fetch(value, timeout_s=timeout_s, max_bytes=max_bytes)
+    raise InputError(
+        "image_url: the engine takes bytes or a data URI; http(s) URLs are fetched by the server before the input "
+        "reaches it",
+        field="image_url",
+    )
+
+
+def decoded_pixels(head: bytes, width: int, height: int, target: tuple[int, int]) -> int:
+    """Pixels decoding a ``width`` x ``height`` image to ``target`` size costs.
+
+    A JPEG (``head`` starts like one) decodes at 1/2, 1/4 or 1/8 scale when it is that much
+    larger than the target (Pillow's ``draft``); other formats decode every pixel.
+    """
+    if head.startswith(b"\xff\xd8"):
+        ratio = min(width // max(1, target[0]), height // max(1, target[1]))
+        scale = next((s for s in (8, 4, 2) if ratio >= s), 1)
+        return -(-width // scale) * -(-height // scale)
+    return width * height
 
 
 def peek_bytes(value: bytes | str, limit: int = 1 << 16) -> bytes | None:

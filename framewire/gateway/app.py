@@ -34,12 +34,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.staticfiles import StaticFiles
 
 from framewire.engine.api import EngineClient
 from framewire.gateway import drain as drain_mod
 from framewire.gateway import http
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.db import Database, Migration
+from framewire.gateway.demo import DemoFiles
 from framewire.gateway.mcp import surface as mcp_surface
 from framewire.gateway.mcp.surface import McpSurface
 from framewire.gateway.platform import keys as keys_mod
@@ -53,6 +54,7 @@ from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.logs import AccessLog
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.origins import BrowserGuard
 from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import UsageMeter
 from framewire.gateway.realtime.endpoint import RealtimeEndpoint
@@ -154,6 +156,10 @@ def create_gateway(
     storage_secret = load_secret(data_dir / "storage.key")
     url_signer = UrlSigner(storage_secret)
 
+    # how much structure one input (frame or body) may decode to
+    budget = StructureBudget(settings.max_input_items)
+    body = http.BodyLimits(settings.max_body_bytes, settings.read_timeout_s, budget)
+
     # requests: inputs, outputs, the durable queue, webhooks
     finaliser = OutputFinaliser(files)
     fetcher = InputFetcher(
@@ -205,9 +211,12 @@ def create_gateway(
         meter,
         metrics,
         finaliser,
+        fetcher,
         state,
         allowed_origins=settings.allowed_origins,
+        allowed_hosts=("*",) if settings.auth else settings.allowed_hosts,
         max_frame_bytes=settings.max_frame_bytes,
+        budget=budget,
     )
     key_store.on_change(realtime.close_revoked_sessions)
     queue = QueueSurface(
@@ -218,12 +227,16 @@ def create_gateway(
         dispatcher,
         webhooks,
         state,
+        body,
         max_queue_length=settings.max_queue_length,
         private_networks=settings.private_networks,
     )
-    run = RunSurface(engine, auth, meter, fetcher, finaliser, state)
+    # With auth off, a GET run from another site's page is refused (origins.BrowserGuard does the rest).
+    run = RunSurface(
+        engine, auth, meter, fetcher, finaliser, state, body, None if settings.auth else settings.allowed_origins
+    )
     storage = StorageRoutes(
-        auth, files, url_signer, storage_secret, upload_url_expiration_s=settings.upload_url_expiration_s
+        auth, files, url_signer, storage_secret, body, upload_url_expiration_s=settings.upload_url_expiration_s
     )
     mcp = McpSurface(
         engine,
@@ -238,12 +251,12 @@ def create_gateway(
         max_body_bytes=mcp_surface.MAX_BODY_BYTES,
     )
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
-    static = StaticFiles(directory=demo, html=True) if (demo / "index.html").is_file() else None
+    static = DemoFiles(demo) if (demo / "index.html").is_file() else None
     routes = [
-        *HealthRoutes(engine, state, metrics, usage, jobs).routes(),
+        *HealthRoutes(engine, state, metrics, usage, jobs, lambda: db.write_error).routes(),
         *CatalogRoutes(engine, auth, functools.partial(is_queue, settings=settings)).routes(),
-        *AdminRoutes(engine, auth, key_store, usage).routes(),
-        *TokenRoutes(engine, auth).routes(),
+        *AdminRoutes(engine, auth, key_store, usage, body).routes(),
+        *TokenRoutes(engine, auth, body).routes(),
         *JwksRoutes(webhook_signer).routes(),
         *storage.routes(),
         *mcp.routes(),
@@ -293,7 +306,18 @@ def create_gateway(
         routes=routes,
         lifespan=lifespan,
         # AccessLog also sets x-fal-request-id on every response that lacks one.
-        middleware=[Middleware(AccessLog, on_status=metrics.count_response)],
+        middleware=[
+            Middleware(AccessLog, on_status=metrics.count_response),
+            *(
+                []
+                if settings.auth
+                else [
+                    Middleware(
+                        BrowserGuard, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins
+                    )
+                ]
+            ),
+        ],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
     )
     return Gateway(app, state, dispatcher)

@@ -5,9 +5,16 @@ arrive together are committed together (group commit): the thread takes everythi
 queued, runs each write in its own savepoint inside one transaction, commits once and
 only then resolves the callers. A write whose function raises is rolled back alone.
 
+A write that fails because the file cannot be written (disk full, I/O error, read-only)
+raises :class:`StoreUnwritable`, and :attr:`Database.write_error` says why for
+:data:`WRITE_ERROR_WINDOW_S` after the last such failure (small writes may still fit on a
+nearly full disk, so one success proves little): readiness reports it.
+
 Modules that own tables declare a list of :class:`Migration` and the composition root
 passes them all to :class:`Database`; a migration is applied once, in list order, and
-recorded by name in ``schema_migrations``. Durability: WAL with ``synchronous=NORMAL``
+recorded by name in ``schema_migrations``. The file holds inputs, results and key hashes:
+it and its ``-wal``/``-shm`` companions are readable by the server's user only (0600), and
+a data folder created here is 0700. Durability: WAL with ``synchronous=NORMAL``
 survives a killed process (the kernel keeps the log); a power cut may lose the last
 commits (``synchronous=FULL`` would not, at several times the cost per commit).
 """
@@ -15,7 +22,9 @@ commits (``synchronous=FULL`` would not, at several times the cost per commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -33,6 +42,8 @@ T = TypeVar("T")
 
 #: Most calls one transaction takes from the queue (bounds the time a commit holds callers).
 MAX_GROUP = 256
+#: How long after a write failed for lack of space (or I/O) the database counts as unwritable.
+WRITE_ERROR_WINDOW_S = 10.0
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -60,6 +71,16 @@ class DatabaseClosed(RuntimeError):
     pass
 
 
+class StoreUnwritable(RuntimeError):
+    """A write failed because the database cannot be written now (disk full, I/O error, read-only)."""
+
+
+def _unwritable(exc: sqlite3.Error) -> StoreUnwritable:
+    error = StoreUnwritable(f"the database cannot be written ({exc})")
+    error.__cause__ = exc
+    return error
+
+
 class Database:
     """A SQLite database used from asyncio; see the module docstring for the contract."""
 
@@ -73,6 +94,16 @@ class Database:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.commits = 0  # transactions committed (for tests and metrics)
+        self._write_error: tuple[float, str] | None = None  # (monotonic time, reason) of the last failure
+        self.write_error_window_s = WRITE_ERROR_WINDOW_S
+
+    @property
+    def write_error(self) -> str | None:
+        """Why a write failed for lack of a writable database in the last ``write_error_window_s``, or None."""
+        failed = self._write_error
+        if failed is None or time.monotonic() - failed[0] > self.write_error_window_s:
+            return None
+        return failed[1]
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -115,7 +146,17 @@ class Database:
     # -- the database thread -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # SQLite gives the -wal and -shm files the database file's mode: make that owner-only first.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)  # made by an older version, or by another umask
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -187,12 +228,19 @@ class Database:
         writes = [c for c in group if c.write]
         outcomes: list[tuple[_Call, bool, Any]] = []
         if writes:
+            unwritable: str | None = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for call in writes:
                     conn.execute("SAVEPOINT call")
                     try:
                         value = call.fn(conn)
+                    except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back: every write of it failed
+                        conn.execute("ROLLBACK TO call")
+                        unwritable = str(exc)
+                        outcomes.append((call, False, _unwritable(exc)))
                     except Exception as exc:
                         conn.execute("ROLLBACK TO call")
                         outcomes.append((call, False, exc))
@@ -205,7 +253,12 @@ class Database:
                 log.exception("SQLite transaction failed")
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                outcomes = [(call, False, exc) for call in writes]
+                unwritable = str(exc)
+                outcomes = [(call, False, _unwritable(exc)) for call in writes]
+            if unwritable is not None:
+                if self.write_error is None:
+                    log.error("the database %s cannot be written: %s", self.path, unwritable)
+                self._write_error = (time.monotonic(), unwritable)
         for call in group:
             if call.write:
                 continue

@@ -55,6 +55,13 @@ class Settings:
     max_token_expiration_s: int = 3600
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 4 * 1024 * 1024
+    # limits enforced before any work (see the README's "Security and limits")
+    max_header_bytes: int = 32 * 1024
+    read_timeout_s: float = 15.0
+    max_connections: int = 2048
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_input_items: int = 10_000
+    allowed_hosts: tuple[str, ...] = ()
     apps: tuple[str, ...] = ()
     builtin_apps: tuple[str, ...] = ("echo", "lcm", "sdxl-turbo")
     max_queue_delay_ms: float | None = None
@@ -97,6 +104,8 @@ class Settings:
     cache_dir: str | None = None
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
     warmup_sizes: tuple[str, ...] = ()
+    max_megapixel_steps: float = 64.0
+    max_decode_megapixels: float = 16.0
     # engine workers
     workers: tuple[str, ...] = ()
     devices: str | None = None
@@ -133,6 +142,20 @@ OPTIONS: tuple[Option, ...] = (
         "allowed_origins", "Origins allowed to open WebSockets ('*' for any); comma separated", _list, repeatable=True
     ),
     Option("max_frame_bytes", "largest realtime input frame accepted, bytes", int),
+    Option("max_header_bytes", "largest HTTP request head (request line and headers), bytes", int),
+    Option(
+        "read_timeout_s", "a request head must arrive within this, and a request body may pause no longer, s", float
+    ),
+    Option("max_connections", "open connections (HTTP and WebSocket) before new ones get 503", int),
+    Option("max_body_bytes", "largest JSON request body (runs, submits, tokens, keys, uploads' JSON), bytes", int),
+    Option("max_input_items", "most values (map entries, list items, scalars) one input may hold", int),
+    Option(
+        "allowed_hosts",
+        "with auth off, host names browsers may reach this server by besides localhost and IP addresses ('*' for any);"
+        " comma separated",
+        _list,
+        repeatable=True,
+    ),
     Option("apps", "extra app to load, module:object (repeatable)", _list, repeatable=True),
     Option("builtin_apps", "built-in apps to load, comma separated", _list),
     Option("max_queue_delay_ms", "override every app's batching delay, ms", float),
@@ -196,6 +219,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_dir", "folder for random weights and compile/TensorRT artefacts (default ~/.cache/framewire)"),
     Option("batch_buckets", "batch sizes to compile and pad to, comma separated", _int_list),
     Option("warmup_sizes", "image sizes to warm (and compile) before ready, WxH, comma separated", _list),
+    Option(
+        "max_megapixel_steps",
+        "compute budget of one diffusion input: output megapixels x steps x images (x2 with guidance)",
+        float,
+    ),
+    Option(
+        "max_decode_megapixels",
+        "input-image megapixels diffusion apps decode at once (also one image's most); JPEGs count at reduced scale",
+        float,
+    ),
     # engine workers
     Option(
         "workers",
@@ -219,7 +252,13 @@ OPTIONS: tuple[Option, ...] = (
 BACKENDS = ("eager", "compile", "tensorrt")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-_FLAG_NAMES = {"apps": "app", "api_keys": "api-key", "allowed_origins": "allowed-origin", "loras": "lora"}
+_FLAG_NAMES = {
+    "apps": "app",
+    "api_keys": "api-key",
+    "allowed_origins": "allowed-origin",
+    "allowed_hosts": "allowed-host",
+    "loras": "lora",
+}
 
 
 def flag_of(option: Option) -> str:
@@ -282,6 +321,12 @@ def validate(settings: Settings) -> None:
         raise ValueError("--ssl-certfile and --ssl-keyfile must be given together")
     if settings.max_frame_bytes < 1024:
         raise ValueError(f"--max-frame-bytes must be at least 1024, got {settings.max_frame_bytes}")
+    if settings.max_header_bytes < 1024:
+        raise ValueError(f"--max-header-bytes must be at least 1024, got {settings.max_header_bytes}")
+    if settings.max_body_bytes < 1024 or settings.max_input_items < 16:
+        raise ValueError("--max-body-bytes must be at least 1024 and --max-input-items at least 16")
+    if not settings.read_timeout_s > 0 or settings.max_connections < 1:
+        raise ValueError("--read-timeout-s must be > 0 and --max-connections >= 1")
     if settings.queue_port is not None and settings.queue_port == settings.port:
         raise ValueError("--queue-port must differ from --port (fal clients use the same paths on both)")
     if settings.token_secret is not None and len(settings.token_secret.encode()) < 32:
@@ -304,6 +349,8 @@ def validate(settings: Settings) -> None:
         raise ValueError("--queue-jobs-in-flight, --file-ttl-s and --webhook-retry-base-s must be >= 0")
     if settings.webhook_secret is not None and not settings.webhook_secret.startswith("whsec_"):
         raise ValueError("--webhook-secret must be a Standard Webhooks secret: whsec_ followed by base64")
+    if not (settings.max_megapixel_steps > 0 and settings.max_decode_megapixels > 0):
+        raise ValueError("--max-megapixel-steps and --max-decode-megapixels must be > 0")
     if settings.max_batch_size is not None and settings.max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be >= 1, got {settings.max_batch_size}")
     # platform (--auth with keys only in the key store is checked at start, when the store is open)

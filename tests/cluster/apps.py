@@ -7,7 +7,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, FrameIdentity, Progress, endpoint, realtime
+from framewire.engine.api import App, FrameIdentity, InputError, Progress, endpoint, realtime
 
 
 class SleepIn(BaseModel):
@@ -49,6 +49,11 @@ class SleepApp(App):
             time.sleep(delay_ms / 1000.0)
         pid = os.getpid()
         return [SleepOut(n=i.n, pid=pid, batch=batch, image_bytes=len(i.image or b"")) for i in inputs]
+
+    def admit(self, path: str, inp: BaseModel) -> None:
+        """A limit: ``sleep_ms`` over 5 s is refused when it arrives."""
+        if isinstance(inp, SleepIn) and inp.sleep_ms > 5000:
+            raise InputError("sleep_ms over 5000 is over budget (--limit)", code="OVER_BUDGET")
 
     def frame_identity(self, path: str, inp: BaseModel) -> FrameIdentity | None:
         """Equal inputs give equal outputs (but for the pid), so repeats of a frame may be skipped."""

@@ -12,7 +12,7 @@ import pytest
 from framewire.cluster import wire
 from framewire.cluster.edge import REFUSED, Partial, RemoteStream
 from framewire.cluster.wire import WorkerState
-from framewire.engine.api import AppRegistry, EngineUnavailable, FrameResult, StartTimeout
+from framewire.engine.api import AppError, AppRegistry, EngineUnavailable, FrameResult, StartTimeout
 from framewire.engine.apps.echo import EchoApp
 from tests.cluster.apps import OtherSleepApp, SleepApp, SleepIn, SleepOut
 from tests.cluster.conftest import (
@@ -51,6 +51,17 @@ async def test_frames_come_back_in_order_with_their_tags() -> None:
         assert isinstance(out, SleepOut) and out.image_bytes == 48_000
         assert results.got[0].batch_size >= 1 and results.got[0].inference_ms >= 0
         assert edge.close_stream(stream) == 0
+
+
+async def test_an_input_over_a_limit_is_refused_at_the_edge_before_reaching_a_worker() -> None:
+    async with cluster() as (edge, workers):
+        stream = edge.open_stream(_endpoint(edge), 4, Results())
+        with pytest.raises(AppError) as err:
+            edge.submit(stream, SleepIn(n=1, sleep_ms=6000), "t")
+        assert err.value.code == "OVER_BUDGET"
+        result = await edge.call(_endpoint(edge, realtime=False), SleepIn(n=2, sleep_ms=6000))
+        assert result.error is not None and result.error.code == "OVER_BUDGET" and "--limit" in result.error.reason
+        assert workers[0].apps[0].seen == []  # type: ignore[attr-defined]
 
 
 async def test_two_edges_share_batches_on_one_worker() -> None:

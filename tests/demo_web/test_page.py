@@ -55,10 +55,11 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 @pytest.fixture
 def page(context: BrowserContext) -> Iterator[Page]:
-    """A fresh tab; the test fails if the page throws an uncaught error."""
+    """A fresh tab; the test fails if the page throws an uncaught error or breaks its CSP."""
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     assert not errors, f"uncaught errors in the page: {errors}"
 
@@ -294,6 +295,24 @@ def test_a_slow_diffusion_app_gets_every_field_and_bounded_frames_in_flight(page
         expect(page.locator("#output-meta")).to_contain_text("seed 1234")
         expect(page.locator("#server-timings")).to_contain_text("denoise")
         expect(page.locator("#log")).not_to_contain_text("VALIDATION_ERROR")
+
+
+def test_the_page_has_a_content_security_policy_and_refuses_to_be_framed(page: Page, echo_server: int) -> None:
+    response = page.goto(f"http://127.0.0.1:{echo_server}/?app=framewire/echo")
+    assert response is not None
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in headers["content-security-policy"]  # the import map, by its hash
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")  # the policy lets the page work
+    framed = page.context.new_page()
+    blocked: list[str] = []
+    framed.on("console", lambda m: blocked.append(m.text) if "frame-ancestors" in m.text else None)
+    framed.set_content(f'<iframe src="http://127.0.0.1:{echo_server}/" width="400" height="300"></iframe>')
+    framed.wait_for_timeout(1000)
+    inner = framed.frames[1] if len(framed.frames) > 1 else None
+    assert inner is None or inner.query_selector("#conn") is None
+    assert blocked, "the browser did not report the refused framing"
 
 
 def test_random_weights_are_explained_on_the_page_and_the_first_look_is_not_noise(

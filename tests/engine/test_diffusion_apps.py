@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
-import http.server
 import io
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,38 +102,18 @@ def test_undecodable_image_bytes_fail_only_their_own_frame(lcm_app: LcmApp) -> N
     assert decoded(good).shape == (64, 64, 3)
 
 
-def test_images_arrive_as_bytes_data_uris_or_urls(lcm_app: LcmApp) -> None:
+def test_images_arrive_as_bytes_or_data_uris_and_urls_are_never_fetched_here(lcm_app: LcmApp) -> None:
+    """Fetching is the gateway's job, before the batch: a URL reaching the engine is refused."""
     body = jpeg(64, 64, 7)
-    handler = type(
-        "Handler",
-        (http.server.BaseHTTPRequestHandler,),
-        {
-            "do_GET": lambda self: (
-                self.send_response(200 if self.path == "/img.jpg" else 404),
-                self.end_headers(),
-                self.wfile.write(body if self.path == "/img.jpg" else b""),
-            ),
-            "log_message": lambda self, *args: None,
-        },
+    common = {"prompt": "x", "seed": 2, "num_inference_steps": 1, "image_size": {"width": 64, "height": 64}}
+    raw, uri, url = run(
+        lcm_app,
+        LcmInput(**common, image_url=body),
+        LcmInput(**common, image_url="data:image/jpeg;base64," + base64.b64encode(body).decode()),
+        LcmInput(**common, image_url="http://127.0.0.1:9/img.jpg"),
     )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        common = {"prompt": "x", "seed": 2, "num_inference_steps": 1, "image_size": {"width": 64, "height": 64}}
-        raw, uri, url, missing = run(
-            lcm_app,
-            LcmInput(**common, image_url=body),
-            LcmInput(**common, image_url="data:image/jpeg;base64," + base64.b64encode(body).decode()),
-            LcmInput(**common, image_url=f"{base}/img.jpg"),
-            LcmInput(**common, image_url=f"{base}/nope.jpg"),
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert raw.images[0].content == uri.images[0].content == url.images[0].content
-    assert isinstance(missing, AppError) and "HTTP 404" in missing.reason
+    assert raw.images[0].content == uri.images[0].content
+    assert isinstance(url, AppError) and url.field == "image_url" and "fetched by the server" in url.reason
 
 
 def test_num_images_use_consecutive_seeds_and_a_missing_seed_is_returned(lcm_app: LcmApp) -> None:

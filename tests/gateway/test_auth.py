@@ -11,9 +11,9 @@ from framewire.gateway.platform.auth import (
     Principal,
     StaticKeys,
     TokenIssuer,
-    origin_allowed,
     scope_matches,
 )
+from framewire.gateway.platform.origins import origin_allowed
 
 
 def make(enabled: bool = True) -> Authenticator:

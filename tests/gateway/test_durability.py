@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +120,57 @@ def test_a_graceful_stop_finishes_running_jobs_and_keeps_queued_ones(tmp_path: P
         proc.terminate()
         proc.communicate(timeout=15)
     assert sorted(runs(count_file).items()) == [(n, 1) for n in range(20)]  # nothing ran twice
+
+
+def test_a_full_disk_holds_finished_jobs_until_it_recovers_and_says_so(tmp_path: Path) -> None:
+    """The store cannot be written (here SQLite's page cap stands in for a full disk): the
+    finished job waits, /ready says why, submits get a clear 503; once writable, it completes."""
+    from starlette.testclient import TestClient
+
+    from framewire.engine.api import AppRegistry
+    from framewire.engine.apps.echo import EchoApp
+    from framewire.engine.host import LocalEngine
+    from framewire.gateway.app import create_gateway
+    from framewire.gateway.db import StoreUnwritable
+    from framewire.gateway.settings import Settings
+
+    gateway = create_gateway(Settings(data_dir=str(tmp_path)), LocalEngine(AppRegistry([EchoApp()])))
+    db = gateway.dispatcher.store.db  # type: ignore[attr-defined]
+    db.write_error_window_s = 1.0  # how long after the last failed write readiness stays off
+
+    def cap_pages(conn: Any) -> None:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def fill(client: TestClient) -> None:
+        """Use every free page left under the cap."""
+        while True:
+            try:
+                client.portal.call(db.write, lambda conn: conn.execute("INSERT INTO filler VALUES (zeroblob(256))"))
+            except StoreUnwritable:
+                return
+
+    with TestClient(gateway.app, headers={"host": "queue.local"}) as client:
+        client.portal.call(db.write, lambda conn: conn.execute("CREATE TABLE filler (b BLOB)"))
+        job = client.post("/framewire/echo", json={"prompt": "p" * 9_000, "delay_ms": 800}).json()
+        client.portal.call(db.write, cap_pages)
+        fill(client)  # the result (9 kB) will not fit
+        status = f"/framewire/echo/requests/{job['request_id']}/status"
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/ready")).status_code == 200:
+            assert time.monotonic() < deadline, "readiness never noticed the unwritable store"
+            time.sleep(0.05)
+        assert ready.json()["reason"] == "store_unwritable" and "full" in ready.json()["detail"]
+        assert client.get(status).json()["status"] == "IN_PROGRESS"
+        refused = client.post("/framewire/echo", json={"prompt": "q" * 9_000})
+        assert refused.status_code == 503 and refused.json()["error_type"] == "store_unavailable"
+        assert "full" in refused.json()["detail"] and refused.headers["retry-after"]
+        client.portal.call(db.write, lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+        while client.get(status).json()["status"] != "COMPLETED":
+            assert time.monotonic() < deadline + 10, "the job never completed after the store recovered"
+            time.sleep(0.1)
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline + 15, "readiness never came back"
+            time.sleep(0.1)
+        result = client.get(f"/framewire/echo/requests/{job['request_id']}").json()
+        assert result["prompt"] == "p" * 9_000

@@ -73,6 +73,25 @@ async def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     assert "u" not in tables
 
 
+async def test_the_database_files_are_readable_by_the_owner_only(tmp_path: Path) -> None:
+    """It holds inputs, results and key hashes; an older file made 0644 is tightened too."""
+    old = tmp_path / "old" / "framewire.db"
+    old.parent.mkdir()
+    sqlite3.connect(old).close()
+    old.chmod(0o644)
+    for path in (tmp_path / "new" / "framewire.db", old):
+        db = Database(path, [Migration("p_1", "CREATE TABLE p (x)")])
+        await db.open()
+        try:
+            await db.write(lambda conn: conn.execute("INSERT INTO p VALUES (1)"))
+            files = [p for p in path.parent.iterdir() if p.name.startswith("framewire.db")]
+            assert {p.name for p in files} >= {"framewire.db", "framewire.db-wal", "framewire.db-shm"}
+            assert all(p.stat().st_mode & 0o777 == 0o600 for p in files), [oct(p.stat().st_mode) for p in files]
+        finally:
+            await db.close()
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+
+
 async def test_concurrent_writes_share_commits_and_a_failing_one_rolls_back_alone(tmp_path: Path) -> None:
     db = Database(tmp_path / "g.db", [Migration("g_1", "CREATE TABLE g (x INTEGER UNIQUE)")])
     await db.open()

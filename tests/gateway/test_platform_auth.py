@@ -190,3 +190,17 @@ def test_narrowing_a_key_closes_its_sessions_of_apps_it_lost_with_4403(client: T
     with client.websocket_connect("/test/batching/realtime", headers=headers) as allowed:
         allowed.send_bytes(msgpack.packb({"n": 3}))
         assert msgpack.unpackb(allowed.receive_bytes())["n"] == 3
+
+
+def test_a_token_cannot_mint_tokens() -> None:
+    """Else a 120 s token would buy a 3600 s one, and that one another, forever."""
+    app = create_app(Settings(auth=True, api_keys=("k1:s3cret",)), LocalEngine(AppRegistry([EchoApp()])))
+    with TestClient(app) as client:
+        key = {"authorization": "Key k1:s3cret"}
+        token = client.post("/tokens/", json={"allowed_apps": ["echo"], "token_expiration": 120}, headers=key).json()
+        chained = client.post(
+            "/tokens/",
+            json={"allowed_apps": ["echo"], "token_expiration": 3600},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert chained.status_code == 403 and "API keys only" in chained.json()["detail"]

@@ -6,8 +6,11 @@ import msgpack
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import ErrorCode, ProtocolError
+
+BUDGET = StructureBudget(max_items=1000)
 
 
 def test_error_message_is_compact_json_text_as_fal_clients_expect() -> None:
@@ -34,7 +37,7 @@ def test_max_buffering_refuses_other_values_with_a_reason(raw: str) -> None:
 
 def test_decode_frame_returns_the_input_map_with_bytes_kept() -> None:
     data = msgpack.packb({"prompt": "a cat", "image_url": b"\xff\xd8jpeg"}, use_bin_type=True)
-    assert protocol.decode_frame(data) == {"prompt": "a cat", "image_url": b"\xff\xd8jpeg"}
+    assert protocol.decode_frame(data, BUDGET) == {"prompt": "a cat", "image_url": b"\xff\xd8jpeg"}
 
 
 @pytest.mark.parametrize(
@@ -49,9 +52,58 @@ def test_decode_frame_returns_the_input_map_with_bytes_kept() -> None:
 )
 def test_decode_frame_names_what_is_wrong(data: bytes, code: ErrorCode, words: str) -> None:
     with pytest.raises(ProtocolError) as err:
-        protocol.decode_frame(data)
+        protocol.decode_frame(data, BUDGET)
     assert err.value.code == code
     assert words in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("structure", "words"),
+    [
+        ([{}] * 1001, "more than 1000 items (--max-input-items)"),  # 1 byte each, ~64 bytes decoded
+        ([[1] * 500, [2] * 500], "more than 1000 items"),
+        ({str(i): None for i in range(1000)}, "more than 1000 items"),
+        ([[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]], "deeper than 32 levels"),
+    ],
+)
+def test_decode_frame_refuses_structures_over_the_budget_before_decoding(structure: object, words: str) -> None:
+    data = msgpack.packb({"request_id": structure})
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode_frame(data, BUDGET)
+    assert err.value.code == ErrorCode.FRAME_TOO_LARGE
+    assert words in err.value.reason
+
+
+def test_decode_frame_keeps_what_fits_the_budget() -> None:
+    fields = {
+        "prompt": "x" * 70_000,
+        "image_url": b"\xff" * 70_000,
+        "list": [1.5, -(2**63), 2**64 - 1, None, True, [[{"k": "v"}]]] * 50,
+        "ext": msgpack.ExtType(5, b"abc"),
+    }
+    assert protocol.decode_frame(msgpack.packb(fields), BUDGET) == fields
+
+
+def test_a_timestamp_past_year_9999_is_invalid_msgpack_not_a_crash() -> None:
+    timestamp96 = b"\xc7\x0c\xff" + (0).to_bytes(4, "big") + (2**62).to_bytes(8, "big")  # ext -1: nanoseconds, seconds
+    data = b"\x81\xa2at" + timestamp96
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode_frame(data, BUDGET)
+    assert err.value.code == ErrorCode.INVALID_MSGPACK
+
+
+@pytest.mark.parametrize("request_id", ["r1", "x" * 128, 7, -1, 2**64 - 1, None])
+def test_request_id_is_a_short_string_or_an_integer(request_id: object) -> None:
+    assert protocol.request_id_of({"request_id": request_id}) == request_id
+
+
+@pytest.mark.parametrize("request_id", ["x" * 129, [1], {"a": 1}, b"id", 1.5, True])
+def test_any_other_request_id_is_refused_without_being_echoed(request_id: object) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.request_id_of({"request_id": request_id})
+    assert err.value.code == ErrorCode.INVALID_FRAME
+    assert "request_id" not in err.value.extra
+    assert "at most 128 characters" in err.value.reason
 
 
 def test_text_frames_are_refused_and_json_is_recognised() -> None:

@@ -256,3 +256,16 @@ async def test_the_run_surface_does_not_answer_queue_paths(server: str) -> None:
     async with httpx.AsyncClient(base_url=f"http://{server}") as run:
         res = await run.get("/framewire/echo/requests/abc/status")
     assert res.status_code == 404
+
+
+async def test_a_submit_stores_only_the_fields_the_app_knows(tmp_path: Any) -> None:
+    """Unknown fields (here 1 MB of junk) never reach the durable store."""
+    import sqlite3
+
+    settings = Settings(data_dir=str(tmp_path))
+    with live_server(settings, [EchoApp()]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", headers={"host": QUEUE_HOST}, timeout=10) as c:
+            job = await submit(c, "framewire/echo", {"prompt": "kept", "junk": "j" * 1_000_000, "junk_url": "x"})
+    with sqlite3.connect(tmp_path / "framewire.db") as db:
+        (stored,) = db.execute("SELECT input FROM jobs WHERE id = ?", (job["request_id"],)).fetchone()
+    assert json.loads(stored) == {"prompt": "kept"}

@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
+from framewire.engine.api import App, InputError, endpoint
 from framewire.engine.apps.echo import EchoApp
 from framewire.gateway.settings import Settings
 from tests.conftest import live_server
@@ -189,3 +191,66 @@ async def test_an_unhandled_gateway_error_is_a_json_500_with_a_request_id() -> N
     assert fine.json() == {"value": 1.5}
     assert broken.status_code == 500 and broken.json() == {"detail": "Internal Server Error"}
     assert broken.headers["x-fal-request-id"] and broken.headers["x-fal-error-type"] == "internal_error"
+
+
+async def test_a_sync_run_whose_client_leaves_stops_and_is_metered_as_cancelled(tmp_path: Any) -> None:
+    """Nobody waits for the answer: the app is told and stops early; usage says cancelled, not ok."""
+    stepping = SteppingApp()
+    settings = Settings(data_dir=str(tmp_path), usage_flush_interval_s=0.1)
+    with live_server(settings, [stepping]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/test/stepping", json={"steps": 400, "delay_ms": 50}, timeout=0.5)  # 20 s of work
+            assert await asyncio.to_thread(stepping.stopped_early.wait, 5)
+            started = time.monotonic()
+            res = await c.post("/test/stepping", json={"steps": 1})
+            assert res.status_code == 200 and time.monotonic() - started < 3  # the app is free again
+            await asyncio.sleep(0.5)
+            usage = (await c.get("/v1/usage", params={"granularity": "total", "app": "test/stepping"})).json()
+    statuses = usage["totals"]["statuses"]
+    assert statuses == {"request_cancelled": 1, "ok": 1}, usage
+
+
+class _GuardedIn(BaseModel):
+    cost: int = 0
+
+
+class _GuardedApp(App):
+    """Refuses inputs over a budget when they arrive (``admit``), as the diffusion apps do."""
+
+    app_id = "test/guarded"
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    def admit(self, path: str, inp: BaseModel) -> None:
+        if getattr(inp, "cost", 0) > 10:
+            raise InputError("this input costs too much (--limit)", code="OVER_BUDGET")
+
+    @endpoint("/")
+    def run(self, inputs: list[_GuardedIn]) -> list[_GuardedIn]:
+        self.ran += len(inputs)
+        return inputs
+
+
+async def test_an_input_refused_on_arrival_is_its_callers_error_on_every_surface(tmp_path: Any) -> None:
+    app = _GuardedApp()
+    with live_server(Settings(data_dir=str(tmp_path)), [app]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as c:
+            run = await c.post("/test/guarded", json={"cost": 11})
+            assert run.status_code == 422 and run.json()["error_type"] == "over_budget"
+            assert "--limit" in run.json()["detail"]
+            _, events = await sse(c, "/test/guarded/stream", {"cost": 11})
+            assert events[-1][0] == "error" and events[-1][1]["error_type"] == "over_budget"
+            queue = httpx.AsyncClient(base_url=f"http://{address}", headers={"host": "queue.localhost"}, timeout=10)
+            async with queue:
+                job = (await queue.post("/test/guarded", json={"cost": 11})).json()
+                while (status := (await queue.get(local_path(job["status_url"]))).json())["status"] != "COMPLETED":
+                    await asyncio.sleep(0.05)
+                assert status["error_type"] == "over_budget"
+            assert (await c.post("/test/guarded", json={"cost": 1})).status_code == 200
+    assert app.ran == 1
+
+
+def local_path(url: str) -> str:
+    return "/" + url.split("/", 3)[3]

@@ -209,3 +209,93 @@ async def test_jwks_serves_the_webhook_key_without_auth(client: httpx.AsyncClien
     assert res.status_code == 200
     (key,) = res.json()["keys"]
     assert key["kty"] == "OKP" and key["crv"] == "Ed25519" and len(key["x"]) == 43
+
+
+# -- a signed URL is a credential for one file, and refused uploads leave nothing -----------
+
+
+@pytest.fixture
+async def keyed(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+    settings = Settings(auth=True, api_keys=(KEY,), max_upload_bytes=64 * 1024, data_dir=str(tmp_path))
+    with live_server(settings, [EchoApp()]) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as c:
+            yield c, tmp_path
+
+
+async def test_multipart_parts_count_towards_the_limit_and_a_refused_upload_is_deleted(
+    keyed: tuple[httpx.AsyncClient, Path],
+) -> None:
+    client, data_dir = keyed
+    init = (await client.post("/storage/upload/initiate-multipart", json={}, headers=KEY_HEADER)).json()
+    parts = urlsplit(init["upload_url"])
+    first = await client.put(f"{parts.path}/1?{parts.query}", content=b"a" * 40_000)
+    assert first.status_code == 200
+    assert any((data_dir / "files" / ".multipart").iterdir())
+    second = await client.put(f"{parts.path}/2?{parts.query}", content=b"b" * 40_000)  # 80 kB in all: over
+    assert second.status_code == 413 and "65536 bytes (--max-upload-bytes)" in second.json()["detail"]
+    assert not any((data_dir / "files" / ".multipart").iterdir())  # parts gone at once, not in 24 h
+    assert not any((data_dir / "files" / ".tmp").iterdir())
+    again = await client.put(f"{parts.path}/3?{parts.query}", content=b"c")
+    assert again.status_code == 404
+
+
+@pytest.mark.parametrize("content_type", ["text/html\r\nX-Injected: 1", "image/pngé", "image/png\n", "", "png"])
+async def test_content_types_a_header_cannot_carry_are_refused(
+    keyed: tuple[httpx.AsyncClient, Path], content_type: str
+) -> None:
+    client, _ = keyed
+    res = await client.post("/storage/upload/initiate", json={"content_type": content_type}, headers=KEY_HEADER)
+    assert res.status_code == 422 and res.json()["detail"][0]["loc"] == ["body", "content_type"]
+
+
+async def test_a_direct_upload_with_a_non_ascii_content_type_is_refused(keyed: tuple[httpx.AsyncClient, Path]) -> None:
+    client, _ = keyed
+    headers = [(b"authorization", f"Key {KEY}".encode()), (b"content-type", "image/pngé".encode())]
+    res = await client.post("/files/upload", content=b"x", headers=headers)
+    assert res.status_code == 400 and "Content-Type" in res.json()["detail"]
+
+
+async def test_a_signed_put_keeps_the_signed_type_and_writes_the_file_once(
+    keyed: tuple[httpx.AsyncClient, Path],
+) -> None:
+    client, _ = keyed
+    urls = (
+        await client.post("/storage/upload/initiate", json={"content_type": "image/png"}, headers=KEY_HEADER)
+    ).json()
+    put = path_of(urls["upload_url"])
+    swapped = await client.put(put, content=b"<script>", headers={"content-type": "text/html"})
+    assert swapped.status_code == 403 and "image/png" in swapped.json()["detail"]
+    first = await client.put(put, content=b"\x89PNG one", headers={"content-type": "image/png"})
+    assert first.status_code == 200
+    second = await client.put(put, content=b"\x89PNG two")
+    assert second.status_code == 409 and second.json()["error_type"] == "already_uploaded"
+    got = await client.get(path_of(urls["file_url"]))
+    assert got.content == b"\x89PNG one" and got.headers["content-type"] == "image/png"
+
+
+async def test_a_signed_url_stops_working_when_its_key_is_revoked(keyed: tuple[httpx.AsyncClient, Path]) -> None:
+    client, _ = keyed
+    created = (await client.post("/v1/keys", json={"name": "uploader"}, headers=KEY_HEADER)).json()
+    own = {"authorization": f"Key {created['key']}"}
+    urls = (await client.post("/storage/upload/initiate", json={}, headers=own)).json()
+    assert (await client.delete(f"/v1/keys/{created['id']}", headers=KEY_HEADER)).status_code == 200
+    res = await client.put(path_of(urls["upload_url"]), content=b"late")
+    assert res.status_code == 403 and "revoked" in res.json()["detail"]
+
+
+async def test_nothing_a_token_asks_for_outlives_the_token(keyed: tuple[httpx.AsyncClient, Path]) -> None:
+    client, _ = keyed
+    token = (
+        await client.post("/tokens/", json={"allowed_apps": ["echo"], "token_expiration": 60}, headers=KEY_HEADER)
+    ).json()
+    bearer = {"authorization": f"Bearer {token}"}
+    storage = (await client.post("/storage/auth/token", json={}, headers=bearer)).json()
+    expires_at = datetime.datetime.fromisoformat(storage["expires_at"])
+    assert expires_at <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=61)
+    chained = (
+        await client.post("/storage/auth/token", json={}, headers={"authorization": f"Bearer {storage['token']}"})
+    ).json()
+    assert datetime.datetime.fromisoformat(chained["expires_at"]) <= expires_at
+    urls = (await client.post("/storage/upload/initiate", json={}, headers=bearer)).json()
+    expires = int(parse_qs(urlsplit(urls["upload_url"]).query)["expires"][0])
+    assert expires <= time.time() + 61

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,13 @@ from standardwebhooks.webhooks import Webhook
 
 from framewire.gateway.requests.webhooks import retry_delay_s
 from framewire.gateway.settings import Settings
-from tests.conftest import ROOT, live_server
+from tests.conftest import ROOT, LocalHttp, live_server
 from tests.gateway.queue_apps import SteppingApp
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
-class Receiver:
+class Receiver(LocalHttp):
     """An HTTP server that answers 500 to the first ``failures`` webhooks, then 200."""
 
     def __init__(self, failures: int) -> None:
@@ -54,17 +54,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/hook")
 
 
 @pytest.fixture

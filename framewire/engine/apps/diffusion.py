@@ -21,23 +21,43 @@ batch. Under load the engine may run realtime frames degraded (:data:`LADDER`): 
 steps, then 1 step, then half the width and height. An input with a fixed ``seed`` and
 an inline image (or none) has an identity, so an unchanged frame is answered with the
 session's last output.
+
+Limits, checked when an input arrives (:meth:`DiffusionApp.admit`), before any work: an
+input may ask for at most ``max_megapixel_steps`` of compute (output megapixels x UNet
+steps x images, twice that with classifier-free guidance), and its image may cost at most
+``max_decode_megapixels`` to decode (a JPEG counts at the reduced scale it decodes at).
+Large images are decoded within that budget at any moment, however many arrive at once,
+so memory stays bounded (small ones, such as canvas frames, never wait for it). Both
+refusals are ``OVER_BUDGET`` errors naming the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, AppError, Degraded, FileInput, FrameIdentity, Progress, Stages, WeightsInfo
+from framewire.engine.api import (
+    App,
+    AppError,
+    Degraded,
+    FileInput,
+    FrameIdentity,
+    InputError,
+    Progress,
+    Stages,
+    WeightsInfo,
+)
 from framewire.engine.config import Backend, DiffusionConfig
 from framewire.engine.media import (
     Image,
@@ -45,6 +65,7 @@ from framewire.engine.media import (
     ImageSize,
     ImageSizeName,
     decode_data_uri,
+    decoded_pixels,
     fit_size,
     image_bytes,
     named_size,
@@ -108,6 +129,7 @@ class DiffusionApp(App):
         self.runner: DiffusionRunner | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lcm = self.lcm_steps
+        self._decoding = PixelBudget(int(self.config.max_decode_megapixels * 1e6))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,6 +201,43 @@ class DiffusionApp(App):
         """As :meth:`key_for`, with text- and image-to-image in one ``mixed`` mode (they share UNet calls)."""
         assert isinstance(inp, DiffusionInput)
         return _shared(self.key_for(inp))
+
+    # -- limits ----------------------------------------------------------------------------
+
+    def admit(self, path: str, inp: BaseModel) -> None:
+        """Refuse an input over the compute budget or the decode budget (see the module docstring)."""
+        assert isinstance(inp, DiffusionInput)
+        key = self.key_for(inp)
+        if key.mode != "copy":
+            cost = key.width * key.height / 1e6 * key.steps * inp.num_images * (2 if key.cfg else 1)
+            limit = self.config.max_megapixel_steps
+            if cost > limit:
+                raise InputError(
+                    f"this input needs {cost:.1f} megapixel-steps ({key.width}x{key.height} x {key.steps} steps x "
+                    f"{inp.num_images} images{' x 2 for guidance' if key.cfg else ''}); the limit is {limit:g} "
+                    "(--max-megapixel-steps): ask for a smaller image_size, fewer num_images or fewer steps",
+                    code="OVER_BUDGET",
+                )
+        if key.mode == "txt2img" or inp.image_url is None:
+            return
+        if isinstance(inp.image_url, str) and not inp.image_url.startswith("data:"):
+            image_bytes(inp.image_url)  # raises: URLs are fetched before the engine
+        pixels = self._decode_cost(inp, key)
+        if pixels is not None and pixels > self._decoding.total:
+            raise InputError(
+                f"image_url: decoding this image takes {pixels / 1e6:.1f} megapixels; the limit is "
+                f"{self._decoding.total / 1e6:g} (--max-decode-megapixels): send a smaller image or a JPEG",
+                field="image_url",
+                code="OVER_BUDGET",
+            )
+
+    def _decode_cost(self, inp: DiffusionInput, key: BatchKey) -> int | None:
+        """Pixels decoding the input image costs, from its header; None when the header does not say."""
+        head = peek_bytes(inp.image_url) if inp.image_url is not None else None
+        found = sniff_size(head) if head else None
+        if head is None or found is None:
+            return None
+        return decoded_pixels(head, *found, (key.width, key.height))
 
     # -- keeping latency targets under load ------------------------------------------------
 
@@ -376,8 +435,10 @@ class DiffusionApp(App):
         from framewire.engine.imaging import decode_image
 
         assert inp.image_url is not None
-        data = image_bytes(inp.image_url, timeout_s=self.config.fetch_timeout_s, max_bytes=self.config.fetch_max_bytes)
-        return decode_image(data, key.width, key.height)
+        data = image_bytes(inp.image_url)
+        known = self._decode_cost(inp, key)
+        with self._decoding.spend(self._decoding.total if known is None else known):  # unknown: decoded alone
+            return decode_image(data, key.width, key.height, self._decoding.total)
 
     def _previewer(
         self, inputs: list[DiffusionInput], owners: list[int], seeds: list[int], key: BatchKey, progress: Progress
@@ -448,6 +509,37 @@ def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
     resized = PILImage.fromarray(image).resize((width, height), PILImage.Resampling.BICUBIC)
     return np.asarray(resized, dtype=np.uint8)
+
+
+class PixelBudget:
+    """At most ``total`` pixels being decoded at once by large images, across the decoding threads.
+
+    Small images (at most ``total / 16``, e.g. a 1024x1024 canvas frame with the default)
+    never wait: they are cheap, and the realtime path must not queue behind a large one.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.small = total // 16
+        self._free = total
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def spend(self, pixels: int) -> Iterator[None]:
+        """Hold ``pixels`` (at most ``total``) for the block, waiting until they are free."""
+        if pixels <= self.small:
+            yield
+            return
+        pixels = min(pixels, self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= pixels)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += pixels
+                self._cond.notify_all()
 
 
 def _all_cancelled(progress: Progress, members: tuple[int, ...]) -> bool:

@@ -18,7 +18,6 @@ every key, restricted to its own usage unless it is an admin key. With auth off
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -53,11 +52,11 @@ class KeyBody(BaseModel):
     limits: LimitsBody | None = None
 
 
-async def _body(request: Request) -> KeyBody | Response:
+async def _body(request: Request, limits: http.BodyLimits) -> KeyBody | Response:
     try:
-        data = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        return http.error(400, f"body is not valid JSON ({exc})")
+        data = await http.read_json(request, limits)
+    except http.BodyError as exc:
+        return exc.response()
     try:
         return KeyBody.model_validate(data)
     except ValidationError as exc:
@@ -71,8 +70,11 @@ def _not_found(key_id: str) -> Response:
 class AdminRoutes:
     """``/v1/keys`` and ``/v1/usage``; see the module docstring."""
 
-    def __init__(self, engine: EngineClient, auth: Authenticator, keys: KeyStore, usage: UsageMeter) -> None:
+    def __init__(
+        self, engine: EngineClient, auth: Authenticator, keys: KeyStore, usage: UsageMeter, body: http.BodyLimits
+    ) -> None:
         self.engine = engine
+        self.body = body
         self.auth = auth
         self.keys = keys
         self.usage = usage
@@ -109,7 +111,7 @@ class AdminRoutes:
         caller = self._caller(request, admin=True)
         if isinstance(caller, Response):
             return caller
-        body = await _body(request)
+        body = await _body(request, self.body)
         if isinstance(body, Response):
             return body
         unknown = self._unknown_apps(body.apps)
@@ -140,7 +142,7 @@ class AdminRoutes:
         elif request.method == "DELETE":
             record = await self.keys.revoke(key_id)
         else:
-            body = await _body(request)
+            body = await _body(request, self.body)
             if isinstance(body, Response):
                 return body
             unknown = self._unknown_apps(body.apps)

@@ -1,4 +1,4 @@
-"""Who is calling: API keys, short-lived realtime tokens, WebSocket origins.
+"""Who is calling: API keys and short-lived realtime tokens (browser origins: :mod:`.origins`).
 
 Keys arrive as ``Authorization: Key <id>:<secret>``. Browsers cannot set headers on a
 WebSocket, so they first trade a key for a short-lived token at ``POST /tokens/`` and
@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import jwt
 
@@ -65,6 +64,8 @@ class Principal:
 
     A token's principal carries the token's scope in ``apps`` and, in ``key_apps``, the
     scope its key has now: both must allow an app (a token only ever narrows its key).
+    ``expires_at`` (unix seconds) is when the token expires (None for a key): nothing
+    issued to a token may outlive it.
     """
 
     key_id: str
@@ -72,6 +73,7 @@ class Principal:
     admin: bool = False
     limits: Limits = NO_LIMITS
     key_apps: frozenset[str] | None = None
+    expires_at: int | None = None
 
     def may_use(self, names: Iterable[str]) -> bool:
         names = list(names)
@@ -229,22 +231,10 @@ class Authenticator:
         key = self.subject(claims.subject)
         if key is None:
             raise AuthError(401, "the key this token was issued for has been revoked")
-        return Principal(claims.subject, claims.apps, admin=False, limits=key.limits, key_apps=key.apps)
+        return Principal(
+            claims.subject, claims.apps, admin=False, limits=key.limits, key_apps=key.apps, expires_at=claims.expires_at
+        )
 
     def check_app(self, principal: Principal, app_names: Sequence[str]) -> None:
         if not principal.may_use(app_names):
             raise AuthError(403, f"credentials are not valid for {app_names[0]!r}")
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
-    """The WebSocket Origin check.
-
-    No Origin header (non-browser clients) is allowed. A browser's Origin is allowed
-    when it is the server's own host, when ``allowed`` holds ``*``, or when it is listed.
-    """
-    if origin is None:
-        return True
-    if "*" in allowed or origin in allowed:
-        return True
-    netloc = urlsplit(origin).netloc
-    return bool(host) and netloc == host

@@ -1,9 +1,10 @@
 """Probes and the metrics scrape: ``GET /health``, ``GET /ready``, ``GET /metrics``.
 
 None of them needs a key. ``/health`` says the process answers (the event loop is not
-stuck); ``/ready`` says every app is set up and warm and the server is not draining (503
-with ``Retry-After`` and a ``reason`` otherwise; with engine workers it also lists each
-worker and the apps no ready worker serves); ``/metrics`` is the Prometheus text
+stuck); ``/ready`` says every app is set up and warm, the server is not draining and its store
+can be written (503 with ``Retry-After`` and a ``reason`` otherwise: ``engine_starting``,
+``no_worker``, ``draining``, ``store_unwritable`` with ``detail``; with engine workers it
+also lists each worker and the apps no ready worker serves); ``/metrics`` is the Prometheus text
 format (see :mod:`framewire.gateway.platform.metrics`), with the gauges that are read at
 scrape time (readiness, draining, queue depths, pending usage) brought up to date first.
 """
@@ -11,6 +12,7 @@ scrape time (readiness, draining, queue depths, pending usage) brought up to dat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,8 +31,15 @@ class HealthRoutes:
     """Liveness, readiness and the metrics scrape; see the module docstring."""
 
     def __init__(
-        self, engine: EngineClient, state: ServerState, metrics: Metrics, usage: UsageMeter, jobs: JobStore
+        self,
+        engine: EngineClient,
+        state: ServerState,
+        metrics: Metrics,
+        usage: UsageMeter,
+        jobs: JobStore,
+        store_error: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.store_error = store_error
         self.engine = engine
         self.state = state
         self.metrics = metrics
@@ -49,10 +58,16 @@ class HealthRoutes:
 
     async def ready(self, request: Request) -> JSONResponse:
         extra = workers.readiness(self.engine)  # with engine workers: each worker, and apps none serves
-        if self.engine.ready and not self.state.draining:
+        store_error = self.store_error()
+        if self.engine.ready and not self.state.draining and store_error is None:
             return JSONResponse({"ready": True, **extra})
-        reason = "draining" if self.state.draining else "no_worker" if extra.get("unserved_apps") else "engine_starting"
-        body = {"ready": False, "reason": reason, **extra}
+        body: dict[str, object] = {"ready": False, **extra}
+        if self.state.draining:
+            body["reason"] = "draining"
+        elif not self.engine.ready:
+            body["reason"] = "no_worker" if extra.get("unserved_apps") else "engine_starting"
+        else:
+            body.update(reason="store_unwritable", detail=store_error)
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     async def scrape(self, request: Request) -> Response:

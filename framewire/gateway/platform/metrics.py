@@ -26,6 +26,7 @@ public.
 | ``framewire_request_duration_seconds`` | histogram | app, surface (realtime: frame in → output out) |
 | ``framewire_rate_limited_total`` | counter | kind (requests, frames, sessions) |
 | ``framewire_http_responses_total`` | counter | status (HTTP status code) |
+| ``framewire_limits_refused_total`` | counter | limit (header_too_large, uri_too_long, header_timeout, idle, ...) |
 | ``framewire_engine_batches_total`` | counter | endpoint, outcome (ok, failed) |
 | ``framewire_engine_batch_size`` | histogram | endpoint |
 | ``framewire_engine_inference_seconds`` | histogram | endpoint (one observation per batch) |
@@ -138,6 +139,12 @@ class Metrics:
         self.http_responses = Counter(
             "framewire_http_responses_total", "HTTP responses by status code", ["status"], registry=r
         )
+        self.limits_refused = Counter(
+            "framewire_limits_refused_total",
+            "Connections the listener refused or closed for a limit (request head size or deadline, connection cap)",
+            ["limit"],
+            registry=r,
+        )
         self.batches = Counter(
             "framewire_engine_batches_total", "Engine batches run", ["endpoint", "outcome"], registry=r
         )
@@ -192,6 +199,10 @@ class Metrics:
         if child is None:
             child = self._responses[status] = self.http_responses.labels(str(status))
         child.inc()
+
+    def refused(self, limit: str) -> None:
+        """One connection the listener refused or closed (``limit`` names which limit)."""
+        self.limits_refused.labels(limit).inc()
 
     def set_queue_depths(self, lengths: dict[str, int], apps: list[str]) -> None:
         """Queue depth per app; apps with nothing queued read 0 rather than vanish."""

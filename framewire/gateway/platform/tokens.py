@@ -6,14 +6,13 @@ send it; the answer is the token as a bare JSON string.
 
 from __future__ import annotations
 
-import json
-
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from framewire.engine.api import EngineClient
+from framewire.gateway import http
 from framewire.gateway.platform.auth import Authenticator, AuthError, scope_matches
 from framewire.gateway.realtime import protocol
 
@@ -26,9 +25,10 @@ class TokenRequest(BaseModel):
 class TokenRoutes:
     """``POST /tokens/`` (and ``/tokens``); see the module docstring."""
 
-    def __init__(self, engine: EngineClient, auth: Authenticator) -> None:
+    def __init__(self, engine: EngineClient, auth: Authenticator, body: http.BodyLimits) -> None:
         self.engine = engine
         self.auth = auth
+        self.body = body
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -41,11 +41,15 @@ class TokenRoutes:
             principal = self.auth.request(request.headers)
         except AuthError as exc:
             return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+        if principal.expires_at is not None:  # else a token could mint longer ones, forever
+            return JSONResponse(
+                {"detail": "tokens are issued for API keys only: send 'Authorization: Key <id>:<secret>'"},
+                status_code=403,
+            )
         try:
-            body = json.loads(await request.body() or b"null")
-            req = TokenRequest.model_validate(body)
-        except json.JSONDecodeError as exc:
-            return JSONResponse({"detail": f"body is not valid JSON: {exc}"}, status_code=400)
+            req = TokenRequest.model_validate(await http.read_json(request, self.body))
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return JSONResponse({"detail": protocol.validation_detail(exc)}, status_code=422)
         limit = self.auth.tokens.max_expiration_s

@@ -24,16 +24,19 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from framewire.engine.api import DEFAULT_BUFFERING, AppRegistry, Endpoint, EngineClient, EngineUnavailable
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
-from framewire.gateway.platform.auth import Authenticator, AuthError, Principal, origin_allowed
+from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.origins import origin_allowed
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
 from framewire.gateway.realtime.session import RealtimeSession
 from framewire.gateway.requests.finaliser import OutputFinaliser
+from framewire.gateway.requests.inputs import InputFetcher
 from framewire.gateway.state import ServerState
 
 log = logging.getLogger("framewire.realtime")
@@ -80,10 +83,13 @@ class RealtimeEndpoint:
         meter: Meter,
         metrics: Metrics,
         finaliser: OutputFinaliser,
+        fetcher: InputFetcher,
         state: ServerState,
         *,
         allowed_origins: tuple[str, ...],
+        allowed_hosts: tuple[str, ...],
         max_frame_bytes: int,
+        budget: StructureBudget,
     ) -> None:
         self.engine = engine
         self.auth = auth
@@ -91,9 +97,12 @@ class RealtimeEndpoint:
         self.meter = meter
         self.metrics = metrics
         self.finaliser = finaliser
+        self.fetcher = fetcher
         self.state = state
         self.allowed_origins = allowed_origins
+        self.allowed_hosts = allowed_hosts  # ("*",) with auth on: the Host is not checked then
         self.max_frame_bytes = max_frame_bytes
+        self.budget = budget
         self._closing: set[asyncio.Future[None]] = set()
 
     def routes(self) -> list[BaseRoute]:
@@ -107,7 +116,8 @@ class RealtimeEndpoint:
 
     async def connect(self, ws: WebSocket) -> None:
         """A client opens a session: check it, then run it until either side closes."""
-        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), self.allowed_origins):
+        origin, host = ws.headers.get("origin"), ws.headers.get("host")
+        if not origin_allowed(origin, host, self.allowed_origins, allowed_hosts=self.allowed_hosts):
             detail = f"origin {ws.headers.get('origin')!r} is not allowed"
             if "websocket.http.response" in ws.scope.get("extensions", {}):
                 await ws.send_denial_response(JSONResponse({"detail": detail}, status_code=403))
@@ -167,6 +177,7 @@ class RealtimeEndpoint:
         session_id = uuid.uuid4().hex
         logs.session_id.set(session_id)
         capacity = options.max_buffering or endpoint.spec.buffering or DEFAULT_BUFFERING
+        base = base_url(ws)
         session = RealtimeSession(
             ws,
             endpoint,
@@ -176,8 +187,11 @@ class RealtimeEndpoint:
             similarity_threshold=options.similarity_threshold,
             session_timeout_s=endpoint.spec.session_timeout_s,
             max_frame_bytes=self.max_frame_bytes,
-            store_files=functools.partial(self.finaliser.for_realtime_blocking, base_url=base_url(ws)),
+            budget=self.budget,
+            store_files=functools.partial(self.finaliser.for_realtime_blocking, base_url=base),
             meter=self.meter.session(principal, app_id),
+            fetcher=self.fetcher,
+            base_url=base,
         )
         self.state.sessions.add(session)
         open_gauge = self.metrics.sessions_open.labels(app_id)

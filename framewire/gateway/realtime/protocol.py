@@ -23,6 +23,7 @@ import msgpack
 from pydantic import ValidationError
 
 from framewire.engine.api import MAX_BUFFERING_RANGE, SIMILARITY_RANGE, TARGET_LATENCY_RANGE_MS
+from framewire.gateway.budget import OverBudget, StructureBudget, check_msgpack
 
 
 class CloseCode(enum.IntEnum):
@@ -59,6 +60,8 @@ class ErrorCode(enum.StrEnum):
 
 
 TIMEOUT_REASON = "no inputs, reconnect when needed!"
+#: Longest ``request_id`` string a frame may carry (it is kept while the frame runs and echoed).
+MAX_REQUEST_ID_CHARS = 128
 
 
 class ProtocolError(Exception):
@@ -127,11 +130,19 @@ def parse_similarity_threshold(raw: str | None) -> float:
     return _parse_number("similarity_threshold", raw, *SIMILARITY_RANGE)
 
 
-def decode_frame(data: bytes) -> dict[str, Any]:
-    """Decode one binary input frame into the app's input mapping."""
+def decode_frame(data: bytes, budget: StructureBudget) -> dict[str, Any]:
+    """Decode one binary input frame into the app's input mapping.
+
+    The encoded frame is checked against ``budget`` first (:mod:`framewire.gateway.budget`),
+    so a frame never decodes to more than its own size plus ``budget.max_items`` objects.
+    """
+    try:
+        check_msgpack(data, budget)
+    except OverBudget as exc:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame {exc}") from None
     try:
         value = msgpack.unpackb(data, raw=False, timestamp=3)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, OverflowError, msgpack.UnpackException) as exc:  # OverflowError: a timestamp past year 9999
         detail = str(exc) or type(exc).__name__
         raise ProtocolError(ErrorCode.INVALID_MSGPACK, f"frame is not valid msgpack ({detail})") from None
     if not isinstance(value, dict):
@@ -139,6 +150,24 @@ def decode_frame(data: bytes) -> dict[str, Any]:
             ErrorCode.INVALID_FRAME, f"frame must be a msgpack map (the app input), got {type(value).__name__}"
         )
     return value
+
+
+def request_id_of(fields: dict[str, Any]) -> str | int | None:
+    """A frame's ``request_id``: a string of at most :data:`MAX_REQUEST_ID_CHARS` or an integer.
+
+    Anything else is refused (and not echoed): the id is held while the frame runs.
+    """
+    request_id = fields.get("request_id")
+    if request_id is None:
+        return None
+    if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_CHARS:
+        return request_id
+    if isinstance(request_id, int) and not isinstance(request_id, bool):
+        return request_id  # msgpack integers fit in 64 bits
+    raise ProtocolError(
+        ErrorCode.INVALID_FRAME,
+        f"request_id must be a string of at most {MAX_REQUEST_ID_CHARS} characters or an integer",
+    )
 
 
 def text_frame_error(text: str) -> ProtocolError:

@@ -4,6 +4,12 @@ Per-session state lives here and nowhere else. Both directions are bounded: pend
 inputs sit in the engine's per-session buffer (latest frame wins), outgoing messages in
 a small outbox that drops its oldest *result* when the client does not keep up. Errors
 caused by one frame are reported and the session goes on.
+
+A frame whose input names http(s) URLs (``image_url``: ``"https://…"``) is fetched here,
+by the gateway's guarded fetcher (:mod:`framewire.gateway.requests.inputs`: public
+addresses only, timeout and size cap), before it reaches the engine, so the engine's batch
+never waits on the network. While fetches are under way later frames queue behind them
+in arrival order, at most ``capacity`` (the oldest is dropped first, as in the engine).
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from framewire.engine.api import AppError, Endpoint, EngineClient, FrameResult, Stream
+from framewire.gateway.budget import StructureBudget
 from framewire.gateway.platform.metering import NullSessionMeter, SessionMeter
 from framewire.gateway.realtime import protocol
 from framewire.gateway.realtime.protocol import CloseCode, ErrorCode, ProtocolError
+from framewire.gateway.requests.inputs import FetchError, InputFetcher, fetchable
 
 log = logging.getLogger("framewire.realtime")
 
@@ -65,6 +73,15 @@ class _IdleTimer:
         self._handle.cancel()
 
 
+@dataclass(eq=False)
+class _Fetching:
+    """A frame waiting for its URLs (``task``) or for an earlier frame's (``inp`` already set)."""
+
+    pending: _Pending
+    inp: BaseModel | None = None
+    task: asyncio.Task[BaseModel] | None = None
+
+
 @dataclass
 class SessionStats:
     frames_in: int = 0
@@ -86,10 +103,13 @@ class RealtimeSession:
         capacity: int,
         session_timeout_s: float | None,
         max_frame_bytes: int,
+        budget: StructureBudget,
         target_latency_ms: float | None = None,
         similarity_threshold: float = 0.0,
         store_files: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         meter: SessionMeter | None = None,
+        fetcher: InputFetcher | None = None,
+        base_url: str = "",
     ) -> None:
         self.ws = ws
         # Usage, metrics and the key's frames/s limit.
@@ -103,6 +123,11 @@ class RealtimeSession:
         self.similarity_threshold = similarity_threshold
         self.session_timeout_s = session_timeout_s
         self.max_frame_bytes = max_frame_bytes
+        self.budget = budget
+        # Fetches input URLs before the engine sees the frame (None: URLs go to the app as they are).
+        self.fetcher = fetcher
+        self.base_url = base_url
+        self._fetching: deque[_Fetching] = deque()
         self.stats = SessionStats()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -231,8 +256,8 @@ class RealtimeSession:
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE, f"frame is {len(data)} bytes; the limit is {self.max_frame_bytes}"
             )
-        fields = protocol.decode_frame(data)
-        request_id = fields.get("request_id")
+        fields = protocol.decode_frame(data, self.budget)
+        request_id = protocol.request_id_of(fields)
         if self._draining:
             raise ProtocolError(
                 ErrorCode.ENGINE_UNAVAILABLE, "the server is shutting down; reconnect", request_id=request_id
@@ -261,6 +286,14 @@ class RealtimeSession:
         pending = _Pending(request_id, time.perf_counter(), sync_mode)
         self._in_flight += 1
         self._idle.clear()
+        if self.fetcher is not None and (self._fetching or fetchable(fields)):
+            self._after_fetches(inp, pending, fetch=bool(fetchable(fields)))
+            return
+        self._submit(inp, pending)
+
+    def _submit(self, inp: BaseModel, pending: _Pending) -> None:
+        """Hand one frame to the engine; AppError (the frame is done) when it refuses it."""
+        assert self._stream is not None
         try:
             dropped = self.engine.submit(self._stream, inp, pending)
         except AppError:
@@ -270,6 +303,75 @@ class RealtimeSession:
             self.stats.frames_dropped += 1
             self.meter.dropped(1, "superseded")
             self._frame_done()
+
+    # -- input URLs --------------------------------------------------------------------
+
+    def _after_fetches(self, inp: BaseModel, pending: _Pending, *, fetch: bool) -> None:
+        """Queue a frame behind the fetches under way, fetching its own URLs if ``fetch``."""
+        entry = _Fetching(pending)
+        if fetch:
+            entry.task = asyncio.ensure_future(self._fetch(inp))
+            entry.task.add_done_callback(lambda _: self._release_fetched())
+        else:
+            entry.inp = inp
+        if len(self._fetching) >= self.capacity:  # latest frame wins, as in the engine's buffer
+            oldest = self._fetching.popleft()
+            if oldest.task is not None:
+                oldest.task.cancel()
+            self.stats.frames_dropped += 1
+            self.meter.dropped(1, "superseded")
+            self._frame_done()
+        self._fetching.append(entry)
+        self._release_fetched()
+
+    async def _fetch(self, inp: BaseModel) -> BaseModel:
+        assert self.fetcher is not None
+        model = self.endpoint.input_model
+        data = await self.fetcher.resolve(inp.model_dump(exclude_unset=True, by_alias=True), model, self.base_url)
+        return model.model_validate(data)
+
+    def _release_fetched(self) -> None:
+        """Submit, in arrival order, the frames at the head of the line whose fetches are done."""
+        while self._fetching:
+            entry = self._fetching[0]
+            if entry.task is not None and not entry.task.done():
+                return
+            self._fetching.popleft()
+            pending = entry.pending
+            try:
+                if entry.task is not None:
+                    entry.inp = entry.task.result()
+                assert entry.inp is not None
+                self._submit(entry.inp, pending)
+            except asyncio.CancelledError:
+                self._frame_done()  # the session closed meanwhile
+            except FetchError as exc:
+                self._frame_done()
+                self._frame_failed(exc.error_type.upper(), exc.reason, pending, detail=exc.detail())
+            except ValidationError as exc:
+                self._frame_done()
+                reason = protocol.validation_reason(exc)
+                self._frame_failed(ErrorCode.VALIDATION_ERROR, reason, pending, detail=protocol.validation_detail(exc))
+            except AppError as exc:
+                self._frame_failed(exc.code, exc.reason, pending)
+            except Exception:  # a bug, not the frame's fault: this frame fails, the session goes on
+                log.exception("fetching the inputs of a frame of %s failed", self.endpoint.key)
+                self._frame_done()
+                self._frame_failed(ErrorCode.INTERNAL_ERROR, "the frame's input URLs could not be fetched", pending)
+
+    def _frame_failed(self, code: str, reason: str, pending: _Pending, **extra: Any) -> None:
+        self.meter.frame_error(code)
+        self._send_error(code, reason, pending.request_id, **extra)
+
+    def _drop_fetching(self) -> int:
+        """Cancel the fetches under way (the session ends); returns the frames dropped."""
+        dropped = len(self._fetching)
+        for entry in self._fetching:
+            if entry.task is not None:
+                entry.task.cancel()
+            self._frame_done()
+        self._fetching.clear()
+        return dropped
 
     async def _read(self) -> bool:
         """Read frames until the client leaves (False) or the session idles out (True)."""
@@ -329,7 +431,7 @@ class RealtimeSession:
         except WebSocketDisconnect:
             self._connected = False
         finally:
-            discarded = self.engine.close_stream(self._stream)
+            discarded = self.engine.close_stream(self._stream) + self._drop_fetching()
             self.stats.frames_dropped += discarded
             self.meter.dropped(discarded, "closed")
             self._closing = True

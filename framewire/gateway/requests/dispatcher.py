@@ -45,6 +45,9 @@ log = logging.getLogger("framewire.queue")
 SWEEP_INTERVAL_S = 1.0
 PURGE_INTERVAL_S = 600.0
 MAX_IDLE_S = 1.0
+#: First and longest wait before storing a finished job's outcome again (the store failed).
+FINISH_RETRY_S = 0.25
+FINISH_RETRY_MAX_S = 30.0
 
 
 class JobEvents:
@@ -260,7 +263,23 @@ class Dispatcher:
             outcome = Outcome(
                 {"detail": "Internal Server Error", "error_type": "internal_error"}, 500, reason, "internal_error"
             )
-        await self._finish(job, job.attempts, outcome, logs)
+        await self._finish_durably(job, outcome, logs)
+
+    async def _finish_durably(self, job: Job, outcome: Outcome, logs: list[LogEntry]) -> None:
+        """:meth:`_finish`, retried with back-off while the store cannot be written (a full disk):
+        the outcome waits in memory, not lost, and the job completes once the store recovers.
+        A stop meanwhile leaves the job running in the store: the next start runs it again."""
+        delay_s = FINISH_RETRY_S
+        while True:
+            try:
+                await self._finish(job, job.attempts, outcome, logs)
+                return
+            except Exception as exc:
+                log.warning(
+                    "job %s finished but its outcome cannot be stored (%s); retrying in %.1f s", job.id, exc, delay_s
+                )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, FINISH_RETRY_MAX_S)
 
     async def _execute(self, job: Job, logs: list[LogEntry]) -> Outcome:
         try:

@@ -51,12 +51,45 @@ def _accepts_bytes(annotation: Any) -> bool:
     return False
 
 
+_URL_SUFFIXES = ("_url", "_urls")
+
+
 def _is_url_field(name: Any) -> bool:
-    return isinstance(name, str) and (name.endswith("_url") or name.endswith("_urls"))
+    return isinstance(name, str) and name.endswith(_URL_SUFFIXES)
 
 
 def _is_http(value: Any) -> bool:
     return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
+
+
+def fetchable(data: dict[str, Any], model: type[BaseModel] | None = None) -> list[tuple[list[str | int], str, bool]]:
+    """The URLs :meth:`InputFetcher.resolve` would fetch: (field path, URL, whether the field takes bytes).
+
+    ``model`` tells which top-level fields take bytes (None: none do). Cheap when there is
+    nothing to fetch: every realtime frame is looked at.
+    """
+    jobs: list[tuple[list[str | int], str, bool]] = []
+
+    def collect(value: Any, loc: list[str | int], in_url_field: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, dict | list) or (isinstance(item, str) and _is_url_field(key)):
+                    collect(item, [*loc, key], _is_url_field(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict | list) or (in_url_field and isinstance(item, str)):
+                    collect(item, [*loc, i], in_url_field)
+        elif in_url_field and _is_http(value):
+            jobs.append((loc, value, False))
+
+    for key, value in data.items():
+        if isinstance(value, str):
+            if _is_url_field(key) and _is_http(value):
+                field = model.model_fields.get(key) if model is not None else None
+                jobs.append(([key], value, field is not None and _accepts_bytes(field.annotation)))
+        elif isinstance(value, dict | list):
+            collect(value, [key], _is_url_field(key))
+    return jobs
 
 
 class InputFetcher:
@@ -87,28 +120,10 @@ class InputFetcher:
 
     async def resolve(self, data: dict[str, Any], model: type[BaseModel], base_url: str) -> dict[str, Any]:
         """A copy of ``data`` with every fetchable URL replaced by its content."""
-        jobs: list[tuple[list[str | int], str, bool]] = []
-        own_host = urlsplit(base_url).netloc.lower()
-
-        def collect(value: Any, loc: list[str | int], in_url_field: bool, top_bytes: bool) -> None:
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    collect(item, [*loc, key], _is_url_field(key), False)
-            elif isinstance(value, list):
-                for i, item in enumerate(value):
-                    collect(item, [*loc, i], in_url_field, False)
-            elif in_url_field and _is_http(value):
-                jobs.append((loc, value, top_bytes))
-
-        for key, value in data.items():
-            field = model.model_fields.get(key) if isinstance(key, str) else None
-            as_bytes = field is not None and _accepts_bytes(field.annotation)
-            if _is_url_field(key) and _is_http(value):
-                jobs.append(([key], value, as_bytes))
-            else:
-                collect(value, [key], _is_url_field(key), False)
+        jobs = fetchable(data, model)
         if not jobs:
             return data
+        own_host = urlsplit(base_url).netloc.lower()
         fetched = await asyncio.gather(*(self._fetch(loc, url, own_host) for loc, url, _ in jobs))
         out: dict[str, Any] = _copy(data)
         for (loc, _, as_bytes), (content, content_type) in zip(jobs, fetched, strict=True):

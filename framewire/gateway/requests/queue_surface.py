@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from framewire.engine.api import Endpoint, EngineClient, split_app_id
 from framewire.gateway import http
+from framewire.gateway.db import StoreUnwritable
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
@@ -155,11 +156,13 @@ class QueueSurface:
         dispatcher: Dispatcher,
         webhooks: WebhookDeliverer,
         state: ServerState,
+        body: http.BodyLimits,
         *,
         max_queue_length: int,
         private_networks: bool,
     ) -> None:
         self.engine = engine
+        self.body = body
         self.auth = auth
         self.meter = meter
         self.jobs = jobs
@@ -210,13 +213,17 @@ class QueueSurface:
             return exc.response()
         try:
             priority, timeout_s, webhook, limit = _submit_options(request, self.max_queue_length)
-            data = http.json_body(await request.body())
+            data = await http.read_json(request, self.body)
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
-            validation.from_json(endpoint.input_model, data)
+            # Only what the app's model knows is stored (and later fetched): unknown fields are dropped.
+            checked = validation.from_json(endpoint.input_model, data)
+            data = checked.model_dump(mode="json", exclude_unset=True, by_alias=True)
             refused = None if webhook is None or self.private_networks else await refusal(webhook)
             if refused is not None:
                 raise ValueError(f"fal_webhook: {refused}")
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc)
         except ValueError as exc:
@@ -235,6 +242,13 @@ class QueueSurface:
             )
         except QueueFull as exc:
             return http.error(429, str(exc), error_type="queue_full")
+        except StoreUnwritable as exc:
+            return http.error(
+                503,
+                f"{exc}; the job was not queued, retry later",
+                error_type="store_unavailable",
+                headers={"Retry-After": "5"},
+            )
         return _with_id(JSONResponse(body), body["request_id"])
 
     async def enqueue(
@@ -253,7 +267,8 @@ class QueueSurface:
         """Queue a validated input for ``endpoint`` (reached at ``path``); returns the submit answer.
 
         ``base`` is the URL the job's status and result URLs start with. Raises
-        :class:`QueueFull` past ``max_queue_length`` (default: the server's)."""
+        :class:`QueueFull` past ``max_queue_length`` (default: the server's), and
+        :class:`framewire.gateway.db.StoreUnwritable` when the store cannot be written."""
         app_path, _, _ = split_app_id(path)
         now = time.time()
         new = NewJob(

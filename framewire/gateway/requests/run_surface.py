@@ -36,6 +36,7 @@ from framewire.gateway import http
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.platform.origins import cross_site_refusal
 from framewire.gateway.requests import validation
 from framewire.gateway.requests.finaliser import OutputFinaliser, merge_timings
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
@@ -58,8 +59,13 @@ class RunSurface:
         fetcher: InputFetcher,
         finaliser: OutputFinaliser,
         state: ServerState,
+        body: http.BodyLimits,
+        cross_site_origins: tuple[str, ...] | None = None,
     ) -> None:
         self.engine = engine
+        self.body = body
+        # Origins allowed to start a GET run from a page (None: not checked, auth is on).
+        self.cross_site_origins = cross_site_origins
         self.auth = auth
         self.meter = meter
         self.fetcher = fetcher
@@ -103,6 +109,10 @@ class RunSurface:
             self.auth.check_app(principal, self.engine.registry.names_of(endpoint.app))
         except AuthError as exc:
             return http.error(exc.status, exc.reason)
+        if request.method == "GET" and self.cross_site_origins is not None:
+            refused = cross_site_refusal(request.headers, self.cross_site_origins)
+            if refused is not None:
+                return http.error(403, refused, error_type="forbidden_origin")
         surface = "stream" if streaming else "run"
         try:
             admit(self.engine, self.state, self.meter, principal, endpoint.app.app_id, surface)
@@ -113,8 +123,11 @@ class RunSurface:
         query = request.method == "GET"
         try:
             timeout_s = start_timeout_s(request)
-            data: Any = dict(request.query_params) if query else http.json_body(await request.body())
+            data: Any = dict(request.query_params) if query else await http.read_json(request, self.body)
             inp = await self.prepare(principal, endpoint, data, base, surface, query=query)
+        except http.BodyError as exc:
+            self.meter.request(principal.key_id, endpoint.app.app_id, surface, error_code=exc.error_type)
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc, "query" if query else "body")
         except FetchError as exc:
@@ -124,8 +137,13 @@ class RunSurface:
             return http.error(400, str(exc))
         if streaming:
             return self._stream(endpoint, inp, base, principal, started, timeout_s)
+        run = asyncio.ensure_future(
+            self.execute(principal, endpoint, inp, surface=surface, timeout_s=timeout_s, started=started)
+        )
         try:
-            result = await self.execute(principal, endpoint, inp, surface=surface, timeout_s=timeout_s, started=started)
+            result = await http.unless_disconnected(request, run)
+        except http.ClientGone:  # the client left: the engine drops the request or its handler stops early
+            return http.error(499, "the client closed the request", error_type="request_cancelled")
         except StartTimeout as exc:
             return outcome_response(timeout_outcome(exc.timeout_s))
         return await self._respond(result, inp, base, http.prefers_msgpack(request.headers.get("accept")))
@@ -136,9 +154,10 @@ class RunSurface:
         """The validated input for ``data`` (a JSON body, or with ``query`` a query string's
         values), with its ``*_url`` fields fetched; see :mod:`framewire.gateway.requests.validation`.
 
-        Raises ``ValidationError`` or :class:`FetchError` (both recorded in usage), or
-        ``ValueError`` when ``data`` is not a JSON object (recorded by the caller, which
-        also refuses other malformed requests that way)."""
+        Unknown fields are dropped before anything is fetched. Raises ``ValidationError`` or
+        :class:`FetchError` (both recorded in usage), or ``ValueError`` when ``data`` is not
+        a JSON object (recorded by the caller, which also refuses other malformed requests
+        that way)."""
         if not isinstance(data, dict):
             raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
         app_id = endpoint.app.app_id
@@ -146,11 +165,13 @@ class RunSurface:
         try:
             if query:
                 data = validation.query_values(model, data)
-                model.model_validate(data)  # fail before fetching anything
+                checked = model.model_validate(data)
             else:
-                validation.from_json(model, data)
-            data = await self.fetcher.resolve(data, endpoint.input_model, base)
-            return endpoint.input_model.model_validate(data)
+                checked = validation.from_json(model, data)
+            # Only what the model knows goes on (and is fetched): unknown fields are dropped.
+            data = checked.model_dump(mode="json", exclude_unset=True, by_alias=True)
+            data = await self.fetcher.resolve(data, model, base)
+            return model.model_validate(data)
         except ValidationError:
             self.meter.request(principal.key_id, app_id, surface, error_code="validation_error")
             raise
@@ -170,12 +191,13 @@ class RunSurface:
     ) -> FrameResult:
         """Run one input ahead of queue jobs and record its usage (``started`` is ``perf_counter``).
 
-        Raises :class:`StartTimeout` when it did not start within ``timeout_s``; a caller
-        that goes away while it waits cancels it. Both are recorded."""
+        Raises :class:`StartTimeout` when it did not start within ``timeout_s``; cancelling
+        it (the caller went away) drops a request still queued or tells its handler to stop.
+        Both are recorded."""
         app_id = endpoint.app.app_id
         try:
             result = await self.engine.call(endpoint, inp, priority=0, start_timeout_s=timeout_s)
-        except asyncio.CancelledError:  # the client left while it waited
+        except asyncio.CancelledError:  # the caller left
             self.meter.request(principal.key_id, app_id, surface, error_code="request_cancelled")
             raise
         except StartTimeout:

@@ -10,6 +10,13 @@
   large-file path ``POST /files/upload/multipart`` → ``{access_url, uploadId}``, parts
   ``PUT {access_url}/multipart/{uploadId}/{n}`` (``ETag`` header), ``…/complete``.
 - ``GET /files/{id}/{name}``: the file with the content type it was uploaded with.
+
+A signed upload URL is a credential for one file: it names the file, its content type, its
+expiry and the key it was issued to. It writes the file once (a second PUT is 409), with
+the signed content type (a PUT declaring another is refused), and stops working when its
+key is revoked. Nothing issued here outlives the token that asked for it. Multipart parts
+count towards ``--max-upload-bytes`` as they arrive; an upload refused for its size is
+deleted at once, parts included.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import datetime
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import IO, Any
 from urllib.parse import urlencode
 
 import jwt
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -32,12 +40,16 @@ from framewire.gateway import http
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.storage.store import (
+    FALLBACK_CONTENT_TYPE,
+    AlreadyStored,
     FileStore,
     FileTooLarge,
     UploadError,
     UrlSigner,
     new_id,
     safe_name,
+    same_media_type,
+    valid_content_type,
     valid_key,
 )
 
@@ -51,6 +63,13 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 class InitiateRequest(BaseModel):
     content_type: str = Field(DEFAULT_CONTENT_TYPE, max_length=255)
     file_name: str | None = Field(None, max_length=1024)
+
+    @field_validator("content_type")
+    @classmethod
+    def _media_type(cls, value: str) -> str:
+        if not valid_content_type(value):
+            raise ValueError("must be a media type such as image/png (printable ASCII, no line breaks)")
+        return value
 
 
 class PartRef(BaseModel):
@@ -81,18 +100,35 @@ def _lifecycle_ttl(request: Request) -> float | None:
     return None
 
 
+def _not_after(expires: int, principal: Principal) -> int:
+    """``expires``, but never later than the token the caller used (a key has no end)."""
+    return expires if principal.expires_at is None else min(expires, principal.expires_at)
+
+
+def _already_uploaded() -> JSONResponse:
+    return http.error(409, "this file has already been uploaded; initiate a new upload", error_type="already_uploaded")
+
+
 def _auth_error(exc: AuthError) -> JSONResponse:
     return http.error(exc.status, exc.reason)
 
 
-async def _read_json(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
-    data = http.json_body(raw)
-    return model.model_validate(data)
+async def _read_json(request: Request, model: type[BaseModel], limits: http.BodyLimits) -> Any:
+    return model.model_validate(await http.read_json(request, limits))
 
 
-async def _receive_into(request: Request, temp: IO[bytes], limit: int) -> tuple[int, str]:
-    """Stream the request body into ``temp`` off the loop; returns (size, md5 hex)."""
+async def _receive_into(
+    request: Request,
+    temp: IO[bytes],
+    limit: int,
+    read_timeout_s: float,
+    on_size: Callable[[int], None] | None = None,
+) -> tuple[int, str]:
+    """Stream the request body into ``temp`` off the loop; returns (size, md5 hex).
+
+    :class:`FileTooLarge` past ``limit`` bytes; ``on_size(received)`` may raise it too
+    (the other parts of an upload); :class:`http.BodyError` (408) on a pause over ``read_timeout_s``.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise FileTooLarge(limit)
@@ -100,10 +136,12 @@ async def _receive_into(request: Request, temp: IO[bytes], limit: int) -> tuple[
     size = 0
     pending: list[bytes] = []
     pending_size = 0
-    async for chunk in request.stream():
+    async for chunk in http.body_chunks(request, read_timeout_s):
         size += len(chunk)
         if size > limit:
             raise FileTooLarge(limit)
+        if on_size is not None:
+            on_size(size)
         pending.append(chunk)
         pending_size += len(chunk)
         if pending_size >= WRITE_CHUNK:
@@ -130,14 +168,18 @@ class StorageRoutes:
         files: FileStore,
         signer: UrlSigner,
         secret: bytes,
+        body: http.BodyLimits,
         *,
         upload_url_expiration_s: int,
     ) -> None:
         self.auth = auth
+        self.body = body
         self.files = files
         self.signer = signer
         self.secret = secret
         self.upload_url_expiration_s = upload_url_expiration_s
+        # Bytes of multipart parts being received now, per upload and part number.
+        self._receiving: dict[str, dict[int, int]] = {}
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -167,32 +209,37 @@ class StorageRoutes:
                 key = self.auth.subject(str(claims["sub"]))
                 if key is None:  # revoking a key ends its storage tokens too
                     raise AuthError(401, "the key this token was issued for has been revoked")
-                return Principal(key.key_id, limits=key.limits)
+                return Principal(key.key_id, limits=key.limits, expires_at=int(claims["exp"]))
         return self.auth.request(request.headers)
 
-    def _signed_query(self, kind: str, file_id: str, name: str, content_type: str, ttl: float | None) -> str:
-        expires = int(time.time()) + self.upload_url_expiration_s
+    def _signed_query(
+        self, kind: str, file_id: str, name: str, content_type: str, ttl: float | None, principal: Principal
+    ) -> str:
+        expires = _not_after(int(time.time()) + self.upload_url_expiration_s, principal)
         ttl_text = "" if ttl is None else str(int(ttl))
-        signature = self.signer.sign(kind, file_id, name, content_type, ttl_text, str(expires))
-        return urlencode(
-            {"content_type": content_type, "ttl": ttl_text, "expires": str(expires), "signature": signature}
-        )
+        key = principal.key_id if self.auth.enabled else ""
+        signature = self.signer.sign(kind, file_id, name, content_type, ttl_text, str(expires), key)
+        query = {"content_type": content_type, "ttl": ttl_text, "expires": str(expires), "key": key}
+        return urlencode({**query, "signature": signature})
 
     def _check_signature(self, request: Request, kind: str, file_id: str, name: str) -> tuple[str, float | None]:
         """Verify a signed upload URL; returns (content type, ttl). Raises PermissionError."""
         q = request.query_params
-        content_type, ttl_text, expires, signature = (
+        content_type, ttl_text, expires, key, signature = (
             q.get("content_type", ""),
             q.get("ttl", ""),
             q.get("expires", ""),
+            q.get("key", ""),
             q.get("signature", ""),
         )
         if not (expires.isdigit() and signature):
             raise PermissionError("the upload URL is not signed")
-        if not self.signer.verify(signature, kind, file_id, name, content_type, ttl_text, expires):
+        if not self.signer.verify(signature, kind, file_id, name, content_type, ttl_text, expires, key):
             raise PermissionError("the upload URL's signature does not match")
         if int(expires) < time.time():
             raise PermissionError("the upload URL has expired; initiate the upload again")
+        if key and self.auth.enabled and self.auth.subject(key) is None:
+            raise PermissionError("the key this upload URL was issued for has been revoked")
         return content_type, (float(ttl_text) if ttl_text else None)
 
     async def _store_body(
@@ -202,11 +249,16 @@ class StorageRoutes:
         files = self.files
         temp = await asyncio.to_thread(files.open_temp)
         try:
-            await _receive_into(request, temp, files.max_bytes)
+            await _receive_into(request, temp, files.max_bytes, self.body.read_timeout_s)
             await asyncio.to_thread(files.publish_temp, temp, file_id, name, content_type, ttl)
         except FileTooLarge as exc:
             await asyncio.to_thread(files.discard, temp)
-            return http.error(413, str(exc), error_type="file_too_large")
+            return http.error(413, str(exc), error_type="file_too_large", headers={"Connection": "close"})
+        except AlreadyStored:
+            return _already_uploaded()
+        except http.BodyError as exc:
+            await asyncio.to_thread(files.discard, temp)
+            return exc.response()
         except BaseException:
             await asyncio.to_thread(files.discard, temp)
             raise
@@ -222,11 +274,13 @@ class StorageRoutes:
 
     async def _initiate(self, request: Request, *, multipart: bool) -> Response:
         try:
-            self._principal(request)
-            body = await _read_json(request, InitiateRequest)
+            principal = self._principal(request)
+            body = await _read_json(request, InitiateRequest, self.body)
             ttl = _lifecycle_ttl(request)
         except AuthError as exc:
             return _auth_error(exc)
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc)
         except ValueError as exc:
@@ -234,7 +288,7 @@ class StorageRoutes:
         file_id, name = new_id(), safe_name(body.file_name, body.content_type)
         base = base_url(request)
         kind = "multipart" if multipart else "put"
-        query = self._signed_query(kind, file_id, name, body.content_type, ttl)
+        query = self._signed_query(kind, file_id, name, body.content_type, ttl, principal)
         if multipart:
             await asyncio.to_thread(self.files.begin_multipart, file_id, name, body.content_type, ttl)
             upload_url = f"{base}/storage/upload/multipart/{file_id}/{name}?{query}"
@@ -250,8 +304,12 @@ class StorageRoutes:
             content_type, ttl = self._check_signature(request, "put", file_id, name)
         except PermissionError as exc:
             return http.error(403, str(exc))
-        content_type = request.headers.get("content-type") or content_type or DEFAULT_CONTENT_TYPE
-        failed = await self._store_body(request, file_id, name, content_type, ttl)
+        declared = request.headers.get("content-type")
+        if declared and content_type and not same_media_type(declared, content_type):
+            return http.error(403, f"this upload URL is signed for Content-Type {content_type!r}, not {declared!r}")
+        if await asyncio.to_thread(self.files.exists, file_id, name):
+            return _already_uploaded()
+        failed = await self._store_body(request, file_id, name, content_type or DEFAULT_CONTENT_TYPE, ttl)
         return failed or JSONResponse({})
 
     async def signed_part(self, request: Request) -> Response:
@@ -279,22 +337,42 @@ class StorageRoutes:
         files = self.files
         try:
             temp = await asyncio.to_thread(files.part_temp, file_id)
+            stored = await asyncio.to_thread(files.parts_size, file_id, excluding=part)
         except UploadError as exc:
             return http.error(404, str(exc))
+        receiving = self._receiving.setdefault(file_id, {})
+
+        def within_total(size: int) -> None:  # the whole upload, not just this part, obeys the limit
+            receiving[part] = size
+            if stored + sum(receiving.values()) > files.max_bytes:
+                raise FileTooLarge(files.max_bytes)
+
         try:
-            _, md5 = await _receive_into(request, temp, files.max_bytes)
+            _, md5 = await _receive_into(request, temp, files.max_bytes, self.body.read_timeout_s, within_total)
             etag = await asyncio.to_thread(files.save_part, file_id, part, temp, md5)
         except FileTooLarge as exc:
             await asyncio.to_thread(files.discard, temp)
-            return http.error(413, str(exc), error_type="file_too_large")
+            await asyncio.to_thread(files.abort_multipart, file_id)
+            return http.error(
+                413, f"{exc}; the upload is deleted", error_type="file_too_large", headers={"Connection": "close"}
+            )
+        except http.BodyError as exc:
+            await asyncio.to_thread(files.discard, temp)
+            return exc.response()
         except BaseException:
             await asyncio.to_thread(files.discard, temp)
             raise
+        finally:
+            receiving.pop(part, None)
+            if not receiving:
+                self._receiving.pop(file_id, None)
         return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
 
     async def _complete(self, request: Request, file_id: str, file_url: str) -> Response:
         try:
-            body = await _read_json(request, CompleteRequest)
+            body = await _read_json(request, CompleteRequest, self.body)
+        except http.BodyError as exc:
+            return exc.response()
         except ValidationError as exc:
             return http.validation_error(exc)
         except ValueError as exc:
@@ -305,7 +383,9 @@ class StorageRoutes:
         except UploadError as exc:
             return http.error(400, str(exc))
         except FileTooLarge as exc:
-            return http.error(413, str(exc), error_type="file_too_large")
+            return http.error(413, f"{exc}; the upload is deleted", error_type="file_too_large")
+        except AlreadyStored:
+            return _already_uploaded()
         return JSONResponse({"file_url": file_url, "access_url": file_url})
 
     # -- token + direct uploads (Python client) ---------------------------------------------
@@ -315,7 +395,7 @@ class StorageRoutes:
             principal = self._principal(request)
         except AuthError as exc:
             return _auth_error(exc)
-        expires = int(time.time()) + STORAGE_TOKEN_TTL_S
+        expires = _not_after(int(time.time()) + STORAGE_TOKEN_TTL_S, principal)
         token = jwt.encode(
             {"sub": principal.key_id, "aud": STORAGE_AUDIENCE, "exp": expires}, self.secret, algorithm="HS256"
         )
@@ -336,6 +416,10 @@ class StorageRoutes:
         except ValueError as exc:
             return http.error(400, str(exc))
         content_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
+        if not valid_content_type(content_type):
+            return http.error(
+                400, "Content-Type must be a media type such as image/png (printable ASCII, no line breaks)"
+            )
         name = safe_name(request.headers.get("x-fal-file-name") or default_name, content_type)
         return new_id(), name, content_type, ttl
 
@@ -395,4 +479,6 @@ class StorageRoutes:
             "Content-Security-Policy": "sandbox",
             "X-Content-Type-Options": "nosniff",
         }
-        return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
+        # Files stored before content types were checked may carry one a header cannot.
+        media_type = stored.content_type if valid_content_type(stored.content_type) else FALLBACK_CONTENT_TYPE
+        return FileResponse(stored.path, media_type=media_type, headers=headers)

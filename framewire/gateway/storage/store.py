@@ -4,7 +4,9 @@ Blocking by design: callers run these methods in a thread. A file lives at
 ``<root>/<id[:2]>/<id>/<name>`` beside a ``.meta`` JSON (content type, size, expiry).
 Ids are random (128 bits), names are sanitised, and every path is checked to stay under
 the root, so a URL can name nothing else. A file appears atomically (written to a temp
-file, then renamed), so a reader never sees half a file.
+file, then renamed), so a reader never sees half a file, and exactly once: a file is never
+overwritten. Content types are RFC 9110 media types (ASCII, no line breaks), checked
+before anything is stored.
 """
 
 from __future__ import annotations
@@ -29,16 +31,37 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 META = ".meta"
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+#: A media type as RFC 9110 allows it: type/subtype and parameters, printable ASCII only.
+_MEDIA_TYPE = re.compile(
+    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\"))*"
+)
+MAX_CONTENT_TYPE_CHARS = 255
+FALLBACK_CONTENT_TYPE = "application/octet-stream"
 
 
 class FileTooLarge(ValueError):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the file exceeds the limit of {limit} bytes")
+        super().__init__(f"the file exceeds the limit of {limit} bytes (--max-upload-bytes)")
         self.limit = limit
 
 
 class UploadError(Exception):
     """A multipart upload step that cannot be done (unknown upload, missing part)."""
+
+
+class AlreadyStored(Exception):
+    """The file already exists: a file is written once, never overwritten."""
+
+
+def valid_content_type(value: str) -> bool:
+    """Whether ``value`` is a media type a response header can carry unchanged."""
+    return len(value) <= MAX_CONTENT_TYPE_CHARS and _MEDIA_TYPE.fullmatch(value) is not None
+
+
+def same_media_type(a: str, b: str) -> bool:
+    """Whether two content types name the same media type (parameters and case aside)."""
+    return a.split(";", 1)[0].strip().lower() == b.split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True)
@@ -125,14 +148,25 @@ class FileStore:
         return time.time() + ttl if ttl > 0 else None
 
     def _publish(self, tmp: Path, file_id: str, name: str, content_type: str, ttl_s: float | None) -> StoredFile:
+        """Move ``tmp`` into place as ``file_id/name``; :class:`AlreadyStored` (``tmp`` removed) if it exists."""
         folder = self._dir(file_id)
         folder.mkdir(parents=True, exist_ok=True)
         size = tmp.stat().st_size
         expires_at = self._expiry(ttl_s)
         meta = {"content_type": content_type, "size": size, "expires_at": expires_at, "created_at": time.time()}
-        (folder / META).write_text(json.dumps(meta))
+        try:
+            fd = os.open(folder / META, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # the one writer of this id
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            raise AlreadyStored(f"{file_id}/{name} is already stored") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(meta))
         os.replace(tmp, folder / name)
         return StoredFile(file_id, name, folder / name, content_type, size, expires_at)
+
+    def exists(self, file_id: str, name: str) -> bool:
+        """Whether ``file_id`` has been stored (or is being published)."""
+        return valid_key(file_id, name) and (self._dir(file_id) / META).exists()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -180,6 +214,20 @@ class FileStore:
             raise UploadError(f"no multipart upload {file_id!r} in progress")
         return tempfile.NamedTemporaryFile(dir=folder, prefix=".part-", delete=False)
 
+    def parts_size(self, file_id: str, *, excluding: int | None = None) -> int:
+        """Bytes of the parts of an upload in progress on disk (``excluding`` one part number)."""
+        total = 0
+        for part in self._upload_dir(file_id).glob("[0-9]" * 5):
+            if excluding is None or int(part.name) != excluding:
+                with contextlib.suppress(FileNotFoundError):
+                    total += part.stat().st_size
+        return total
+
+    def abort_multipart(self, file_id: str) -> None:
+        """Delete an upload in progress and its parts (a refused upload leaves nothing behind)."""
+        with contextlib.suppress(UploadError):
+            shutil.rmtree(self._upload_dir(file_id), ignore_errors=True)
+
     def save_part(self, file_id: str, part_number: int, temp: IO[bytes], md5: str) -> str:
         """Keep a part; returns its ETag (the MD5 of its bytes, quoted, as object stores do)."""
         temp.close()
@@ -204,6 +252,7 @@ class FileStore:
                 raise UploadError(f"parts: part {n} was never uploaded")
             total += part.stat().st_size
         if total > self.max_bytes:
+            shutil.rmtree(folder, ignore_errors=True)
             raise FileTooLarge(self.max_bytes)
         with self.open_temp() as out:
             for n in numbers:
