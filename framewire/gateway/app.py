@@ -54,6 +54,7 @@ from framewire.gateway.platform.limits import Limiter
 from framewire.gateway.platform.logs import AccessLog
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.openapi import Limits
 from framewire.gateway.platform.origins import BrowserGuard
 from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import UsageMeter
@@ -254,7 +255,7 @@ def create_gateway(
     static = DemoFiles(demo) if (demo / "index.html").is_file() else None
     routes = [
         *HealthRoutes(engine, state, metrics, usage, jobs, lambda: db.write_error).routes(),
-        *CatalogRoutes(engine, auth, functools.partial(is_queue, settings=settings)).routes(),
+        *CatalogRoutes(engine, auth, functools.partial(is_queue, settings=settings), Limits.of(settings)).routes(),
         *AdminRoutes(engine, auth, key_store, usage, body).routes(),
         *TokenRoutes(engine, auth, body).routes(),
         *JwksRoutes(webhook_signer).routes(),

@@ -39,6 +39,7 @@ import msgpack
 import schemathesis
 from PIL import Image
 from schemathesis.engine import events, from_schema
+from schemathesis.generation import GenerationMode
 
 from framewire.engine.api import FILE_TEXT_PATTERN
 
@@ -76,20 +77,34 @@ class Report:
     timed_out: bool = False
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     examples: dict[str, str] = field(default_factory=dict)  # a failing request per operation and status
+    #: Statuses answered to schema-valid (positive) cases, and one such case refused per operation and status.
+    positive: collections.Counter[int] = field(default_factory=collections.Counter)
+    refused_positive: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
-            f"{self.document}: {len(self.operations)} operations, {self.cases} requests, {self.seconds:.1f} s, "
+            f"{self.document}: {len(self.operations)} operations, {self.cases} requests "
+            f"({sum(self.positive.values())} schema-valid, {self.accepted_positive} accepted), {self.seconds:.1f} s, "
             f"{sum(self.failures.values())} failures, {len(self.errors)} errors ({self.stop_reason}; "
             + ", ".join(f"{name} {s:.1f} s" for name, s in self.phases.items() if s > 0.05)
             + ")"
         )
 
+    @property
+    def ok(self) -> bool:
+        """No check failed, nothing went wrong, no schema-valid case was refused for its data."""
+        return not (self.failures or self.errors or self.timed_out or self.refused_positive)
+
+    @property
+    def accepted_positive(self) -> int:
+        return sum(n for status, n in self.positive.items() if 200 <= status < 300)
+
     def problems(self) -> str:
         lines = [f"{count}x {text}" for text, count in self.failures.most_common()]
         statuses = "statuses: " + ", ".join(f"{code} x{n}" for code, n in sorted(self.statuses.items()))
         examples = [f"  e.g. {example}" for example in self.examples.values()]
-        return "\n".join([self.summary(), statuses, *lines, *examples, *self.errors])
+        refused = [f"schema-valid but refused: {where}: {example}" for where, example in self.refused_positive.items()]
+        return "\n".join([self.summary(), statuses, *lines, *examples, *refused, *self.errors])
 
 
 def sample_jpeg(width: int = 96, height: int = 64) -> bytes:
@@ -175,6 +190,8 @@ QUEUE_STATE_ANSWERS = {
     "queue_cancel_post": ["400"],
 }
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]  # Schemathesis' own list
+#: Statuses that refuse a request for its data: a schema-valid case must never get one on a run.
+DATA_REFUSALS = frozenset({400, 413, 415, 422})
 
 
 def check_document(
@@ -231,9 +248,21 @@ def check_document(
             recorder = event.recorder
             report.operations.add(recorder.label)
             report.cases += len(recorder.interactions)
-            for interaction in recorder.interactions.values():
-                if interaction.response is not None:
-                    report.statuses[interaction.response.status_code] += 1
+            for case_id, interaction in recorder.interactions.items():
+                if interaction.response is None:
+                    continue
+                status = interaction.response.status_code
+                report.statuses[status] += 1
+                node = recorder.cases.get(case_id)
+                meta = node.value.meta if node is not None else None
+                if meta is not None and meta.generation.mode == GenerationMode.POSITIVE:
+                    report.positive[status] += 1
+                    operation_id = node.value.operation.definition.raw.get("operationId")  # type: ignore[union-attr]
+                    if status in DATA_REFUSALS and str(status) not in QUEUE_STATE_ANSWERS.get(operation_id, ()):
+                        request = interaction.request
+                        where = f"{request.method} {node.value.operation.path} -> {status}"  # type: ignore[union-attr]
+                        body = (request.body or b"")[:200]
+                        report.refused_positive.setdefault(where, f"{request.uri[:200]} {body!r}")
             for case_id, checks in recorder.checks.items():
                 for check in checks:
                     if check.failure_info is not None:

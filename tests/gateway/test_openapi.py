@@ -10,6 +10,7 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jsonschema
 import msgpack
 import pytest
@@ -25,7 +26,7 @@ from framewire.gateway.http import prefers_msgpack
 from framewire.gateway.platform.openapi import Surface, openapi_document, schema_refs
 from framewire.gateway.requests import validation
 from framewire.gateway.settings import Settings
-from tests.conftest import BatchingApp
+from tests.conftest import BatchingApp, live_surfaces
 from tests.gateway.shapes_app import ShapesApp
 
 KEY = "docs:secret-key"
@@ -183,7 +184,7 @@ def test_the_realtime_operation_describes_the_upgrade_and_its_frames() -> None:
     op = doc["paths"]["/framewire/echo/realtime"]["get"]
     headers = {p["name"]: p for p in op["parameters"] if p["in"] == "header"}
     assert headers["Upgrade"]["schema"]["const"] == "websocket" and headers["Sec-WebSocket-Version"]["required"]
-    assert set(op["responses"]) == {"101", "403", "405", "426"}
+    assert set(op["responses"]) == {"101", "403", "405", "426", "408", "414", "431", "503"}
     assert op["x-fal-protocol"]["contentType"] == "application/msgpack"
     socket = op["x-framewire-websocket"]
     assert socket["client"]["binary"]["schema"] == {"$ref": "#/components/schemas/EchoInputFrame"}
@@ -334,3 +335,51 @@ def test_documents_follow_the_surface_and_the_auth_mode(tmp_path: Any) -> None:
         and "/framewire/echo/stream" not in queue["paths"]
     )
     assert run["security"] == queue["security"] == [{"falKey": []}, {"falToken": []}]
+
+
+# -- the limits, as the hardened server enforces them ----------------------------------------------
+
+SMALL_LIMITS = {"max_body_bytes": 4096, "max_input_items": 100, "max_header_bytes": 2048, "max_connections": 64}
+
+
+def test_every_refusal_of_a_limit_is_declared_with_its_number(tmp_path: Any) -> None:
+    settings = Settings(data_dir=str(tmp_path), **SMALL_LIMITS)  # type: ignore[arg-type]
+    with live_surfaces(settings, [EchoApp()]) as (run_address, queue_address):
+        run_doc = httpx.get(f"http://{run_address}/models/framewire/echo/openapi.json").json()
+        queue_doc = httpx.get(f"http://{queue_address}/models/framewire/echo/openapi.json").json()
+        with httpx.Client(base_url=f"http://{run_address}", timeout=10) as c:
+            answers = [
+                ("post", c.post("/framewire/echo", json={"prompt": "x" * 5000}), "4096"),  # bytes
+                ("post", c.post("/framewire/echo", json={"more": list(range(200))}), "100"),  # items
+                ("post", c.post("/framewire/echo", content=b"{}", headers={"content-type": "text/plain"}), None),
+                ("post", c.post("/framewire/echo", json={}, headers={"origin": "http://evil.example"}), None),
+                ("get", c.get("/framewire/echo", headers={"x-padding": "p" * 3000}), "2048"),
+                ("get", c.get("/framewire/echo", params={"prompt": "p" * 3000}), "2048"),
+            ]
+        with httpx.Client(base_url=f"http://{queue_address}", timeout=10) as c:
+            answers.append(("post", c.post("/framewire/echo", json={"prompt": "x" * 5000}), "4096"))
+    statuses = []
+    for method, res, number in answers:
+        doc = queue_doc if res.url.port == int(queue_address.rsplit(":", 1)[1]) else run_doc
+        declared = doc["paths"]["/framewire/echo"][method]["responses"]
+        statuses.append(res.status_code)
+        assert str(res.status_code) in declared, (method, res.status_code, res.text)
+        response = declared[str(res.status_code)]
+        validator(doc, response["content"]["application/json"]["schema"]).validate(res.json())
+        if number is not None:
+            assert number in response["description"], response["description"]
+    assert statuses == [413, 413, 415, 403, 431, 414, 413]
+    for doc in (run_doc, queue_doc):
+        limits = doc["info"]["x-framewire-limits"]
+        assert {k: limits[k] for k in SMALL_LIMITS} == SMALL_LIMITS
+    socket = run_doc["paths"]["/framewire/echo/realtime"]["get"]["x-framewire-websocket"]["client"]["binary"]
+    assert socket["maxBytes"] == Settings().max_frame_bytes and socket["maxItems"] == 100
+
+
+def test_get_runs_and_the_status_poll_take_no_body_so_declare_no_body_limits() -> None:
+    run = document("framewire/echo")["paths"]["/framewire/echo"]
+    assert {"413", "415"} <= run["post"]["responses"].keys()
+    assert not {"413", "415"} & run["get"]["responses"].keys()
+    assert {"408", "414", "431", "503"} <= run["get"]["responses"].keys()
+    status = document("framewire/echo", Surface.QUEUE)["paths"]["/framewire/echo/requests/{request_id}/status"]
+    assert "413" not in status["get"]["responses"] and "431" in status["get"]["responses"]

@@ -30,12 +30,22 @@ from framewire.gateway import http
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import workers
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
-from framewire.gateway.platform.openapi import Surface, join, openapi_document, realtime_path, run_path
+from framewire.gateway.platform.openapi import (
+    DEFAULT_LIMITS,
+    Limits,
+    Surface,
+    join,
+    openapi_document,
+    realtime_path,
+    run_path,
+)
 
 log = logging.getLogger("framewire.catalog")
 
 # Documents depend only on the app's declarations, the surface and the auth mode: built once each.
-_documents: weakref.WeakKeyDictionary[App, dict[tuple[Surface, bool], dict[str, Any]]] = weakref.WeakKeyDictionary()
+_documents: weakref.WeakKeyDictionary[App, dict[tuple[Surface, bool, Limits], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def describe_endpoint(app: App, endpoint: Endpoint) -> dict[str, Any]:
@@ -82,18 +92,22 @@ class DescribeError(Exception):
 
 
 async def cached_document(
-    app: App, registry: AppRegistry, surface: Surface = Surface.RUN, auth: bool = False
+    app: App,
+    registry: AppRegistry,
+    surface: Surface = Surface.RUN,
+    auth: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
-    """:func:`openapi_document`, built once per app instance, surface and auth mode, off the event loop."""
+    """:func:`openapi_document`, built once per app instance, surface, auth mode and limits, off the event loop."""
     built = _documents.setdefault(app, {})
-    document = built.get((surface, auth))
+    document = built.get((surface, auth, limits))
     if document is None:
         try:
-            document = await asyncio.to_thread(openapi_document, app, registry, surface, auth)
+            document = await asyncio.to_thread(openapi_document, app, registry, surface, auth, limits)
         except (PydanticUserError, TypeError, ValueError) as exc:
             log.exception("cannot generate the OpenAPI document of %s", app.app_id)
             raise DescribeError(f"cannot describe {app.app_id}: {exc}") from exc
-        built[(surface, auth)] = document
+        built[(surface, auth, limits)] = document
     return document
 
 
@@ -138,10 +152,17 @@ def find_app(registry: AppRegistry, principal: Principal, name: str) -> App:
 class CatalogRoutes:
     """``/models`` and each app's description and OpenAPI document; see the module docstring."""
 
-    def __init__(self, engine: EngineClient, auth: Authenticator, on_queue: Callable[[Scope], bool]) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        auth: Authenticator,
+        on_queue: Callable[[Scope], bool],
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.engine = engine
         self.auth = auth
         self.on_queue = on_queue  # whether a request reached the queue surface
+        self.limits = limits  # the server's, stated in its documents
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -191,7 +212,7 @@ class CatalogRoutes:
             return found
         try:
             surface = Surface.QUEUE if self.on_queue(request.scope) else Surface.RUN
-            document = await cached_document(found, self.engine.registry, surface, self.auth.enabled)
+            document = await cached_document(found, self.engine.registry, surface, self.auth.enabled, self.limits)
         except DescribeError as exc:
             return http.error(500, str(exc), error_type="internal_error")
         return JSONResponse({**document, "servers": [{"url": base_url(request)}]})

@@ -12,7 +12,13 @@ declared with its body, and every body is what the server sends:
   type}], "error_type"?}``, with ``x-fal-error-type``; ``405`` with ``Allow`` wherever a
   path exists but the method does not;
 - security: ``Authorization`` (``Key <id>:<secret>`` or ``Bearer <token>``) or the
-  ``fal_jwt_token`` query parameter when auth is on, nothing when it is off.
+  ``fal_jwt_token`` query parameter when auth is on, nothing when it is off (then the
+  Origin/Host guard's ``403`` is declared instead);
+- limits (:class:`Limits`, the server's own settings): ``413`` (body bytes, or items and
+  depth of its JSON), ``415`` (not JSON), ``408`` (a stalled body or head), ``414``/``431``
+  (the listener's head limit) and ``503`` (every connection busy) where they apply, each
+  naming its number, and all of them in ``info.x-framewire-limits``; a realtime frame's
+  byte limit is on its WebSocket description.
 
 The run surface and the queue surface take the same paths (``POST /{app}`` runs the input
 on one and queues it on the other), so each has its own document: the run surface's has
@@ -35,6 +41,7 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -50,12 +57,42 @@ from framewire.engine.api import (
     Endpoint,
     split_app_id,
 )
+from framewire.gateway.budget import MAX_DEPTH
 from framewire.gateway.realtime.endpoint import websocket_endpoint
 from framewire.gateway.requests import finaliser, validation
+from framewire.gateway.settings import Settings
 
 VERSION = "0.1.0"
 REF = "#/components/schemas/{model}"
 MSGPACK = "application/msgpack"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's limits a document states, from its settings (:meth:`of`)."""
+
+    max_body_bytes: int
+    max_input_items: int
+    max_header_bytes: int
+    max_frame_bytes: int
+    read_timeout_s: float
+    max_connections: int
+    max_depth: int = MAX_DEPTH
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            max_input_items=settings.max_input_items,
+            max_header_bytes=settings.max_header_bytes,
+            max_frame_bytes=settings.max_frame_bytes,
+            read_timeout_s=settings.read_timeout_s,
+            max_connections=settings.max_connections,
+        )
+
+
+#: The limits of a server started with default settings.
+DEFAULT_LIMITS = Limits.of(Settings())
 
 
 class Surface(enum.StrEnum):
@@ -301,39 +338,80 @@ def error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def listener_error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    """A refusal written by the listener before the request reaches the app (no request id)."""
+    return {"description": description, "headers": headers, "content": _json(_ref("Error"))}
+
+
 def not_allowed() -> dict[str, Any]:
     allow = {"description": "The methods this path takes.", "schema": _STRING, "required": True}
     return error("The path exists, the method does not", Allow=allow)
 
 
 class _Responses:
-    """The error responses the server's shared refusals answer with, per auth mode."""
+    """The error responses the server's shared refusals answer with, per auth mode and limits."""
 
-    def __init__(self, auth: bool) -> None:
+    def __init__(self, auth: bool, limits: Limits) -> None:
         self.auth = auth
+        self.limits = limits
 
     def common(self) -> dict[str, Any]:
         """What any operation on an app path can answer besides its own outcomes."""
-        out = {"405": not_allowed(), "500": error("An unexpected error (the server log has it)")}
+        limits = self.limits
+        head = f"{limits.max_header_bytes} bytes (--max-header-bytes); the connection is closed"
+        out = {
+            "405": not_allowed(),
+            "408": listener_error(
+                f"Part of the request's head came, the rest not within {limits.read_timeout_s:g} s "
+                "(--read-timeout-s), or its body paused that long; the connection is closed"
+            ),
+            "414": listener_error(f"The request line (method, path and query string) is over {head}"),
+            "431": listener_error(f"The request's head (request line and headers) is over {head}"),
+            "500": error("An unexpected error (the server log has it)"),
+            "503": listener_error(
+                f"Every one of the server's {limits.max_connections} connections is busy (--max-connections); retry",
+                **{"Retry-After": _HEADER_RETRY_AFTER},
+            ),
+        }
         if self.auth:
             out["401"] = error("Missing, invalid or expired credentials")
             out["403"] = error("The credentials may not use this app")
+        else:
+            out["403"] = error(
+                "Auth is off, so browsers are held to the server's own pages: a browser request naming this "
+                "server by a host name not allowed (--allowed-host), or one that acts from another site's page "
+                "(--allowed-origin), is refused (`error_type`: `forbidden_origin`). Clients that are not "
+                "browsers are never refused this way."
+            )
         return out
 
-    def starts_work(self, *, queue: bool) -> dict[str, Any]:
-        """Refusals before work starts: bad input, the rate, readiness."""
+    def starts_work(self, *, queue: bool, body: bool = True) -> dict[str, Any]:
+        """Refusals before work starts: bad input (with ``body``, the body's limits), the rate, readiness."""
+        limits = self.limits
         out = {
             "400": error("A malformed request: a body that is not a JSON object, or a bad platform header"),
             "422": error(
                 "The input is invalid (`detail` names each field), a URL in it could not be fetched, or "
-                "the app refused it",
+                "the app refused it (an app may also bound what fields ask for together, such as the compute "
+                "of image size x steps x images: `error_type` `over_budget`, naming the limit)",
                 **{"x-fal-billable-units": {"description": "0: nothing was charged.", "schema": _STRING}},
             ),
             "503": error(
-                "The server is starting, draining or restarting its engine; retry",
+                "The server is starting, draining or restarting its engine, or every one of its "
+                f"{limits.max_connections} connections is busy (--max-connections); retry",
                 **{"Retry-After": _HEADER_RETRY_AFTER},
             ),
         }
+        if body:
+            out["413"] = error(
+                f"The body is over {limits.max_body_bytes} bytes (--max-body-bytes), or its JSON holds more "
+                f"than {limits.max_input_items} items (--max-input-items) or nests deeper than "
+                f"{limits.max_depth} levels; `error_type`: `body_too_large`"
+            )
+            out["415"] = error(
+                "The body is not sent as JSON: `Content-Type` must be `application/json` (or "
+                "`application/*+json`), or left out"
+            )
         if self.auth or queue:
             what = ["the key is over its requests/s limit" if self.auth else "", "the queue is full" if queue else ""]
             out["429"] = error(
@@ -370,13 +448,14 @@ def app_outcomes(output: dict[str, Any] | None = None, msgpack_output: dict[str,
 class _Builder:
     """Builds one document; see :func:`openapi_document`."""
 
-    def __init__(self, app: App, registry: AppRegistry, surface: Surface, auth: bool) -> None:
+    def __init__(self, app: App, registry: AppRegistry, surface: Surface, auth: bool, limits: Limits) -> None:
         self.app = app
         self.registry = registry
         self.surface = surface
         self.auth = auth
         self.endpoints = list(registry.endpoints_of(app).values())
-        self.responses = _Responses(auth)
+        self.limits = limits
+        self.responses = _Responses(auth, limits)
         self.components = _Components()
         for name, schema in (
             ("Error", ERROR),
@@ -414,6 +493,7 @@ class _Builder:
                 "description": description,
                 "version": VERSION,
                 "x-fal-metadata": {"endpointId": app.app_id, "aliases": aliases},
+                "x-framewire-limits": asdict(self.limits),
             },
             "paths": self.paths,
             "x-fal-order-paths": self.order,
@@ -501,7 +581,7 @@ class _Builder:
             {"name": name, "in": "query", "required": name in required, "schema": copy.deepcopy(schema)}
             for name, schema in fields.items()
         ]
-        responses = {**self.responses.common(), **self.responses.starts_work(queue=False)}
+        responses = {**self.responses.common(), **self.responses.starts_work(queue=False, body=False)}
         responses.update(app_outcomes(self.outputs[ep.output_model], self.msgpack_outputs[ep.output_model]))
         return {
             "operationId": operation_id(ep, "_get"),
@@ -567,7 +647,9 @@ class _Builder:
                 "Sec-WebSocket-Accept": {"schema": _STRING, "required": True},
             },
         }
+        listener = {code: self.responses.common()[code] for code in ("408", "414", "431", "503")}
         responses = {
+            **listener,
             "101": socket,
             "403": {
                 "description": "A browser page whose Origin may not open sessions (refused at the handshake)",
@@ -586,9 +668,17 @@ class _Builder:
             "description": _REALTIME_NOTE,
             "tags": ["realtime"],
             "parameters": parameters,
-            "responses": responses,
+            "responses": _sorted(responses),
             "x-framewire-websocket": {
-                "client": {"binary": {"contentType": MSGPACK, "schema": input_frame}},
+                "client": {
+                    "binary": {
+                        "contentType": MSGPACK,
+                        "schema": input_frame,
+                        "maxBytes": self.limits.max_frame_bytes,
+                        "maxItems": self.limits.max_input_items,
+                        "maxDepth": self.limits.max_depth,
+                    }
+                },
                 "server": {
                     "binary": {"contentType": MSGPACK, "schema": output_frame},
                     "text": {"contentType": "application/json", "schema": {"oneOf": [error_ref, message_ref]}},
@@ -810,15 +900,22 @@ _REALTIME_NOTE = (
     "A WebSocket session (RFC 6455). Send one binary msgpack map per frame: the input, and optionally a "
     "`request_id` echoed in its output. Each output comes back as a binary msgpack map; errors and control "
     "messages are JSON text frames (`x-fal-error`, `x-fal-message`). Credentials: the `Authorization` header or "
-    "`fal_jwt_token` (browsers). The same session opens at `/ws` in place of `/realtime` (older clients)."
+    "`fal_jwt_token` (browsers). The same session opens at `/ws` in place of `/realtime` (older clients). A "
+    "frame over the limits in `x-framewire-websocket` (`maxBytes`; `maxItems` values, `maxDepth` levels) is "
+    "refused with an `x-fal-error` text frame."
 )
 
 
 def openapi_document(
-    app: App, registry: AppRegistry, surface: Surface = Surface.RUN, auth: bool = False
+    app: App,
+    registry: AppRegistry,
+    surface: Surface = Surface.RUN,
+    auth: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
-    """OpenAPI 3.1 for one app on ``surface`` with auth ``auth`` (without ``servers``, which depend on the caller)."""
-    return _Builder(app, registry, surface, auth).build()
+    """OpenAPI 3.1 for one app on ``surface`` with auth ``auth`` and the server's ``limits``
+    (without ``servers``, which depend on the caller)."""
+    return _Builder(app, registry, surface, auth, limits).build()
 
 
 def schema_refs(document: dict[str, Any]) -> Iterator[str]:
