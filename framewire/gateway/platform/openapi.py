@@ -759,16 +759,8 @@ class _Builder:
                 "responses": _sorted(
                     {
                         **status_codes,
-                        "200": {
-                            "description": "Finished",
-                            "headers": _headers(),
-                            "content": _json(_ref("QueueCompleted")),
-                        },
-                        "202": {
-                            "description": "Queued or running",
-                            "headers": _headers(),
-                            "content": _json(in_progress),
-                        },
+                        "200": _body("Finished", _ref("QueueCompleted")),
+                        "202": _body("Queued or running", in_progress),
                     }
                 ),
             }
@@ -806,16 +798,8 @@ class _Builder:
         }
         cancel = {
             **status_codes,
-            "202": {
-                "description": "Cancelled if still queued; a running request is told to stop",
-                "headers": _headers(),
-                "content": _json(_ref("CancelStatus")),
-            },
-            "400": {
-                "description": "Already finished",
-                "headers": _headers(),
-                "content": _json(_ref("CancelStatus")),
-            },
+            "202": _body("Cancelled if still queued; a running request is told to stop", _ref("CancelStatus")),
+            "400": _body("Already finished", _ref("CancelStatus")),
         }
         operation = {"summary": "Cancel a queued request", "parameters": [request_id], "responses": _sorted(cancel)}
         self.paths[f"{requests}/cancel"] = {
