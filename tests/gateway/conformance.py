@@ -3,7 +3,9 @@
 :func:`check_documents` loads an app's document from the run listener and from the queue
 listener and runs Schemathesis' phases (examples, coverage, fuzzing, stateful over the
 queue's links) with every default check, bounded in examples and seconds, and reports the
-run's size and each failure.
+run's size and each failure. Beyond the checks, a report counts the statuses answered to
+schema-valid cases and names any refused for its data (:data:`DATA_REFUSALS`) where the
+operation's own state answers (:data:`QUEUE_STATE_ANSWERS`) do not explain it.
 
 What a schema cannot say is supplied the way a real client would: a file field's text
 (a ``data:`` URI or an http(s) URL, which is all its schema can ask for) is swapped for
