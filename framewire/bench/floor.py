@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from framewire.engine.api import (
+    App,
     AppError,
     AppRegistry,
     Endpoint,
@@ -26,6 +27,7 @@ from framewire.engine.api import (
     FrameResult,
     ProgressCallback,
     ResultCallback,
+    WeightsInfo,
 )
 
 
@@ -78,6 +80,9 @@ class LoopEngine:
 
     def close_stream(self, stream: Any) -> int:
         return 0
+
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        return app.weights_info()
 
     async def call(
         self,

@@ -43,6 +43,7 @@ from framewire.cluster.directory import Directory, WorkerAddress
 from framewire.cluster.link import Link
 from framewire.cluster.wire import Kind, Violation, WorkerInfo, WorkerLoad, WorkerState
 from framewire.engine.api import (
+    App,
     AppError,
     AppRegistry,
     Endpoint,
@@ -53,6 +54,7 @@ from framewire.engine.api import (
     ProgressCallback,
     ResultCallback,
     StartTimeout,
+    WeightsInfo,
     WorkerStatus,
 )
 
@@ -756,6 +758,12 @@ class RemoteEngine:
             return None
         stream._dropped += 1
         return old[1]
+
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        """As the workers that serve ``app`` last reported (a ready one's word first)."""
+        serving = [w for w in self._workers.values() if app.app_id in w.apps and app.app_id in w.load.weights]
+        serving.sort(key=lambda w: w.state != WorkerState.READY)
+        return serving[0].load.weights[app.app_id] if serving else None
 
     def close_stream(self, stream: Any) -> int:
         assert isinstance(stream, RemoteStream), "a stream of another engine"

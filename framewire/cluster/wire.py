@@ -53,6 +53,7 @@ from framewire.engine.api import (
     FrameResult,
     InputError,
     StartTimeout,
+    WeightsInfo,
 )
 
 PROTOCOL_VERSION = 1
@@ -405,10 +406,13 @@ class WorkerLoad:
     calls: int = 0  # requests queued or running
     edges: int = 0  # links authenticated
     endpoints: dict[str, EndpointLoad] = field(default_factory=dict)
+    #: app id -> :meth:`WeightsInfo.to_wire` of the apps set up with weights (known once ready)
+    weights: dict[str, WeightsInfo] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         out = asdict(self)
         out["state"] = str(self.state)
+        out["weights"] = {app_id: info.to_wire() for app_id, info in self.weights.items()}
         return out
 
     @classmethod
@@ -422,12 +426,16 @@ class WorkerLoad:
                 )
                 for key, ep in (value.get("endpoints") or {}).items()
             }
+            weights = {
+                str(app_id)[:200]: WeightsInfo.from_wire(info) for app_id, info in (value.get("weights") or {}).items()
+            }
             return cls(
                 WorkerState(value["state"]),
                 int(value["sessions"]),
                 int(value["calls"]),
                 int(value["edges"]),
                 endpoints,
+                weights,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise Violation(f"malformed load report ({exc})") from None

@@ -42,6 +42,7 @@ from framewire.engine.api import (
     InputError,
     StartTimeout,
     Stream,
+    WeightsInfo,
 )
 
 log = logging.getLogger("framewire.worker")
@@ -390,7 +391,13 @@ class WorkerServer:
             calls=sum(len(c.calls) for c in edges),
             edges=len(edges),
             endpoints=self.stats.snapshot(),
+            weights=self._weights() if self._started else {},
         )
+
+    def _weights(self) -> dict[str, WeightsInfo]:
+        """What each set-up app's weights are, for edges' catalogs and demo pages."""
+        infos = ((app.app_id, app.weights_info()) for app in self.engine.registry)
+        return {app_id: info for app_id, info in infos if info is not None}
 
     def _changed(self) -> None:
         """Streams, requests or links changed: wake a drain waiting for the worker to empty."""

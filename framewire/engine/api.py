@@ -277,6 +277,21 @@ class WeightsInfo:
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "reason": self.reason, "fix": self.fix, "loras": list(self.loras)}
 
+    def to_wire(self) -> dict[str, Any]:
+        """:meth:`to_json` with the ``kind``: what a worker tells edges."""
+        return {"kind": self.kind, **self.to_json()}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> WeightsInfo:
+        """The inverse of :meth:`to_wire`; ``ValueError`` for anything else."""
+        if not isinstance(value, dict) or value.get("kind") not in ("real", "random"):
+            raise ValueError("weights info must be a map with kind 'real' or 'random'")
+        source, reason, fix = (value.get(k, "") for k in ("source", "reason", "fix"))
+        loras = value.get("loras", [])
+        if not all(isinstance(t, str) for t in (source, reason, fix)) or not isinstance(loras, list):
+            raise ValueError("malformed weights info")
+        return cls(value["kind"], source, reason, fix, tuple(str(x)[:500] for x in loras[:64]))
+
 
 @dataclass(frozen=True)
 class Degraded:
@@ -688,6 +703,10 @@ class EngineClient(Protocol):
 
     def close_stream(self, stream: Stream) -> int:
         """Close a session's buffer; returns how many pending frames were discarded."""
+
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        """What ``app``'s weights are where it runs (see :meth:`App.weights_info`); None when
+        the app has no weights or nothing that runs it has said yet."""
 
     async def call(
         self,

@@ -51,6 +51,7 @@ from framewire.engine.api import (
     Stages,
     StartTimeout,
     Stream,
+    WeightsInfo,
 )
 from framewire.engine.fingerprint import Fingerprint, fingerprint
 from framewire.engine.governor import GovernorSettings
@@ -678,6 +679,9 @@ class LocalEngine:
             worker.prepare_later(endpoint, frame)
             worker.cond.notify()
         return None if dropped is None else dropped.tag
+
+    def weights_of(self, app: App) -> WeightsInfo | None:
+        return app.weights_info()
 
     def close_stream(self, stream: Stream) -> int:
         assert isinstance(stream, LocalStream), "a stream of another engine"

@@ -41,7 +41,6 @@ from framewire.gateway import http
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.db import Database, Migration
 from framewire.gateway.demo import DemoFiles
-from framewire.gateway.mcp import surface as mcp_surface
 from framewire.gateway.mcp.surface import McpSurface
 from framewire.gateway.platform import keys as keys_mod
 from framewire.gateway.platform import usage as usage_mod
@@ -249,7 +248,7 @@ def create_gateway(
         files,
         state,
         allowed_origins=settings.allowed_origins,
-        max_body_bytes=mcp_surface.MAX_BODY_BYTES,
+        body=body,
     )
     demo = Path(settings.demo_dir) if settings.demo_dir else DEMO_DIR
     static = DemoFiles(demo) if (demo / "index.html").is_file() else None

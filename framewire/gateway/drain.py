@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 from framewire.gateway.realtime.protocol import CloseCode
 from framewire.gateway.requests.dispatcher import Dispatcher
@@ -69,6 +70,10 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, drain: Callable[[float], Awaitable[None]], timeout_s: float) -> None:
         super().__init__(config)
+        # sse-starlette ends every event stream as soon as uvicorn begins its shutdown, which
+        # would cut streamed runs that step 4 lets finish: streams here end on their own
+        # (queued jobs' status streams in step 3), or all at once on a second signal.
+        AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
         self.drain = drain
         self.timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,6 +88,7 @@ class DrainingServer(uvicorn.Server):
         if self._signalled or self._loop is None or not self.started:
             if self._signalled:  # a second signal: stop waiting
                 self.force_exit = True
+                AppStatus.should_exit = True  # and end the event streams still open
             super().handle_exit(sig, frame)
             return
         self._signalled = True

@@ -176,6 +176,12 @@ async def read_json(request: Request, limits: BodyLimits) -> Any:
 
     Raises :class:`BodyError` naming what is wrong (415, 413, 408, 400).
     """
+    return decode_json(await read_json_bytes(request, limits, checked=False), limits.budget)
+
+
+async def read_json_bytes(request: Request, limits: BodyLimits, *, checked: bool = True) -> bytes:
+    """A JSON body's bytes, read with every limit of :class:`BodyLimits` (the structure budget
+    too unless ``checked`` is false), for a consumer that decodes it itself. Raises :class:`BodyError`."""
     content_type = request.headers.get("content-type")
     if not is_json_type(content_type):
         raise BodyError(
@@ -184,7 +190,12 @@ async def read_json(request: Request, limits: BodyLimits) -> Any:
             "unsupported_media_type",
         )
     raw = await read_body(request, limits.max_bytes, limits.read_timeout_s)
-    return decode_json(raw, limits.budget)
+    if checked:
+        try:
+            check_json(raw, limits.budget)
+        except OverBudget as exc:
+            raise BodyError(413, f"the body {exc}", "body_too_large") from None
+    return raw
 
 
 def decode_json(raw: bytes, budget: StructureBudget) -> Any:

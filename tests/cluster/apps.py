@@ -7,7 +7,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, FrameIdentity, InputError, Progress, endpoint, realtime
+from framewire.engine.api import App, FrameIdentity, InputError, Progress, WeightsInfo, endpoint, realtime
 
 
 class SleepIn(BaseModel):
@@ -38,8 +38,18 @@ class SleepApp(App):
     app_id = "test/sleep"
     title = "Sleep"
 
+    #: What :meth:`weights_info` says once :meth:`setup` ran (where the app runs, not where it is only named).
+    WEIGHTS = WeightsInfo("random", "test/sleep-config", reason="no weights in tests", fix="--weights DIR")
+
     def __init__(self) -> None:
         self.seen: list[list[str]] = []
+        self.set_up = False
+
+    def setup(self) -> None:
+        self.set_up = True
+
+    def weights_info(self) -> WeightsInfo | None:
+        return self.WEIGHTS if self.set_up else None
 
     def _run(self, inputs: list[SleepIn]) -> list[SleepOut]:
         batch = [f"{i.origin}:{i.n}" for i in inputs]

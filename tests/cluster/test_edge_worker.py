@@ -393,6 +393,15 @@ async def test_worker_status_reports_sessions_and_batches() -> None:
         assert status.rtt_ms is not None and status.device == "cpu"
 
 
+async def test_the_catalog_learns_an_apps_weights_from_the_workers_that_run_it() -> None:
+    async with cluster() as (edge, _):
+        await _ready(edge)
+        app = edge.registry.get("test/sleep")
+        assert app is not None and app.weights_info() is None  # the edge's copy is never set up
+        await wait_for(lambda: edge.weights_of(app) is not None, what="the worker's weights report")
+        assert edge.weights_of(app) == SleepApp.WEIGHTS
+
+
 def _random_message(rng: random.Random) -> list[object]:
     """A message of a real type with fields of random shapes (ints, strings, maps, nils)."""
     kinds = [int(k) for k in wire.Kind] + [99]

@@ -86,9 +86,28 @@ def test_sigterm_drains_closes_sessions_with_1001_and_loses_no_queued_job(tmp_pa
                 assert "error" not in status, status
                 result = client.get(f"/framewire/echo/requests/{job_id}")
                 assert result.status_code == 200 and result.json()["prompt"] == f"job {job_ids.index(job_id)}"
+        # A streamed run in flight at the signal ends with its output: the shutdown waits for it.
+        events = asyncio.run(stream_through_sigterm(proc, port, {"prompt": "streamed", "delay_ms": 1000}))
+        assert events and json.loads(events[-1])["prompt"] == "streamed", events
+        proc.wait(30)
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def stream_through_sigterm(proc: subprocess.Popen[bytes], port: int, body: dict[str, Any]) -> list[str]:
+    """The ``data`` of every event of a run on ``/stream`` during which the server gets SIGTERM."""
+    events = []
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        client.stream("POST", "/framewire/echo/stream", json=body, timeout=30) as response,
+    ):
+        assert response.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                events.append(line.removeprefix("data:").strip())
+    return events
 
 
 async def drain_scenario(proc: subprocess.Popen[bytes], port: int, queue_port: int) -> list[str]:

@@ -379,8 +379,22 @@ def test_mcp_takes_post_only_from_non_browsers_or_allowed_origins(server: Server
     evil = httpx.get(server.url, headers={**auth, "Origin": "http://attacker.example"})
     assert evil.status_code == 403 and "--allowed-origin" in evil.json()["detail"]
     assert httpx.get(server.url, headers={**auth, "Origin": "http://localhost:6274"}).status_code == 405
-    too_big = httpx.post(server.url, headers={**auth, "Content-Type": "application/json"}, content=b" " * (5 << 20))
-    assert too_big.status_code == 413
+
+
+def test_mcp_bodies_are_read_with_the_limits_of_every_json_route(server: Server) -> None:
+    headers = {"Authorization": f"Key {ADMIN}", "Content-Type": "application/json"}
+    too_big = httpx.post(server.url, headers=headers, content=b" " * (9 << 20))
+    assert too_big.status_code == 413 and "--max-body-bytes" in too_big.json()["detail"]
+    deep = httpx.post(server.url, headers=headers, content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 413 and "nests deeper" in deep.json()["detail"]
+    many = httpx.post(server.url, headers=headers, content=b"[" + b"0," * 300_000 + b"0]")
+    assert many.status_code == 413 and "--max-input-items" in many.json()["detail"]
+    form = httpx.post(server.url, headers={**headers, "Content-Type": "text/plain"}, content=b"{}")
+    assert form.status_code == 415
+    # The server goes on: a well-formed call after the refusals is answered.
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    ok = httpx.post(server.url, headers={**headers, "Accept": "application/json, text/event-stream"}, json=ping)
+    assert ok.status_code == 200 and ok.json()["result"] == {}
 
 
 def test_the_bridge_names_a_refused_key_or_a_wrong_url(server: Server) -> None:

@@ -9,6 +9,7 @@ import pytest
 from mcp import types
 from pydantic import BaseModel, Field
 
+from framewire.bench.floor import LoopEngine
 from framewire.engine.api import App, AppRegistry, endpoint
 from framewire.engine.apps.echo import EchoApp
 from framewire.gateway.mcp import content
@@ -139,7 +140,7 @@ def test_a_guide_lists_each_field_with_its_default_and_limits() -> None:
     registry = AppRegistry([app])
     book = ToolBook(registry)
     names = {ep.key: book.names_of(ep) for ep in registry.endpoints_of(app).values()}
-    page = guide(app, registry, openapi_document(app, registry), names)
+    page = guide(app, LoopEngine(registry), openapi_document(app, registry), names)
     assert page.startswith("# Tool maker (`acme/tool-maker`)")
     assert "## `acme/tool-maker/image-to-image`" in page and "`run_acme_tool-maker_image-to-image`" in page
     assert "| `prompt` | string | (required) | max length 100 | What \\| to draw |" in page

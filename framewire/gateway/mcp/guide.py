@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from framewire.engine.api import App, AppRegistry
+from framewire.engine.api import App, EngineClient
 from framewire.gateway.platform.catalog import describe, endpoint_schemas
 
 URI_PREFIX = "framewire://apps/"
@@ -60,9 +60,10 @@ def _field_rows(schema: dict[str, Any]) -> list[str]:
     return rows
 
 
-def guide(app: App, registry: AppRegistry, document: dict[str, Any], tool_names: dict[str, dict[str, str]]) -> str:
+def guide(app: App, engine: EngineClient, document: dict[str, Any], tool_names: dict[str, dict[str, str]]) -> str:
     """The guide of ``app``; ``tool_names`` maps each endpoint id to its ``run_tool`` and ``submit_tool``."""
-    about = describe(app, registry)
+    registry = engine.registry
+    about = describe(app, engine)
     lines = [f"# {about['title']} (`{app.app_id}`)", ""]
     if app.description:
         lines += [app.description, ""]

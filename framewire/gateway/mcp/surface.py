@@ -42,7 +42,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from framewire.engine.api import Endpoint, EngineClient
 from framewire.gateway import http
@@ -80,8 +80,6 @@ from framewire.gateway.state import ServerState
 from framewire.gateway.storage.store import FileStore, FileTooLarge
 
 PATH = "/mcp"
-#: Largest request body, bytes (a file given to upload_file travels base64 in it).
-MAX_BODY_BYTES = 4 * 1024 * 1024
 #: The MCP error code for a resource that does not exist (the spec's choice).
 RESOURCE_NOT_FOUND = -32002
 _PRINCIPAL = "framewire.principal"
@@ -114,7 +112,7 @@ class McpSurface:
         state: ServerState,
         *,
         allowed_origins: tuple[str, ...],
-        max_body_bytes: int,
+        body: http.BodyLimits,
     ) -> None:
         self.engine = engine
         self.auth = auth
@@ -125,6 +123,7 @@ class McpSurface:
         self.files = files
         self.state = state
         self.allowed_origins = allowed_origins
+        self.body = body
         self._book: ToolBook | None = None
         self.server: Server[Any] = Server(
             "framewire",
@@ -146,7 +145,7 @@ class McpSurface:
             stateless=True,
             json_response=True,
             security_settings=None,
-            max_request_body_size=max_body_bytes,
+            max_request_body_size=body.max_bytes,
         )
         self._running = False
 
@@ -204,8 +203,14 @@ class McpSurface:
         if not self._running:
             await NotReady().response()(scope, receive, send)
             return
+        try:
+            # The same limits as every JSON route, enforced before the SDK sees a byte.
+            raw = await http.read_json_bytes(Request(scope, receive), self.body)
+        except http.BodyError as exc:
+            await exc.response()(scope, receive, send)
+            return
         scope = {**scope, "state": {**scope.get("state", {}), _PRINCIPAL: principal}}
-        await self.manager.handle_request(scope, receive, send)
+        await self.manager.handle_request(scope, _replay(raw, receive), send)
 
     @staticmethod
     def _caller(ctx: Context) -> tuple[Principal, str]:
@@ -370,7 +375,7 @@ class McpSurface:
         registry, book = self.engine.registry, self.book
         apps = []
         for app in visible_apps(registry, principal):
-            entry = describe(app, registry)
+            entry = describe(app, self.engine)
             for ep_entry, endpoint in zip(entry["endpoints"], registry.endpoints_of(app).values(), strict=True):
                 ep_entry.update(book.names_of(endpoint))
             apps.append(entry)
@@ -387,7 +392,7 @@ class McpSurface:
             return content.error(exc.reason, "forbidden")
         except DescribeError as exc:
             return content.error(str(exc), "internal_error")
-        entry = describe(app, registry)
+        entry = describe(app, self.engine)
         for ep_entry, endpoint in zip(entry["endpoints"], registry.endpoints_of(app).values(), strict=True):
             input_schema, output_schema = endpoint_schemas(document, app, endpoint)
             ep_entry.update(self.book.names_of(endpoint), input_schema=input_schema, output_schema=output_schema)
@@ -423,7 +428,17 @@ class McpSurface:
         except DescribeError as exc:
             raise MCPError(INTERNAL_ERROR, str(exc)) from None
         names = {ep.key: self.book.names_of(ep) for ep in registry.endpoints_of(app).values()}
-        text = guide(app, registry, document, names)
+        text = guide(app, self.engine, document, names)
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="text/markdown", text=text)]
         )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for a request whose body was already read: ``body`` once, then the client's own messages."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay

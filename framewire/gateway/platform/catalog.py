@@ -68,9 +68,11 @@ def describe_endpoint(app: App, endpoint: Endpoint) -> dict[str, Any]:
     return body
 
 
-def describe(app: App, registry: AppRegistry) -> dict[str, Any]:
+def describe(app: App, engine: EngineClient) -> dict[str, Any]:
     """The ``/models`` entry of one app; apps with model weights say which (``weights``:
-    ``real`` or ``random``, the latter with the reason and the fix in ``weights_info``)."""
+    ``real`` or ``random``, the latter with the reason and the fix in ``weights_info``), as
+    the engine that runs them reports (with engine workers, the workers do)."""
+    registry = engine.registry
     body: dict[str, Any] = {
         "id": app.app_id,
         "title": app.title or app.app_id,
@@ -80,7 +82,7 @@ def describe(app: App, registry: AppRegistry) -> dict[str, Any]:
         "endpoints": [describe_endpoint(app, ep) for ep in registry.endpoints_of(app).values()],
         "openapi_url": f"/models/{app.app_id}/openapi.json",
     }
-    weights = app.weights_info()
+    weights = engine.weights_of(app)
     if weights is not None:
         body["weights"] = weights.kind
         body["weights_info"] = weights.to_json()
@@ -194,7 +196,7 @@ class CatalogRoutes:
 
     def _entry(self, app: App) -> dict[str, Any]:
         """An app's catalog entry; with engine workers, the ``workers`` serving it."""
-        entry = describe(app, self.engine.registry)
+        entry = describe(app, self.engine)
         serving = workers.for_app(self.engine, app.app_id)
         if serving is not None:
             entry["workers"] = serving
