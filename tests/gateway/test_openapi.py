@@ -347,17 +347,17 @@ def test_every_refusal_of_a_limit_is_declared_with_its_number(tmp_path: Any) -> 
     with live_surfaces(settings, [EchoApp()]) as (run_address, queue_address):
         run_doc = httpx.get(f"http://{run_address}/models/framewire/echo/openapi.json").json()
         queue_doc = httpx.get(f"http://{queue_address}/models/framewire/echo/openapi.json").json()
-        with httpx.Client(base_url=f"http://{run_address}", timeout=10) as c:
-            answers = [
-                ("post", c.post("/framewire/echo", json={"prompt": "x" * 5000}), "4096"),  # bytes
-                ("post", c.post("/framewire/echo", json={"more": list(range(200))}), "100"),  # items
-                ("post", c.post("/framewire/echo", content=b"{}", headers={"content-type": "text/plain"}), None),
-                ("post", c.post("/framewire/echo", json={}, headers={"origin": "http://evil.example"}), None),
-                ("get", c.get("/framewire/echo", headers={"x-padding": "p" * 3000}), "2048"),
-                ("get", c.get("/framewire/echo", params={"prompt": "p" * 3000}), "2048"),
-            ]
-        with httpx.Client(base_url=f"http://{queue_address}", timeout=10) as c:
-            answers.append(("post", c.post("/framewire/echo", json={"prompt": "x" * 5000}), "4096"))
+        # One connection per request: each refusal is then the answer to that request alone.
+        run, queue = f"http://{run_address}/framewire/echo", f"http://{queue_address}/framewire/echo"
+        answers = [
+            ("post", httpx.post(run, json={"prompt": "x" * 5000}), "4096"),  # bytes
+            ("post", httpx.post(run, json={"more": list(range(200))}), "100"),  # items
+            ("post", httpx.post(run, content=b"{}", headers={"content-type": "text/plain"}), None),
+            ("post", httpx.post(run, json={}, headers={"origin": "http://evil.example"}), None),
+            ("get", httpx.get(run, headers={"x-padding": "p" * 3000}), "2048"),
+            ("get", httpx.get(run, params={"prompt": "p" * 3000}), "2048"),
+            ("post", httpx.post(queue, json={"prompt": "x" * 5000}), "4096"),
+        ]
     statuses = []
     for method, res, number in answers:
         doc = queue_doc if res.url.port == int(queue_address.rsplit(":", 1)[1]) else run_doc
