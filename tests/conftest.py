@@ -96,20 +96,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
-    """Run the real app on uvicorn in a thread; yields ``host:port``."""
+def _listening_socket() -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    port = sock.getsockname()[1]
+    return sock
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
+    """Run the real app on uvicorn in a thread; yields ``host:port``."""
+    with live_surfaces(settings, apps, queue=False) as (address, _):
+        yield address
+
+
+@contextlib.contextmanager
+def live_surfaces(settings: Settings, apps: Sequence[App], *, queue: bool = True) -> Iterator[tuple[str, str]]:
+    """Run the real app on uvicorn in a thread; yields the run listener's ``host:port`` and, with
+    ``queue``, the queue listener's (``--queue-port``; else the run listener's again)."""
+    sockets = [_listening_socket() for _ in range(2 if queue else 1)]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    if queue:
+        settings = settings.with_changes(queue_port=ports[1])
     if settings.data_dir == Settings().data_dir:  # a folder of its own, not the test's default
         settings = settings.with_changes(data_dir=tempfile.mkdtemp(prefix="framewire-test-"))
     app = create_app(settings, LocalEngine(AppRegistry(apps)))
     config = server_config(app, settings, log_level="warning")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
@@ -117,7 +132,7 @@ def live_server(settings: Settings, apps: Sequence[App]) -> Iterator[str]:
             raise RuntimeError("server did not start")
         time.sleep(0.01)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[-1]}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -28,9 +28,10 @@ import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, model_validator
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 #: The realtime ``max_buffering`` range clients may ask for (fal clients validate the same).
 MAX_BUFFERING_RANGE = (1, 60)
@@ -43,6 +44,49 @@ TARGET_LATENCY_RANGE_MS = (1.0, 60_000.0)
 SIMILARITY_RANGE = (0.0, 0.25)
 #: The largest side of a video frame handed to an app, in pixels.
 MAX_VIDEO_SIDE = 4096
+
+#: What a file field's text takes: a ``data:`` URI with a base64 payload (what fal's
+#: clients' encode helpers make) or an http(s) URL (printable ASCII, as RFC 3986 has them).
+FILE_TEXT_PATTERN = (
+    r"^(?:data:[^,]*;base64,(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|https?://[!-~]+)$"
+)
+
+
+class _FileInput:
+    """The pydantic schema of :data:`FileInput`.
+
+    In JSON a file is text (:data:`FILE_TEXT_PATTERN`); in Python, which is what msgpack
+    frames decode to, it may also be raw bytes. The pattern runs in pydantic's regex engine
+    (linear in the text: an 8 MB data URI takes milliseconds), and a mismatch names the
+    forms accepted instead of quoting the pattern.
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        text = core_schema.str_schema(pattern=FILE_TEXT_PATTERN)
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.no_info_wrap_validator_function(_file_text, text),
+            python_schema=core_schema.union_schema(
+                [core_schema.bytes_schema(strict=True), text],
+                custom_error_type="file_reference",
+                custom_error_message=_FILE_ERROR,
+            ),
+        )
+
+
+_FILE_ERROR = "expected a base64 data: URI or an http(s) URL (or raw bytes in msgpack)"
+
+
+def _file_text(value: Any, handler: core_schema.ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("file_reference", _FILE_ERROR) from None
+
+
+#: A file input field: raw bytes (msgpack frames), a base64 ``data:`` URI, or an http(s)
+#: URL, which the gateway fetches before the input reaches the engine. Any other text is
+#: refused when the input is validated, so an app never sees it.
+FileInput = Annotated[bytes | str, _FileInput()]
 
 
 _log = logging.getLogger("framewire.engine")
@@ -907,6 +951,24 @@ class FrameResult:
         if self.skipped:
             out["skipped"] = self.skipped
         return out
+
+
+#: The JSON Schema of :attr:`FrameResult.timings`, the keys an output's ``timings`` gains.
+FRAME_TIMINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "queue_ms": {"type": "number", "description": "Waiting for a batch."},
+        "inference_ms": {"type": "number", "description": "The batch's run."},
+        "batch_size": {"type": "integer", "minimum": 0, "description": "0: answered without running the model."},
+        "engine_ms": {"type": "number", "description": "Queued to ready."},
+        "target_latency_ms": {"type": "number"},
+        "target_met": {"type": "boolean"},
+        "degraded": {"type": "integer", "minimum": 1, "description": "The degradation level it ran at."},
+        "degradation": {"type": "string"},
+        "skipped": {"enum": ["exact", "similar"]},
+    },
+    "required": ["queue_ms", "inference_ms", "batch_size"],
+}
 
 
 ResultCallback = Callable[[FrameResult], None]

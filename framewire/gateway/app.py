@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -38,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from framewire.engine.api import EngineClient
@@ -62,6 +64,7 @@ from framewire.gateway.platform.limits import Limiter, LocalRates, RateStore
 from framewire.gateway.platform.logs import AccessLog
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.metrics import Metrics
+from framewire.gateway.platform.openapi import Limits
 from framewire.gateway.platform.origins import BrowserGuard
 from framewire.gateway.platform.tokens import TokenRoutes
 from framewire.gateway.platform.usage import SqliteUsage, UsageMeter, UsageStore
@@ -76,7 +79,7 @@ from framewire.gateway.requests.job_store import Job, JobStore, SqliteJobStore
 from framewire.gateway.requests.outcomes import Outcome
 from framewire.gateway.requests.queue_surface import QueueSurface
 from framewire.gateway.requests.run_surface import RunSurface
-from framewire.gateway.requests.surfaces import SurfaceRouter
+from framewire.gateway.requests.surfaces import SurfaceRouter, is_queue
 from framewire.gateway.requests.webhooks import JwksRoutes, WebhookDeliverer, WebhookSigner, load_signing_key
 from framewire.gateway.settings import Settings
 from framewire.gateway.state import ServerState
@@ -97,6 +100,12 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_web"
 
 #: Every table of the embedded store, in order. Other areas append their own lists.
 MIGRATIONS: tuple[Migration, ...] = (*job_store_mod.MIGRATIONS, *keys_mod.MIGRATIONS, *usage_mod.MIGRATIONS)
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (a path no route matches) in fal's error shape."""
+    assert isinstance(exc, HTTPException)
+    return http.error(exc.status_code, exc.detail, headers=exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -342,7 +351,7 @@ def create_gateway(
         *HealthRoutes(
             engine, state, metrics, usage, jobs, shared=conn, store_error=lambda: None if db is None else db.write_error
         ).routes(),
-        *CatalogRoutes(engine, auth).routes(),
+        *CatalogRoutes(engine, auth, functools.partial(is_queue, settings=settings), Limits.of(settings)).routes(),
         *AdminRoutes(engine, auth, key_store, usage, body).routes(),
         *AppsRoutes(engine, auth, jobs).routes(),
         *TokenRoutes(engine, auth, body).routes(),
@@ -351,8 +360,9 @@ def create_gateway(
         *mcp.routes(),
         *sockets.routes(fallback=realtime.routes()),
         *video.routes(),
-        Route("/{path:path}", SurfaceRouter(settings, queue, run, static)),
     ]
+    # Last: any other path; a shared route's path with a method it lacks is answered 405 there.
+    routes.append(Route("/{path:path}", SurfaceRouter(settings, queue, run, static, shared=tuple(routes))))
 
     async def open_stores() -> None:
         if db is not None:
@@ -431,6 +441,10 @@ def create_gateway(
                 ]
             ),
         ],
-        exception_handlers={StateUnavailable: store_unavailable, Exception: internal_error},
+        exception_handlers={
+            HTTPException: http_exception,
+            StateUnavailable: store_unavailable,
+            Exception: internal_error,
+        },
     )
     return Gateway(app, state, dispatcher)

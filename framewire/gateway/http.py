@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +34,41 @@ from framewire.gateway.budget import OverBudget, StructureBudget, check_json
 from framewire.gateway.realtime import protocol
 
 REQUEST_ID = "x-fal-request-id"
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
+_JSON_TYPES = ("application/json", "application/*", "*/*")
+
+
+def prefers_msgpack(accept: str | None) -> bool:
+    """Whether an ``Accept`` header ranks msgpack above JSON (RFC 9110 quality values; ties go to JSON)."""
+    if not accept:
+        return False
+    msgpack_q = json_q = 0.0
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media in _MSGPACK_TYPES:
+            msgpack_q = max(msgpack_q, q)
+        elif media in _JSON_TYPES:
+            json_q = max(json_q, q)
+    return msgpack_q > json_q
 
 
 def error(
-    status_code: int, detail: Any, *, error_type: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+    status_code: int,
+    detail: Any,
+    *,
+    error_type: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail, **extra}
     hdrs = dict(headers or {})
@@ -47,9 +78,10 @@ def error(
     return JSONResponse(body, status_code=status_code, headers=hdrs)
 
 
-def validation_error(exc: ValidationError) -> JSONResponse:
+def validation_error(exc: ValidationError, where: str = "body") -> JSONResponse:
+    """422 naming each failing field, under ``where`` (``body`` or ``query``)."""
     return JSONResponse(
-        {"detail": protocol.validation_detail(exc)}, status_code=422, headers={"x-fal-billable-units": "0"}
+        {"detail": protocol.validation_detail(exc, where)}, status_code=422, headers={"x-fal-billable-units": "0"}
     )
 
 

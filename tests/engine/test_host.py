@@ -84,7 +84,8 @@ async def test_per_input_errors_reach_only_their_caller() -> None:
     await engine.start()
     ep = engine.registry.resolve("framewire/echo")
     bad, good = await asyncio.gather(
-        engine.call(ep, EchoInput(image_url="data:image/jpeg;base64,@@@")),
+        # Validation refuses this text; built without it, it reaches the app, which refuses it alone.
+        engine.call(ep, EchoInput.model_construct(image_url="data:image/jpeg;base64,@@@")),
         engine.call(ep, EchoInput(image_url=b"abc")),
     )
     await engine.stop()

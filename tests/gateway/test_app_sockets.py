@@ -136,4 +136,4 @@ def test_the_catalog_lists_socket_endpoints(server: str) -> None:
         {"path": "/count", "id": "test/rawsocket/count", "url": "/test/rawsocket/count"},
     ]
     doc = httpx.get(f"http://{server}/models/test/rawsocket/openapi.json", headers=headers).json()
-    assert doc["paths"]["/test/rawsocket/count"]["x-fal-protocol"]["type"] == "websocket"
+    assert doc["paths"]["/test/rawsocket/count"]["get"]["x-fal-protocol"]["type"] == "websocket"

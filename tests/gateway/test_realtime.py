@@ -77,7 +77,11 @@ def test_legacy_ws_path_serves_the_same_app(client: TestClient) -> None:
         (lambda ws: ws.send_bytes(pack([1, 2, 3])), "INVALID_FRAME", "msgpack map"),
         (lambda ws: ws.send_bytes(pack({"delay_ms": 5000})), "VALIDATION_ERROR", "delay_ms"),
         (lambda ws: ws.send_bytes(pack({"image_url": b"x" * 70_000})), "FRAME_TOO_LARGE", "limit is 65536"),
-        (lambda ws: ws.send_bytes(pack({"image_url": "data:image/png;base64,!!"})), "INVALID_INPUT", "base64"),
+        (
+            lambda ws: ws.send_bytes(pack({"image_url": "data:image/png;base64,!!"})),
+            "VALIDATION_ERROR",
+            "base64 data: URI",
+        ),
     ],
 )
 def test_bad_frame_gets_an_error_and_the_session_goes_on(client: TestClient, send: Any, code: str, words: str) -> None:

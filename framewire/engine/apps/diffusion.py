@@ -56,6 +56,7 @@ from framewire.engine.api import (
     App,
     AppError,
     Degraded,
+    FileInput,
     FrameIdentity,
     InputError,
     Progress,
@@ -104,8 +105,10 @@ class DiffusionInput(BaseModel):
     """Fields common to the diffusion apps (fal's image-app names). Unknown fields are ignored."""
 
     prompt: str = Field(..., max_length=20_000, description="What to draw (CLIP reads the first 77 tokens).")
-    image_url: bytes | str | None = Field(
-        None, description="Input image for image-to-image: raw bytes (msgpack bin), a data URI, or an http(s) URL."
+    image_url: FileInput | None = Field(
+        None,
+        description="Input image for image-to-image (JPEG, PNG or WebP): raw bytes (msgpack bin), a base64 data URI, "
+        "or an http(s) URL.",
     )
     strength: float = Field(0.5, ge=0.0, le=1.0, description="How much to change the input image (0: none).")
     num_inference_steps: int = Field(4, ge=1, le=12)

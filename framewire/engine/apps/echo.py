@@ -10,12 +10,13 @@ import time
 
 from pydantic import BaseModel, Field
 
-from framewire.engine.api import App, InputError, VideoFrame, realtime, video
+from framewire.engine.api import App, FileInput, InputError, VideoFrame, realtime, video
 
 
 class EchoInput(BaseModel):
-    image_url: bytes | str | None = Field(
-        None, description="Image as raw bytes (msgpack bin), a data URI, or an http(s) URL (fetched by the server)."
+    image_url: FileInput | None = Field(
+        None,
+        description="Image as raw bytes (msgpack bin), a base64 data URI, or an http(s) URL (fetched by the server).",
     )
     prompt: str = Field("", max_length=10_000)
     delay_ms: float = Field(0.0, ge=0.0, le=1000.0, description="Simulated work per batch, in ms.")

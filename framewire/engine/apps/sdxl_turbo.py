@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from framewire.engine.api import Progress, VideoFrame, endpoint, realtime, video
+from framewire.engine.api import FileInput, Progress, VideoFrame, endpoint, realtime, video
 from framewire.engine.apps.diffusion import SEED_LIMIT, VIDEO_MAX_SIDE, VIDEO_PATH, DiffusionApp, DiffusionInput
 from framewire.engine.media import ImageOutput, VideoOutput
 
@@ -24,7 +24,10 @@ class TurboInput(DiffusionInput):
 
 
 class TurboImageInput(TurboInput):
-    image_url: bytes | str = Field(..., description="Input image: raw bytes (msgpack bin), a data URI, or a URL.")
+    image_url: FileInput = Field(
+        ...,
+        description="Input image (JPEG, PNG or WebP): raw bytes (msgpack bin), a base64 data URI, or an http(s) URL.",
+    )
 
 
 class TurboVideoInput(TurboInput):

@@ -59,7 +59,6 @@ from framewire.gateway.mcp.tools import (
 )
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.catalog import (
-    VERSION,
     DescribeError,
     cached_document,
     describe,
@@ -68,6 +67,8 @@ from framewire.gateway.platform.catalog import (
     visible_apps,
 )
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.platform.openapi import VERSION
+from framewire.gateway.requests import validation
 from framewire.gateway.requests.finaliser import OutputFinaliser, sniff_content_type
 from framewire.gateway.requests.inputs import FetchError
 from framewire.gateway.requests.job_store import CancelResult, JobStatus, QueueFull, Snapshot
@@ -301,7 +302,7 @@ class McpSurface:
         if refused is not None:
             return refused
         try:
-            endpoint.input_model.model_validate(arguments)
+            validation.from_json(endpoint.input_model, arguments)
         except ValidationError as exc:
             return content.invalid(exc, name)
         try:

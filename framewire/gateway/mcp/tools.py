@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PydanticUserError
 
 from framewire.engine.api import AppRegistry, Endpoint
 from framewire.gateway.platform.auth import Principal
+from framewire.gateway.requests.validation import JsonInputSchema
 
 log = logging.getLogger("framewire.mcp")
 
@@ -255,7 +256,7 @@ class ToolBook:
         endpoint = tool.endpoint
         definition: types.Tool | None
         try:
-            schema: dict[str, Any] = endpoint.input_model.model_json_schema()
+            schema: dict[str, Any] = endpoint.input_model.model_json_schema(schema_generator=JsonInputSchema)
         except (PydanticUserError, TypeError, ValueError):
             log.exception("cannot describe the input of %s as JSON Schema: its tools are not offered", endpoint.key)
             definition = None

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from framewire.engine.api import DEFAULT_BUFFERING, Endpoint, EngineClient, EngineUnavailable
+from framewire.engine.api import DEFAULT_BUFFERING, AppRegistry, Endpoint, EngineClient, EngineUnavailable
 from framewire.gateway.budget import StructureBudget
 from framewire.gateway.http import base_url
 from framewire.gateway.platform import logs
@@ -44,6 +44,19 @@ log = logging.getLogger("framewire.realtime")
 
 #: The reconnect hint sent with ENGINE_UNAVAILABLE (starting up or draining).
 RETRY_AFTER_MS = 1000
+#: What a WebSocket path ends with: ``realtime``, or ``ws`` for older clients.
+SUFFIXES = ("realtime", "ws")
+
+
+def websocket_endpoint(registry: AppRegistry, path: str) -> Endpoint | None:
+    """The endpoint a WebSocket opened at ``path`` runs, or None (no session opens there)."""
+    app_path, _, suffix = path.strip("/").rpartition("/")
+    if suffix not in SUFFIXES or not app_path:
+        return None
+    try:
+        return registry.resolve(app_path, realtime=True)
+    except (LookupError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -93,11 +106,8 @@ class RealtimeEndpoint:
         self._closing: set[asyncio.Future[None]] = set()
 
     def routes(self) -> list[BaseRoute]:
-        return [
-            WebSocketRoute("/{app_path:path}/realtime", self.connect),
-            WebSocketRoute("/{app_path:path}/ws", self.connect),
-            WebSocketRoute("/{path:path}", self.unknown),
-        ]
+        routes: list[BaseRoute] = [WebSocketRoute(f"/{{app_path:path}}/{s}", self.connect) for s in SUFFIXES]
+        return [*routes, WebSocketRoute("/{path:path}", self.unknown)]
 
     async def _refuse(self, ws: WebSocket, code: str, reason: str, close_code: int, **extra: object) -> None:
         self.metrics.sessions_refused.labels(str(code)).inc()

@@ -184,10 +184,10 @@ def _looks_like_json(text: str) -> bool:
     return True
 
 
-def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
-    """pydantic errors in fal's ``detail`` shape: ``loc``, ``msg``, ``type``."""
+def validation_detail(exc: ValidationError, where: str = "body") -> list[dict[str, Any]]:
+    """pydantic errors in fal's ``detail`` shape: ``loc`` (starting with ``where``), ``msg``, ``type``."""
     return [
-        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        {"loc": [where, *err["loc"]], "msg": err["msg"], "type": err["type"]}
         for err in exc.errors(include_url=False, include_input=False)
     ]
 

@@ -21,8 +21,10 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from pydantic_core import to_jsonable_python
 
+from framewire.engine.api import FRAME_TIMINGS_SCHEMA
 from framewire.gateway.storage.store import FileStore
 
 #: Bytes of base64 work done on the event loop before moving the work to a thread.
@@ -69,7 +71,7 @@ _JSON_LEAVES = (str, int, float, bool, type(None))
 
 
 def _scan(value: Any) -> tuple[int, int, int]:
-    """(file objects, total bytes, other non-JSON leaves) anywhere in ``value``."""
+    """(file objects, total bytes, non-JSON leaves: bytes, even empty, and others) anywhere in ``value``."""
     files = size = odd = 0
     stack = [value]
     while stack:
@@ -82,6 +84,7 @@ def _scan(value: Any) -> tuple[int, int, int]:
             stack.extend(item)
         elif isinstance(item, bytes | bytearray):
             size += len(item)
+            odd += 1
         elif not isinstance(item, _JSON_LEAVES):
             odd += 1
     return files, size, odd
@@ -125,11 +128,34 @@ class OutputFinaliser:
     async def to_json(self, output: Any, *, sync_mode: bool, base_url: str) -> Any:
         """``output`` made JSON-serialisable (see the module docstring)."""
         files, size, odd = _scan(output)
-        if files == 0 and size == 0 and odd == 0:
+        if files == 0 and odd == 0:
             return output
         if (sync_mode or files == 0) and size <= INLINE_LIMIT:
             return self.to_json_blocking(output, sync_mode=sync_mode, base_url=base_url)
         return await asyncio.to_thread(self.to_json_blocking, output, sync_mode=sync_mode, base_url=base_url)
+
+    def to_msgpack_blocking(self, output: Any, *, sync_mode: bool, base_url: str) -> Any:
+        """``output`` for a msgpack answer: bytes stay bytes, a file object keeps its content
+        inline with ``sync_mode`` and is stored (a ``url``) without; other values as in JSON."""
+
+        def leaf(value: Any) -> Any:
+            if isinstance(value, (bytes, bytearray, *_JSON_LEAVES)):
+                return value
+            return to_jsonable_python(value)
+
+        def file(obj: dict[str, Any]) -> Any:
+            return {**obj, "content": bytes(obj["content"])} if sync_mode else self._store(obj, base_url)
+
+        return _walk(output, leaf, file)
+
+    async def to_msgpack(self, output: Any, *, sync_mode: bool, base_url: str) -> bytes:
+        """:meth:`to_msgpack_blocking`, encoded; in a thread when files are stored or the output is large."""
+        files, size, _ = _scan(output)
+        if (sync_mode or files == 0) and size <= INLINE_LIMIT:
+            return _packb(self.to_msgpack_blocking(output, sync_mode=sync_mode, base_url=base_url))
+        return await asyncio.to_thread(
+            lambda: _packb(self.to_msgpack_blocking(output, sync_mode=sync_mode, base_url=base_url))
+        )
 
     @staticmethod
     def realtime_needs_storage(output: Any, sync_mode: bool | None) -> bool:
@@ -140,8 +166,113 @@ class OutputFinaliser:
         return _walk(output, lambda v: v, lambda obj: self._store(obj, base_url))
 
 
+def _packb(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
 def merge_timings(output: dict[str, Any], result: Any) -> dict[str, Any]:
     """Add the engine's timings to an output's ``timings`` dict when the output has one."""
     if "timings" in output and isinstance(output["timings"], dict | None):
         output["timings"] = {**(output["timings"] or {}), **result.timings}
     return output
+
+
+# -- what these rules make of an output's JSON Schema ------------------------------------------------
+
+#: A ``data:`` URI as :func:`data_uri` writes one.
+DATA_URI_SCHEMA = {"type": "string", "pattern": "^data:[^,]*;base64,[A-Za-z0-9+/]*={0,2}$"}
+
+
+def json_output_schemas(defs: dict[str, Any], roots: set[str]) -> dict[str, Any]:
+    """``defs`` (pydantic's serialization-mode schemas) as the JSON surfaces send them.
+
+    File objects (a ``url`` and bytes ``content``) lose ``content`` and keep ``url`` (a
+    stored file's URL or a data URI); other bytes are data URIs. The ``roots`` (an
+    endpoint's output) gain the engine's ``timings`` (:func:`merge_timings`).
+    """
+    return {name: _output_view(schema, name in roots, inline=False) for name, schema in defs.items()}
+
+
+def msgpack_output_schemas(defs: dict[str, Any], roots: set[str]) -> dict[str, Any]:
+    """``defs`` as msgpack sends them: bytes stay bytes; a file object's ``content`` is there
+    unless the file was stored (then ``url`` names it)."""
+    return {name: _output_view(schema, name in roots, inline=True) for name, schema in defs.items()}
+
+
+def _is_bytes(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "string" and schema.get("format") == "binary"
+
+
+def _without_bytes(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """``schema`` with its bytes branch removed; None when nothing else is left."""
+    if _is_bytes(schema):
+        return None
+    if "anyOf" in schema:
+        rest = [branch for branch in schema["anyOf"] if not _is_bytes(branch)]
+        if not rest:
+            return None
+        extra = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+        return {**extra, **rest[0]} if len(rest) == 1 else {**extra, "anyOf": rest}
+    return schema
+
+
+def _output_view(schema: dict[str, Any], root: bool, *, inline: bool) -> dict[str, Any]:
+    out: dict[str, Any] = _map_bytes(schema, inline)
+    props = out.get("properties")
+    if (
+        isinstance(props, dict)
+        and "url" in props
+        and "content" in props
+        and _has_bytes(schema["properties"]["content"])
+    ):
+        # A file object: its content goes (JSON; msgpack when stored), its url is always there.
+        out["required"] = sorted({*(n for n in out.get("required", []) if n != "content"), "url"})
+        if not inline:
+            props = dict(props)
+            content = _without_bytes(schema["properties"]["content"])
+            if content is None:
+                props.pop("content")
+            else:
+                props["content"] = content  # what is left: null, when the model had no bytes to send
+            out["properties"] = props
+    if root and isinstance(props, dict) and "timings" in props:
+        out["properties"] = {**out["properties"], "timings": _merged_timings(out["properties"]["timings"])}
+    return out
+
+
+def _has_bytes(schema: Any) -> bool:
+    if _is_bytes(schema):
+        return True
+    return isinstance(schema, dict) and any(_is_bytes(branch) for branch in schema.get("anyOf", ()))
+
+
+def _map_bytes(node: Any, inline: bool) -> Any:
+    """Every bytes schema in ``node`` as sent: a data URI in JSON, itself in msgpack."""
+    if _is_bytes(node):
+        return dict(node) if inline else {**{k: v for k, v in node.items() if k != "format"}, **DATA_URI_SCHEMA}
+    if isinstance(node, dict):
+        return {k: _map_bytes(v, inline) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_bytes(v, inline) for v in node]
+    return node
+
+
+_ENGINE_TIMINGS: dict[str, Any] = FRAME_TIMINGS_SCHEMA["properties"]
+
+
+def _merged_timings(declared: dict[str, Any]) -> dict[str, Any]:
+    """An output's ``timings`` after :func:`merge_timings`: its own entries and the engine's."""
+    branches = declared.get("anyOf", [declared])
+    objects = [b for b in branches if b.get("type") == "object"]
+    base: dict[str, Any] = objects[0] if objects else {"type": "object"}
+    merged: dict[str, Any] = {
+        **{k: v for k, v in declared.items() if k in ("title", "description")},
+        "type": "object",
+        "properties": {**base.get("properties", {}), **_ENGINE_TIMINGS},
+    }
+    if base.get("required"):
+        merged["required"] = base["required"]  # the engine's keys: not in partial outputs (event streams)
+    if "additionalProperties" in base:
+        merged["additionalProperties"] = base["additionalProperties"]
+    return merged

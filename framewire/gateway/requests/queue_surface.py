@@ -42,6 +42,7 @@ from framewire.gateway.db import StoreUnwritable
 from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.requests import validation
 from framewire.gateway.requests.addresses import refusal
 from framewire.gateway.requests.dispatcher import Dispatcher
 from framewire.gateway.requests.job_store import (
@@ -69,6 +70,13 @@ _CANCEL_STATUS = {
     CancelResult.NOT_FOUND: "NOT_FOUND",
     CancelResult.REMOVED: "CANCELLATION_REQUESTED",
     CancelResult.SIGNALLED: "CANCELLATION_REQUESTED",
+}
+#: The methods of each request operation (``None``: the result).
+_METHODS = {
+    None: frozenset({"GET", "HEAD"}),
+    "status": frozenset({"GET", "HEAD"}),
+    "status/stream": frozenset({"GET"}),
+    "cancel": frozenset({"PUT", "POST"}),
 }
 #: Longest a status stream waits for a change before looking again (queue positions move).
 STATUS_POLL_S = 0.5
@@ -121,7 +129,7 @@ def _with_id(response: Response, job_id: str) -> Response:
 
 def _submit_options(request: Request, max_queue_length: int) -> tuple[Priority, float | None, str | None, int]:
     """Parse the platform headers and query of a submit; ValueError names the culprit."""
-    raw_priority = request.headers.get("x-fal-queue-priority", "normal").strip().lower()
+    raw_priority = request.headers.get("x-fal-queue-priority", "normal")
     if raw_priority not in ("normal", "low"):
         raise ValueError(f"x-fal-queue-priority must be 'normal' or 'low', got {raw_priority!r}")
     priority = Priority.LOW if raw_priority == "low" else Priority.NORMAL
@@ -192,6 +200,17 @@ class QueueSurface:
         self.max_queue_length = max_queue_length
         self.private_networks = private_networks
 
+    def methods(self, path: str) -> frozenset[str]:
+        """The methods the queue surface takes at ``path`` (none: nothing there)."""
+        match = _REQUEST_PATH.match(path)
+        if match is not None:
+            return _METHODS[match["op"]]
+        try:
+            self.engine.registry.resolve(path.strip("/"))
+        except (LookupError, ValueError):
+            return frozenset()
+        return frozenset({"POST"})
+
     async def handle(self, request: Request, path: str) -> Response:
         """Every request on the queue surface that is not a shared route."""
         match = _REQUEST_PATH.match(path)
@@ -227,7 +246,8 @@ class QueueSurface:
             if not isinstance(data, dict):
                 raise ValueError(f"body must be a JSON object (the app input), got {type(data).__name__}")
             # Only what the app's model knows is stored (and later fetched): unknown fields are dropped.
-            data = endpoint.input_model.model_validate(data).model_dump(mode="json", exclude_unset=True, by_alias=True)
+            checked = validation.from_json(endpoint.input_model, data)
+            data = checked.model_dump(mode="json", exclude_unset=True, by_alias=True)
             refused = None if webhook is None or self.private_networks else await refusal(webhook)
             if refused is not None:
                 raise ValueError(f"fal_webhook: {refused}")
@@ -362,15 +382,6 @@ class QueueSurface:
 
     async def request_endpoint(self, request: Request, match: re.Match[str]) -> Response:
         job_id, op = match["id"], match["op"]
-        method = request.method
-        allowed = {
-            None: ("GET", "HEAD"),
-            "status": ("GET", "HEAD"),
-            "status/stream": ("GET",),
-            "cancel": ("PUT", "POST"),
-        }
-        if method not in allowed[op]:
-            return http.error(405, f"{method} is not allowed here; use {' or '.join(allowed[op])}")
         with_logs = _flag(request.query_params.get("logs")) and op in ("status", "status/stream")
         found = await self._job_for(request, match["app"], job_id, with_logs, with_result=op is None)
         if isinstance(found, Response):
@@ -387,7 +398,9 @@ class QueueSurface:
 
     async def _cancel(self, job: Job) -> Response:
         result = await self.cancel(job)
-        code = {CancelResult.ALREADY_COMPLETED: 400, CancelResult.NOT_FOUND: 404}.get(result, 202)
+        if result == CancelResult.NOT_FOUND:  # purged since it was looked up
+            return http.error(404, f"Request {job.id!r} not found", status="NOT_FOUND")
+        code = 400 if result == CancelResult.ALREADY_COMPLETED else 202
         return JSONResponse({"status": _CANCEL_STATUS[result]}, status_code=code)
 
     async def cancel(self, job: Job) -> CancelResult:

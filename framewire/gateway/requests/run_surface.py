@@ -1,7 +1,9 @@
 """The run surface (fal's ``fal.run``): sync run and SSE streaming (protocol §3, §4).
 
 - ``POST /{id}[/{path}]`` with the input JSON → the output JSON directly (``GET`` with the
-  input as query parameters also works, as fal's JS client can send it).
+  input as query parameters also works, as fal's JS client can send it, for endpoints
+  whose required fields fit a query string). With ``Accept: application/msgpack`` the
+  output is msgpack instead, its bytes inline (files too, with ``sync_mode``).
 - ``POST /{id}[/{path}]/stream`` → ``text/event-stream``: one ``data:`` JSON event per
   partial output the app reports (e.g. a preview per denoising step; when the client is
   slower than the app, older partials are dropped for newer ones), then one event with
@@ -35,7 +37,8 @@ from framewire.gateway.http import base_url
 from framewire.gateway.platform.auth import Authenticator, AuthError, Principal
 from framewire.gateway.platform.metering import Meter
 from framewire.gateway.platform.origins import cross_site_refusal
-from framewire.gateway.requests.finaliser import OutputFinaliser
+from framewire.gateway.requests import validation
+from framewire.gateway.requests.finaliser import OutputFinaliser, merge_timings
 from framewire.gateway.requests.inputs import FetchError, InputFetcher
 from framewire.gateway.requests.outcomes import EngineGone, outcome_response, run_outcome, timeout_outcome
 from framewire.gateway.requests.surfaces import PING_S, Refused, admit, start_timeout_s
@@ -43,7 +46,6 @@ from framewire.gateway.state import ServerState
 
 #: Partial outputs held for a slow SSE client; older ones are dropped first.
 MAX_PENDING_PARTIALS = 4
-_RESERVED_QUERY = ("fal_jwt_token",)
 
 
 class RunSurface:
@@ -83,6 +85,18 @@ class RunSurface:
         except (LookupError, ValueError):
             return None
 
+    def methods(self, path: str) -> frozenset[str]:
+        """The methods the run surface takes at ``path`` (none: no app there).
+
+        POST runs; GET runs too where every required field fits a query string."""
+        found = self._resolve(path.strip("/"))
+        if found is None:
+            return frozenset()
+        endpoint, streaming = found
+        if streaming or validation.query_fields(endpoint.input_model) is None:
+            return frozenset({"POST"})
+        return frozenset({"GET", "POST"})
+
     async def handle(self, request: Request, path: str) -> Response | None:
         """Answer a run-surface request; None when no app is at ``path`` (caller decides)."""
         path = path.strip("/")
@@ -106,18 +120,16 @@ class RunSurface:
             return exc.response()
         started = time.perf_counter()
         base = base_url(request)
+        query = request.method == "GET"
         try:
             timeout_s = start_timeout_s(request)
-            if request.method == "GET":
-                data: Any = {k: v for k, v in request.query_params.items() if k not in _RESERVED_QUERY}
-            else:
-                data = await http.read_json(request, self.body)
-            inp = await self.prepare(principal, endpoint, data, base, surface)
+            data: Any = dict(request.query_params) if query else await http.read_json(request, self.body)
+            inp = await self.prepare(principal, endpoint, data, base, surface, query=query)
         except http.BodyError as exc:
             self.meter.request(principal.key_id, endpoint.app.app_id, surface, error_code=exc.error_type)
             return exc.response()
         except ValidationError as exc:
-            return http.validation_error(exc)
+            return http.validation_error(exc, "query" if query else "body")
         except FetchError as exc:
             return http.error(422, exc.detail(), error_type=exc.error_type)
         except ValueError as exc:
@@ -134,10 +146,13 @@ class RunSurface:
             return http.error(499, "the client closed the request", error_type="request_cancelled")
         except StartTimeout as exc:
             return outcome_response(timeout_outcome(exc.timeout_s))
-        return await self._respond(result, inp, base)
+        return await self._respond(result, inp, base, http.prefers_msgpack(request.headers.get("accept")))
 
-    async def prepare(self, principal: Principal, endpoint: Endpoint, data: Any, base: str, surface: str) -> BaseModel:
-        """The validated input for ``data``, with the ``*_url`` fields its model knows fetched.
+    async def prepare(
+        self, principal: Principal, endpoint: Endpoint, data: Any, base: str, surface: str, *, query: bool = False
+    ) -> BaseModel:
+        """The validated input for ``data`` (a JSON body, or with ``query`` a query string's
+        values), with its ``*_url`` fields fetched; see :mod:`framewire.gateway.requests.validation`.
 
         Unknown fields are dropped before anything is fetched. Raises ``ValidationError`` or
         :class:`FetchError` (both recorded in usage), or ``ValueError`` when ``data`` is not
@@ -148,7 +163,13 @@ class RunSurface:
         app_id = endpoint.app.app_id
         model = endpoint.input_model
         try:
-            data = model.model_validate(data).model_dump(mode="json", exclude_unset=True, by_alias=True)
+            if query:
+                data = validation.query_values(model, data)
+                checked = model.model_validate(data)
+            else:
+                checked = validation.from_json(model, data)
+            # Only what the model knows goes on (and is fetched): unknown fields are dropped.
+            data = checked.model_dump(mode="json", exclude_unset=True, by_alias=True)
             data = await self.fetcher.resolve(data, model, base)
             return model.model_validate(data)
         except ValidationError:
@@ -185,7 +206,13 @@ class RunSurface:
         self.meter.result(principal, app_id, surface, result, started)
         return result
 
-    async def _respond(self, result: FrameResult, inp: BaseModel, base: str) -> Response:
+    async def _respond(self, result: FrameResult, inp: BaseModel, base: str, msgpack: bool) -> Response:
+        """The answer to a run; with ``msgpack`` an output is msgpack (errors stay JSON)."""
+        if msgpack and result.output is not None:
+            output = merge_timings(result.output.model_dump(), result)
+            sync_mode = bool(getattr(inp, "sync_mode", False))
+            body = await self.finaliser.to_msgpack(output, sync_mode=sync_mode, base_url=base)
+            return Response(body, media_type=http.MSGPACK)
         try:
             outcome = await run_outcome(result, inp, self.finaliser, base)
         except EngineGone as exc:

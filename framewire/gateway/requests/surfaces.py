@@ -14,10 +14,12 @@ and not draining, and the key within its requests/s limit.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from framewire.engine.api import EngineClient
@@ -25,6 +27,7 @@ from framewire.gateway import http
 from framewire.gateway.platform.auth import Principal
 from framewire.gateway.platform.limits import retry_after_header
 from framewire.gateway.platform.metering import Meter
+from framewire.gateway.realtime.endpoint import websocket_endpoint
 from framewire.gateway.settings import Settings
 from framewire.gateway.state import ServerState
 
@@ -114,27 +117,72 @@ def start_timeout_s(conn: HTTPConnection) -> float | None:
 
 
 class SurfaceRouter:
-    """Any HTTP path not taken by a shared route: the queue surface or the run surface."""
+    """Any HTTP path not taken by a shared route: the queue surface or the run surface.
 
-    def __init__(self, settings: Settings, queue: QueueSurface, run: RunSurface, static: ASGIApp | None) -> None:
+    Methods are checked first, the same way on both surfaces: a path where an app answers
+    but not to this method gets 405 with ``Allow``, and so does a shared route's path
+    (``shared``) asked with a method it does not take. A WebSocket path (``…/realtime``,
+    ``…/ws``) reached by plain HTTP gets 426: it takes only the upgrade.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        queue: QueueSurface,
+        run: RunSurface,
+        static: ASGIApp | None,
+        shared: Sequence[BaseRoute] = (),
+    ) -> None:
         self.settings = settings
         self.queue = queue
         self.run = run
         self.static = static
+        self.shared = tuple(shared)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         path = scope["path_params"].get("path", "")
-        response: Response | None
-        if is_queue(scope, self.settings):
-            response = await self.queue.handle(request, path)
+        method = request.method
+        surface: QueueSurface | RunSurface = self.queue if is_queue(scope, self.settings) else self.run
+        allowed = set(surface.methods(path))
+        upgrade = websocket_endpoint(self.run.engine.registry, path) is not None
+        if upgrade:
+            allowed.add("GET")  # the WebSocket's: a GET run never happens where a session opens
+        response: Response | None = None
+        if not allowed:
+            response = self._shared_methods(scope)
+            if response is None and surface is self.run and self.static is not None and method in ("GET", "HEAD"):
+                await self.static(scope, receive, send)
+                return
+            response = response or http.error(404, f"Path /{path.strip('/')} not found")
+        elif method not in allowed:
+            response = not_allowed(method, allowed)
+        elif upgrade and method == "GET":
+            response = http.error(
+                426,
+                f"/{path.strip('/')} is a WebSocket endpoint: open it with a WebSocket client (Upgrade: websocket)",
+                error_type="upgrade_required",
+                headers={"Upgrade": "websocket"},
+            )
         else:
-            response = None
-            if request.method in ("GET", "POST"):
-                response = await self.run.handle(request, path)
-            if response is None:
-                if self.static is not None and request.method in ("GET", "HEAD"):
-                    await self.static(scope, receive, send)
-                    return
-                response = http.error(404, f"Path /{path.strip('/')} not found")
+            response = await surface.handle(request, path)
+        if response is None:  # the app went away since its methods were read
+            response = http.error(404, f"Path /{path.strip('/')} not found")
         await response(scope, receive, send)
+
+    def _shared_methods(self, scope: Scope) -> Response | None:
+        """405 when a shared route has this path but not this method, else None."""
+        for route in self.shared:
+            match, _ = route.matches(scope)
+            methods = getattr(route, "methods", None)
+            if match == Match.PARTIAL and methods:
+                return not_allowed(scope["method"], methods)
+        return None
+
+
+def not_allowed(method: str, allowed: Iterable[str]) -> Response:
+    """405 with the ``Allow`` header RFC 9110 asks for."""
+    methods = ", ".join(sorted(allowed))
+    return http.error(
+        405, f"{method} is not allowed here; use {methods}", error_type="method_not_allowed", headers={"Allow": methods}
+    )
