@@ -10,7 +10,8 @@ bodies are untouched) and adds, per connection:
 - **head size**: request line plus headers at most ``max_header_bytes``; beyond it the
   connection gets ``431 Request Header Fields Too Large`` (``414 URI Too Long`` when the
   request line is what is long) naming the limit, and is closed. Bytes are counted as
-  they arrive, before the parser buffers them.
+  they arrive, before the parser buffers them; a head that arrives in the same read as the
+  end of the previous request's body is counted as the parser hands it over.
 - **head deadline**: a new connection, or a request whose first byte has arrived, must
   deliver its whole head within ``read_timeout_s``; otherwise it is closed (with ``408``
   when part of a head came). Silent and trickling sockets are freed.
@@ -81,6 +82,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True  # waiting for (the rest of) a request head
         self._head_bytes = 0
         self._url_bytes = 0
+        self._parsed_head = 0  # the head's URL and headers as the parser handed them over
+        self._parsed_over = False
         self._deadline: asyncio.TimerHandle | None = None
         self._refused = False
         self._lingered = 0
@@ -133,7 +136,7 @@ class GuardedProtocol(HttpToolsProtocol):
                     self._head_bytes += len(first)
                     super().data_received(first)
                 if self._in_head and not self._refused and not self.transport.is_closing():
-                    self._head_too_large()
+                    self._head_too_large(self._head_bytes)
                     return
                 if rest and not self._refused:
                     self.data_received(rest)
@@ -148,10 +151,32 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._url_bytes = 0
+        self._parsed_head = 0
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
+        self._count_parsed(len(url))
         super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 4)  # with ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        """Count head bytes as the parser hands them over. :meth:`data_received` counts them
+        first, as they arrive, but not a head that came in one read with the end of the
+        previous request's body; past the limit this stops the parser (uvicorn then calls
+        :meth:`send_400_response`, which refuses the head instead)."""
+        self._parsed_head += size
+        if self._parsed_head > self.limits.max_header_bytes:
+            self._parsed_over = True
+            raise ValueError("request head over --max-header-bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        if self._parsed_over and not self._refused:
+            self._head_too_large(self._parsed_head)
+            return
+        super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -171,9 +196,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # -- refusals --------------------------------------------------------------------------
 
-    def _head_too_large(self) -> None:
+    def _head_too_large(self, head_bytes: int) -> None:
         limit = self.limits.max_header_bytes
-        if self._head_bytes - self._url_bytes < 64:  # nearly all of it is the request line
+        if head_bytes - self._url_bytes < 64:  # nearly all of it is the request line
             detail = f"the request line is longer than the limit of {limit} bytes (--max-header-bytes)"
             self._refuse("uri_too_long", _response(414, "URI Too Long", detail))
         else:
@@ -204,6 +229,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, reason: str, response: bytes) -> None:
         """Answer, close the write side, read and drop what the client still sends, then close."""
         self._refused = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # its answer can no longer be sent: the write side is closing
         self.idle.pop(self, None)
         self._cancel_deadline()
         self._unset_keepalive_if_required()

@@ -110,6 +110,23 @@ def test_a_head_and_body_larger_than_the_limit_in_one_packet_still_work(port: in
     assert answer.count(b"HTTP/1.1 200 OK") == 2, answer[:300]
 
 
+def test_a_head_arriving_with_the_end_of_the_previous_body_is_held_to_the_limit(port: int) -> None:
+    """The second head comes in the same read as the first request's last body bytes."""
+    first = (
+        b"POST /framewire/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    )
+    second = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 6000 + b"\r\n\r\n"
+    with _connect(port) as sock:
+        sock.sendall(first)
+        time.sleep(0.3)  # the first head is parsed; its body is awaited
+        sock.sendall(b"{}" + second)
+        answer = _answer(sock)
+    assert b"HTTP/1.1 431 " in answer, answer[:300]
+    assert b"4096 bytes (--max-header-bytes)" in answer
+    assert _health(port).startswith(b"HTTP/1.1 200")
+
+
 def test_a_silent_connection_is_closed_after_the_read_timeout(port: int) -> None:
     with _connect(port) as sock:
         started = time.monotonic()
