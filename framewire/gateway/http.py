@@ -34,6 +34,9 @@ from framewire.gateway.budget import OverBudget, StructureBudget, check_json
 from framewire.gateway.realtime import protocol
 
 REQUEST_ID = "x-fal-request-id"
+#: Most of a refused body read and dropped before answering, and for how long (see :func:`_discard`).
+DISCARD_BYTES = 1 << 20
+DISCARD_S = 1.0
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 _JSON_TYPES = ("application/json", "application/*", "*/*")
@@ -141,14 +144,32 @@ async def read_body(
         raise BodyError(413, f"the body is {declared} bytes; the limit is {max_bytes} ({flag})", "body_too_large")
     chunks = []
     size = 0
-    async for chunk in body_chunks(request, read_timeout_s):
+    stream = body_chunks(request, read_timeout_s)
+    async for chunk in stream:
         size += len(chunk)
         if size > max_bytes:
+            ended = await _discard(stream)
             raise BodyError(
-                413, f"the body is over the limit of {max_bytes} bytes ({flag})", "body_too_large", close=True
+                413, f"the body is over the limit of {max_bytes} bytes ({flag})", "body_too_large", close=not ended
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _discard(stream: AsyncIterator[bytes]) -> bool:
+    """Read and drop a refused body's rest, at most :data:`DISCARD_BYTES` within :data:`DISCARD_S`,
+    so a client still sending reads the refusal instead of a reset (a lingering close, as nginx
+    does); True when the body ended within that (the connection may then be kept)."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(DISCARD_S):
+            async for chunk in stream:
+                dropped += len(chunk)
+                if dropped > DISCARD_BYTES:
+                    return False
+    except (TimeoutError, BodyError):
+        return False
+    return True
 
 
 async def body_chunks(request: Request, read_timeout_s: float) -> AsyncIterator[bytes]:

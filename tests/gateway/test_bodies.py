@@ -90,6 +90,26 @@ def test_a_streamed_body_is_refused_once_it_passes_the_limit(
     assert status == 413 and "--max-body-bytes" in str(body["detail"])
 
 
+def test_a_client_still_sending_a_refused_body_reads_the_refusal_not_a_reset(address: tuple[str, int]) -> None:
+    """The rest of a refused body (up to 1 MiB, for a second) is read and dropped before the
+    answer, so a client that has not finished sending is not cut off mid-write."""
+    head = _head(
+        "POST", "/framewire/echo", "127.0.0.1", "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    )
+    chunk = b"a" * 16384
+    parts = [b'4\r\n{"a"\r\n', *[f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"] * 20, b"0\r\n\r\n"]
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head)
+        for part in parts:  # raises (broken pipe, reset) if the server closed before the body ended
+            time.sleep(0.005)
+            sock.sendall(part)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, body = _status_and_body(answer)
+    assert status == 413 and body["error_type"] == "body_too_large"
+
+
 @pytest.mark.parametrize(("method", "path", "host"), ROUTES)
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
 def test_browser_form_types_are_refused(
