@@ -467,6 +467,7 @@ class WorkerServer:
         self.auth_failures = 0
         self._links: set[_EdgeConnection] = set()
         self._started = False
+        self._weights: dict[str, WeightsInfo] = {}  # known once the apps are set up
         self._draining = False
         self._reported: WorkerState | None = None
         self._servers: list[asyncio.Server] = []
@@ -502,13 +503,8 @@ class WorkerServer:
             calls=sum(len(c.calls) for c in edges),
             edges=len(edges),
             endpoints=self.stats.snapshot(),
-            weights=self._weights() if self._started else {},
+            weights=self._weights,
         )
-
-    def _weights(self) -> dict[str, WeightsInfo]:
-        """What each set-up app's weights are, for edges' catalogs and demo pages."""
-        infos = ((app.app_id, app.weights_info()) for app in self.engine.registry)
-        return {app_id: info for app_id, info in infos if info is not None}
 
     def _changed(self) -> None:
         """Streams, requests or links changed: wake a drain waiting for the worker to empty."""
@@ -545,6 +541,10 @@ class WorkerServer:
     async def start_engine(self) -> None:
         """Set up the apps (edges may connect meanwhile; they see ``starting``)."""
         await self.engine.start()
+        # What each app's weights are, for edges' catalogs and demo pages: fixed once set up,
+        # so read once here rather than for every load report.
+        infos = ((app.app_id, app.weights_info()) for app in self.engine.registry)
+        self._weights = {app_id: info for app_id, info in infos if info is not None}
         self._started = True
         self._broadcast_state()
 
